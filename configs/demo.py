@@ -1,0 +1,63 @@
+"""The default end-to-end run: SmolLM2-135M over the embedded pydoc corpus, one hook, a TopK SAE.
+
+    jaxinterp demo
+    jaxinterp demo --config configs/demo.py:quick --config.out=/tmp/demo   # ~1 minute smoke test
+
+Everything goes under ``out``: store/, run/ (orbax checkpoints), saelens/, summary.json.
+Sized to finish in a few minutes on 2 CPU cores.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.out = "jaxinterp_demo"
+
+    config.extract = ml_collections.ConfigDict()
+    config.extract.model = "smollm2"
+    config.extract.hooks = "blocks.12.hook_resid_post"
+    config.extract.data = "pydoc"
+    config.extract.text_field = "text"
+    config.extract.dtype = "float32"
+    config.extract.context_size = 256
+    config.extract.prepend_bos = True
+    config.extract.max_tokens = 0
+    config.extract.backend = "auto"
+    config.extract.batch_size = 8
+    config.extract.chunk_mib = 1.0
+    config.extract.shard_mib = 64.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.seed = 0
+    config.train.steps = 1200
+    config.train.batch_size = 1024
+    config.train.lr = 0.0
+    config.train.warmup_steps = 50
+    config.train.decay_fraction = 0.2
+    config.train.grad_clip = 1.0
+    config.train.holdout_fraction = 0.05
+    config.train.mixing_chunks = 16
+    config.train.exclude_bos = True
+    config.train.dead_tokens = 200_000  # the demo sees ~1M tokens; the 10M default would never trigger
+    config.train.log_every = 50
+    config.train.checkpoint_every = 400
+    config.train.eval_tokens = 8192
+    config.train.sae = ml_collections.ConfigDict()
+    config.train.sae.architecture = "topk"
+    config.train.sae.n_latents = 4096
+    config.train.sae.k = 32
+    config.train.mesh = ml_collections.ConfigDict()
+    config.train.mesh.data = -1
+    config.train.mesh.model = 1
+
+    if variant == "quick":
+        config.extract.max_tokens = 16384
+        config.extract.hooks = "blocks.3.hook_resid_post"
+        config.train.steps = 150
+        config.train.batch_size = 512
+        config.train.sae.n_latents = 1024
+        config.train.holdout_fraction = 0.1
+        config.train.eval_tokens = 2048
+        config.train.checkpoint_every = 100
+    return config

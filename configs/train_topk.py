@@ -1,0 +1,43 @@
+"""Train a TopK SAE (Gao et al. 2024) on one hook of an activation store.
+
+    jaxinterp train --config configs/train_topk.py \
+        --config.store=stores/smollm2_pydoc --config.hook=blocks.12.hook_resid_post \
+        --config.out=runs/topk --config.sae.n_latents=4096 --config.sae.k=32 --config.steps=2000
+
+Variant ``:quick`` trains 100 steps of a 1024-latent SAE, for a smoke test.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.store = "stores/smollm2_pydoc"
+    config.hook = "blocks.12.hook_resid_post"
+    config.out = "runs/topk"
+    config.seed = 0
+    config.steps = 2000
+    config.batch_size = 1024
+    config.lr = 0.0
+    config.warmup_steps = 50
+    config.decay_fraction = 0.2
+    config.grad_clip = 1.0
+    config.holdout_fraction = 0.05
+    config.mixing_chunks = 16
+    config.exclude_bos = True
+    config.dead_tokens = 10_000_000
+    config.log_every = 50
+    config.checkpoint_every = 500
+    config.eval_tokens = 8192
+    config.sae = ml_collections.ConfigDict()
+    config.sae.architecture = "topk"
+    config.sae.n_latents = 4096
+    config.sae.k = 32
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.model = 1
+    if variant == "quick":
+        config.steps = 100
+        config.sae.n_latents = 1024
+        config.out = "runs/topk_quick"
+    return config

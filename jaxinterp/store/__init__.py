@@ -1,0 +1,20 @@
+"""The activation store: TensorStore zarr3 arrays (one per hook) plus ``manifest.json``."""
+
+from jaxinterp.store.manifest import read_manifest
+from jaxinterp.store.reader import Store, StoreError, open_store
+from jaxinterp.store.spec import Layout, array_spec, kvstore_spec, plan_layout
+from jaxinterp.store.writer import SIDE_ARRAYS, StoreExistsError, StoreWriter
+
+__all__ = [
+    "Layout",
+    "SIDE_ARRAYS",
+    "Store",
+    "StoreError",
+    "StoreExistsError",
+    "StoreWriter",
+    "array_spec",
+    "kvstore_spec",
+    "open_store",
+    "plan_layout",
+    "read_manifest",
+]

@@ -1,0 +1,69 @@
+"""Run directories: orbax checkpoints of the train state plus a self-describing ``cfg.json``.
+
+Layout of ``<run>/``: ``cfg.json`` (train config, d_in, source-model metadata from the store),
+``checkpoints/<step>/`` (orbax), ``metrics.jsonl``, ``eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+__all__ = ["RunExistsError", "checkpoint_manager", "write_run_config", "read_run_config", "restore_latest", "RUN_CONFIG"]
+
+RUN_CONFIG = "cfg.json"
+# Changing these does not change what a run *is*, so a rerun with new values resumes it.
+_RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens")
+
+
+class RunExistsError(FileExistsError):
+    """The run directory holds a different run."""
+
+
+def checkpoint_manager(run_dir: str, keep: int = 2) -> ocp.CheckpointManager:
+    """An orbax manager over ``<run_dir>/checkpoints`` keeping the last ``keep`` steps."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
+
+
+def read_run_config(run_dir: str) -> dict[str, Any]:
+    """The ``cfg.json`` of a run directory."""
+    path = Path(run_dir) / RUN_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a jaxinterp run directory (no {RUN_CONFIG})")
+    return json.loads(path.read_text())
+
+
+def write_run_config(run_dir: str, run_config: dict[str, Any]) -> None:
+    """Writes ``cfg.json``, or checks that an existing one describes the same run.
+
+    Raises:
+      RunExistsError: when ``run_dir`` holds a run with a different configuration.
+    """
+    path = Path(run_dir) / RUN_CONFIG
+    if path.exists():
+        old = json.loads(path.read_text())
+        strip = lambda c: {**c, "train": {k: v for k, v in c["train"].items() if k not in _RESUMABLE_KEYS}}
+        if strip(old) != strip(run_config):
+            differing = sorted(k for k in set(old["train"]) | set(run_config["train"])
+                               if old["train"].get(k) != run_config["train"].get(k))
+            raise RunExistsError(
+                f"{run_dir} already holds a different run (differs in: {', '.join(differing) or 'store/model metadata'}); "
+                "choose another --config.out"
+            )
+    elif path.parent.exists() and any(path.parent.iterdir()):
+        raise RunExistsError(f"{run_dir} exists and is not a jaxinterp run directory; choose another --config.out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run_config, indent=2, sort_keys=True))
+
+
+def restore_latest(run_dir: str, target: Any) -> tuple[int, Any]:
+    """Restores the newest checkpoint of ``run_dir`` into the structure/shardings of ``target``."""
+    manager = checkpoint_manager(run_dir)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"run {run_dir} has no checkpoint yet")
+    return step, manager.restore(step, args=ocp.args.StandardRestore(target))

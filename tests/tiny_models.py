@@ -1,0 +1,39 @@
+"""Tiny random-weight transformers with a real (small) BPE tokenizer, built offline for tests."""
+
+from pathlib import Path
+
+from jaxinterp.extract import load_documents
+
+
+def _tokenizer(vocab_size: int = 512):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(load_documents("pydoc")[:20], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_model(kind: str, directory: Path) -> str:
+    """Saves a 3-layer ``llama`` or ``gpt2`` model plus tokenizer to ``directory``."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()
+    if kind == "llama":
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+        model = LlamaForCausalLM(config)
+    else:
+        config = GPT2Config(vocab_size=len(tokenizer), n_embd=64, n_layer=3, n_head=4, n_positions=512,
+                            bos_token_id=1, eos_token_id=2)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
