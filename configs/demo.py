@@ -30,7 +30,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.seed = 0
-    config.train.steps = 1200
+    config.train.steps = 800
     config.train.batch_size = 1024
     config.train.lr = 0.0
     config.train.warmup_steps = 50

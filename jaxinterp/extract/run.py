@@ -22,7 +22,8 @@ _ITEMSIZE = {"float32": 4, "bfloat16": 2}
 
 
 class ExtractResult(NamedTuple):
-    """The finished store's manifest, and what this call wrote (0 tokens when it was already done)."""
+    """The finished store's manifest, what this call wrote (0 tokens when it was already done), and
+    the seconds spent running the model and writing (model loading excluded)."""
 
     manifest: dict[str, Any]
     tokens_written: int
@@ -100,6 +101,7 @@ def extract(cfg: Mapping[str, Any], progress: bool = True) -> ExtractResult:
     written, began = 0, time.perf_counter()
     if pending:
         model = load_source_model(cfg["model"], backend=cfg["backend"], dtype=cfg["dtype"])
+        began = time.perf_counter()  # throughput counts the forward passes and writes, not the model load
         tokens = packed.tokens.reshape(-1)
         bar = tqdm(total=sum(np.subtract(*writer.shard_rows(s)[::-1]) for s in pending), unit="tok",
                    unit_scale=True, desc="extract", disable=not progress)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["ModelFiles", "resolve_model", "SMOLLM2"]
+__all__ = ["ModelFiles", "load_source_model", "resolve_model", "SMOLLM2"]
 
 SMOLLM2 = "smollm2"
 
@@ -70,3 +70,16 @@ def resolve_model(spec: str) -> ModelFiles:
     raise FileNotFoundError(
         f"config field 'model': '{spec}' is not 'smollm2', a .gguf file, or a directory with config.json"
     )
+
+
+def load_source_model(spec: str, backend: str = "auto", dtype: str = "float32"):
+    """Loads a source model for extraction/evaluation on the chosen backend.
+
+    ``auto`` picks torch until the JAX-native backend lands; ``jax`` says so clearly.
+    """
+    files = resolve_model(spec)
+    if backend == "jax":
+        raise NotImplementedError("config field 'backend': the JAX-native backend is not built yet; use 'torch' or 'auto'")
+    from jaxinterp.models.torch_backend import TorchSourceModel
+
+    return TorchSourceModel(files, dtype=dtype)
