@@ -20,6 +20,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.extract.data = "pydoc"
     config.extract.text_field = "text"
     config.extract.dtype = "float32"
+    config.extract.model_dtype = "float32"
     config.extract.context_size = 256
     config.extract.prepend_bos = True
     config.extract.max_tokens = 0

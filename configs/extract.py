@@ -18,6 +18,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.text_field = "text"
     config.out = "stores/smollm2_pydoc"
     config.dtype = "float32"
+    config.model_dtype = "float32"
     config.context_size = 256
     config.prepend_bos = True
     config.max_tokens = 0
@@ -25,6 +26,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.batch_size = 8
     config.chunk_mib = 2.0
     config.shard_mib = 64.0
+    config.overwrite = False
+    config.process_index = 0
+    config.process_count = -1
     if variant == "quick":
         config.max_tokens = 8192
         config.out = "stores/smollm2_pydoc_quick"

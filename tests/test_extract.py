@@ -90,3 +90,56 @@ def test_kill_9_then_rerun_gives_identical_store(tiny_llama, tmp_path):
     for name in ("blocks.1.hook_resid_post", "tokens", "doc", "pos"):
         a, b = clean.read(name, 0, clean.n_tokens), resumed.read(name, 0, resumed.n_tokens)
         assert a.tobytes() == b.tobytes(), name
+
+
+def test_two_processes_write_the_same_store_as_one(tiny_llama, tmp_path):
+    common = ["--config", "configs/extract.py", f"--config.model={tiny_llama}", "--config.max_tokens=8192",
+              "--config.hooks=blocks.0.hook_resid_post,blocks.2.hook_mlp_out", "--config.context_size=64",
+              "--config.chunk_mib=0.015625", "--config.shard_mib=0.0625"]
+    run = lambda *extra: subprocess.Popen([sys.executable, "-m", "jaxinterp.cli", "extract", *common, *extra],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    single = run(f"--config.out={tmp_path / 'one'}", "--config.process_count=1")
+    assert single.wait() == 0, single.stderr.read()
+    workers = [run(f"--config.out={tmp_path / 'two'}", "--config.process_count=2", f"--config.process_index={i}")
+               for i in (1, 0)]  # the non-creating process starts first and waits for process 0
+    for worker in workers:
+        assert worker.wait() == 0, worker.stderr.read()
+    one, two = open_store(str(tmp_path / "one")), open_store(str(tmp_path / "two"))
+    assert one.manifest == two.manifest and -(-one.n_tokens // one.layout.rows_per_shard) >= 4
+    for name in [*one.hook_names, "tokens", "doc", "pos"]:
+        assert one.read(name, 0, one.n_tokens).tobytes() == two.read(name, 0, two.n_tokens).tobytes(), name
+
+
+def test_overwrite_replaces_a_different_store(tiny_llama, tmp_path):
+    extract(extract_config(tiny_llama, tmp_path / "s", hooks="blocks.0.hook_resid_post", max_tokens=512), progress=False)
+    result = extract(extract_config(tiny_llama, tmp_path / "s", hooks="blocks.1.hook_resid_post", max_tokens=512,
+                                    overwrite=True), progress=False)
+    assert result.tokens_written == 512
+    store = open_store(str(tmp_path / "s"))
+    assert store.hook_names == ["blocks.1.hook_resid_post"] and not (tmp_path / "s" / "blocks.0.hook_resid_post").exists()
+
+
+def test_corpus_formats(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jaxinterp.extract import load_documents
+
+    texts = ["first document", "second one", "third"]
+    pq.write_table(pa.table({"body": texts}), tmp_path / "c.parquet")
+    assert load_documents(str(tmp_path / "c.parquet"), text_field="body") == texts
+    with pytest.raises(ValueError, match="no column 'text'.*columns: body"):
+        load_documents(str(tmp_path / "c.parquet"))
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    assert load_documents(str(tmp_path / "ds")) == texts
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts[:2]}),
+                          "test": datasets.Dataset.from_dict({"text": texts[2:]})}).save_to_disk(str(tmp_path / "dd"))
+    assert load_documents(str(tmp_path / "dd")) == texts[:2]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha")
+    (folder / "b.jsonl").write_text('{"text": "beta"}\n{"text": "gamma"}\n')
+    assert load_documents(str(folder)) == ["alpha", "beta", "gamma"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_documents(str(tmp_path / "missing.txt"))

@@ -2,7 +2,7 @@
 
 from jaxinterp.extract.corpus import PYDOC, corpus_hash, load_documents
 from jaxinterp.extract.packing import Packed, pack_documents
-from jaxinterp.extract.run import ExtractResult, NonFiniteActivationError, extract, tokenize_corpus
+from jaxinterp.extract.run import ExtractResult, NonFiniteActivationError, extract, plan_extraction, tokenize_corpus
 
 __all__ = [
     "ExtractResult",
@@ -13,5 +13,6 @@ __all__ = [
     "extract",
     "load_documents",
     "pack_documents",
+    "plan_extraction",
     "tokenize_corpus",
 ]

@@ -1,4 +1,4 @@
-"""Text corpora: the embedded ``pydoc`` corpus, text files, directories of them, and jsonl.
+"""Text corpora: the embedded ``pydoc`` corpus, .txt / .jsonl / .parquet files, saved HF datasets.
 
 ``pydoc`` is CPython's own ``pydoc_data.topics`` (the language reference, ~465k characters), so the
 default pipeline needs no download. Documents come out in a fixed order, so a corpus hashes stably.
@@ -17,13 +17,18 @@ __all__ = ["load_documents", "corpus_hash", "PYDOC"]
 PYDOC = "pydoc"
 
 
+_TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+
+
 def load_documents(data: str, text_field: str = "text") -> list[str]:
     """Reads every document of a corpus, in a stable order.
 
     Args:
-      data: ``pydoc``, a ``.txt`` file (one document), a directory of ``.txt`` files (one each),
-        or a ``.jsonl`` file (one document per line, text under ``text_field``).
-      text_field: the jsonl key holding the text.
+      data: ``pydoc``; a ``.txt`` file (one document); a ``.jsonl`` file (one document per line, the
+        text under ``text_field``); a ``.parquet`` file (one document per row of column
+        ``text_field``); a directory saved by ``datasets.Dataset.save_to_disk`` (its ``train`` split
+        if it is a ``DatasetDict``); or a directory of such files (sorted by path).
+      text_field: the jsonl key / parquet column / dataset column holding the text.
     """
     if data == PYDOC:
         from pydoc_data.topics import topics
@@ -31,10 +36,18 @@ def load_documents(data: str, text_field: str = "text") -> list[str]:
         return [topics[key] for key in sorted(topics)]
     path = Path(data).expanduser()
     if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            return _hf_dataset(path, text_field)
+        files = sorted(p for p in path.rglob("*") if p.suffix in _TEXT_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"config field 'data': directory {path} holds no .txt files")
-        return [f.read_text(encoding="utf-8") for f in files]
+            raise FileNotFoundError(f"config field 'data': directory {path} holds no .txt, .jsonl or .parquet files")
+        return [document for file in files for document in _file_documents(file, text_field)]
+    if not path.exists():
+        raise FileNotFoundError(f"config field 'data': {data} does not exist (and is not 'pydoc')")
+    return _file_documents(path, text_field)
+
+
+def _file_documents(path: Path, text_field: str) -> list[str]:
     if path.suffix == ".txt":
         return [path.read_text(encoding="utf-8")]
     if path.suffix == ".jsonl":
@@ -51,9 +64,31 @@ def load_documents(data: str, text_field: str = "text") -> list[str]:
                     )
                 documents.append(record[text_field])
         return documents
-    if not path.exists():
-        raise FileNotFoundError(f"config field 'data': {data} does not exist (and is not 'pydoc')")
-    raise ConfigError(f"config field 'data': unsupported corpus {data}; use pydoc, .txt, a directory of .txt, or .jsonl")
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(path).names
+        if text_field not in columns:
+            raise ConfigError(f"config field 'text_field': {path} has no column '{text_field}' (columns: {', '.join(columns)})")
+        return pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
+    raise ConfigError(f"config field 'data': unsupported corpus file {path}; use pydoc, .txt, .jsonl, .parquet or a dataset directory")
+
+
+def _hf_dataset(path: Path, text_field: str) -> list[str]:
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError("reading a saved HF dataset needs the `datasets` package: pip install 'jaxinterp[data]'") from None
+    dataset = datasets.load_from_disk(str(path))
+    if isinstance(dataset, datasets.DatasetDict):
+        if "train" not in dataset:
+            raise ConfigError(f"config field 'data': {path} has splits {', '.join(dataset)} but no 'train' split")
+        dataset = dataset["train"]
+    if text_field not in dataset.column_names:
+        raise ConfigError(
+            f"config field 'text_field': dataset {path} has no column '{text_field}' (columns: {', '.join(dataset.column_names)})"
+        )
+    return list(dataset[text_field])
 
 
 def corpus_hash(documents: list[str]) -> str:

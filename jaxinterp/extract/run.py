@@ -12,11 +12,12 @@ from tqdm.auto import tqdm
 
 from jaxinterp.extract.corpus import corpus_hash, load_documents
 from jaxinterp.extract.packing import Packed, pack_documents
-from jaxinterp.models import load_source_model, parse_hooks, resolve_model
+from jaxinterp.config import ConfigError
+from jaxinterp.models import HookPoint, load_source_model, parse_hooks, resolve_model
 from jaxinterp.store import StoreWriter, plan_layout
 from jaxinterp.store.manifest import WRITER_VERSION
 
-__all__ = ["extract", "tokenize_corpus", "ExtractResult", "NonFiniteActivationError"]
+__all__ = ["extract", "plan_extraction", "tokenize_corpus", "ExtractResult", "NonFiniteActivationError"]
 
 _ITEMSIZE = {"float32": 4, "bfloat16": 2}
 
@@ -59,12 +60,10 @@ def tokenize_corpus(tokenizer, documents: list[str], cfg: Mapping[str, Any]) -> 
     )
 
 
-def extract(cfg: Mapping[str, Any], progress: bool = True) -> ExtractResult:
-    """Runs an extraction described by an extract config; returns the manifest and throughput.
+def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, dict[str, Any]]:
+    """Resolves model and hooks, tokenises the corpus, and builds the store manifest (no forward yet).
 
-    Resumable: rerunning the same config continues from the shards already committed, and a
-    finished store is left untouched. A store at ``cfg.out`` made with a different config is an
-    error, never overwritten.
+    Hook names are checked against the model's depth here, before any weights are loaded.
     """
     files = resolve_model(cfg["model"])
     tokenizer, model_config = _load_tokenizer_and_config(files)
@@ -74,12 +73,13 @@ def extract(cfg: Mapping[str, Any], progress: bool = True) -> ExtractResult:
     packed = tokenize_corpus(tokenizer, documents, cfg)
     d_in = int(model_config.hidden_size)
     layout = plan_layout(d_in, _ITEMSIZE[cfg["dtype"]], cfg["context_size"], cfg["chunk_mib"], cfg["shard_mib"])
-    backend = "torch" if cfg["backend"] == "auto" else cfg["backend"]
+    architectures = getattr(model_config, "architectures", None)
     manifest = {
         "model_name": files.name,
         "model_hash": files.fingerprint(),
-        "model_class": model_config.architectures[0] if getattr(model_config, "architectures", None) else model_config.model_type,
-        "backend": backend,
+        "model_class": architectures[0] if architectures else model_config.model_type,
+        "backend": "torch" if cfg["backend"] == "auto" else cfg["backend"],
+        "model_dtype": cfg["model_dtype"],
         "hook_names": [h.name for h in hooks],
         "d_in": d_in,
         "dtype": cfg["dtype"],
@@ -87,7 +87,7 @@ def extract(cfg: Mapping[str, Any], progress: bool = True) -> ExtractResult:
         "prepend_bos": cfg["prepend_bos"],
         "bos_token_id": tokenizer.bos_token_id,
         "separator_token_id": tokenizer.eos_token_id,
-        "tokenizer": files.name,  # tokenizer shipped with the model files
+        "tokenizer": files.name,  # the tokenizer shipped with the model files
         "dataset_path": cfg["data"],
         "dataset_hash": corpus_hash(documents),
         "n_documents": len(documents),
@@ -96,34 +96,75 @@ def extract(cfg: Mapping[str, Any], progress: bool = True) -> ExtractResult:
         "rows_per_shard": layout.rows_per_shard,
         "writer_version": WRITER_VERSION,
     }
-    writer = StoreWriter(cfg["out"], manifest)
+    return hooks, packed, manifest
+
+
+def _process_share(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """(index, count) from the config, or from ``jax.distributed`` when the config says -1."""
+    if cfg["process_count"] == -1:
+        import jax
+
+        return jax.process_index(), jax.process_count()
+    if not 0 <= cfg["process_index"] < cfg["process_count"]:
+        raise ConfigError(
+            f"config field 'process_index' must be in [0, process_count={cfg['process_count']}), got {cfg['process_index']}"
+        )
+    return cfg["process_index"], cfg["process_count"]
+
+
+def extract(cfg: Mapping[str, Any], progress: bool = True, model=None) -> ExtractResult:
+    """Runs an extraction described by an extract config; returns the manifest and throughput.
+
+    Resumable: rerunning the same config continues from the shards already committed, and a
+    finished store is left untouched. A store at ``cfg.out`` made with a different config is an
+    error unless ``cfg.overwrite``. With several processes each writes only its own shards.
+
+    Args:
+      cfg: an extract config (``configs/extract.py`` fields).
+      progress: show a progress bar with tokens/s.
+      model: an already loaded source model for ``cfg.model`` (e.g. ``load_source_model(...)``),
+        to reuse across extractions; loaded on demand when ``None``.
+    """
+    hooks, packed, manifest = plan_extraction(cfg)
+    index, count = _process_share(cfg)
+    writer = StoreWriter(cfg["out"], manifest, overwrite=cfg["overwrite"], process_index=index, process_count=count)
     pending = writer.pending_shards()
     written, began = 0, time.perf_counter()
     if pending:
-        model = load_source_model(cfg["model"], backend=cfg["backend"], dtype=cfg["dtype"])
+        model = model or load_source_model(cfg["model"], backend=cfg["backend"], dtype=cfg["model_dtype"])
         began = time.perf_counter()  # throughput counts the forward passes and writes, not the model load
-        tokens = packed.tokens.reshape(-1)
         bar = tqdm(total=sum(np.subtract(*writer.shard_rows(s)[::-1]) for s in pending), unit="tok",
                    unit_scale=True, desc="extract", disable=not progress)
+        in_flight = None
         for shard in pending:
-            start, stop = writer.shard_rows(shard)
-            contexts = packed.tokens[start // cfg["context_size"]: stop // cfg["context_size"]]
-            pieces: dict[str, list[np.ndarray]] = {h.name: [] for h in hooks}
-            for first in range(0, len(contexts), cfg["batch_size"]):
-                batch = contexts[first: first + cfg["batch_size"]]
-                activations = model.run(batch, hooks)
-                for name, value in activations.items():
-                    flat = value.reshape(-1, d_in)
-                    _check_finite(name, flat, start + first * cfg["context_size"])
-                    pieces[name].append(flat)
-                bar.update(batch.size)
-            data = {name: np.concatenate(parts) for name, parts in pieces.items()}
-            data.update(tokens=tokens[start:stop], doc=packed.doc.reshape(-1)[start:stop],
-                        pos=packed.pos.reshape(-1)[start:stop])
-            writer.write_shard(shard, data)
-            written += stop - start
+            data = _forward_shard(model, hooks, packed, writer, shard, cfg["batch_size"], bar)
+            if in_flight is not None:  # at most one shard being written while the next one runs
+                in_flight.result()
+            in_flight = writer.write_shard(shard, data)
+            written += len(data["tokens"])
         bar.close()
     return ExtractResult(writer.finish(), written, time.perf_counter() - began)
+
+
+def _forward_shard(model, hooks: list[HookPoint], packed: Packed, writer: StoreWriter, shard: int,
+                   batch_size: int, bar) -> dict[str, np.ndarray]:
+    """Runs the contexts of one shard and returns its rows for every array, in store dtypes."""
+    start, stop = writer.shard_rows(shard)
+    context_size = packed.tokens.shape[1]
+    contexts = packed.tokens[start // context_size: stop // context_size]
+    data = {h.name: np.empty((stop - start, writer.arrays[h.name].shape[1]), writer.arrays[h.name].dtype.numpy_dtype)
+            for h in hooks}
+    for first in range(0, len(contexts), batch_size):
+        batch = contexts[first: first + batch_size]
+        rows = slice(first * context_size, (first + len(batch)) * context_size)
+        for name, value in model.run(batch, hooks).items():
+            flat = value.reshape(batch.size, -1)
+            _check_finite(name, flat, start + rows.start)
+            data[name][rows] = flat
+        bar.update(batch.size)
+    data.update(tokens=packed.tokens.reshape(-1)[start:stop], doc=packed.doc.reshape(-1)[start:stop],
+                pos=packed.pos.reshape(-1)[start:stop])
+    return data
 
 
 def _check_finite(name: str, rows: np.ndarray, first_row: int) -> None:

@@ -1,12 +1,16 @@
 """Writing a store: one writer per shard, whole-shard writes, a done-marker after each commit.
 
 A shard without its marker (a killed writer) is rewritten on resume, never trusted. Pointing a
-new extraction at an existing store with a different manifest is an error, never an overwrite.
+new extraction at an existing store with a different manifest is an error unless ``overwrite``.
+With several processes, process ``p`` of ``n`` owns shards ``s`` with ``s % n == p``; process 0
+creates the store and, once every marker exists, marks the manifest complete.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,6 +24,7 @@ __all__ = ["StoreExistsError", "StoreWriter", "SIDE_ARRAYS"]
 # Per-token side arrays written beside every hook: name -> zarr dtype.
 SIDE_ARRAYS = {"tokens": "int32", "doc": "int64", "pos": "int32"}
 _DONE_PREFIX = "_progress/shard_"
+_POLL_SECONDS = 0.2
 
 
 class StoreExistsError(FileExistsError):
@@ -27,57 +32,95 @@ class StoreExistsError(FileExistsError):
 
 
 class StoreWriter:
-    """Creates (or resumes) a store and commits shards.
+    """Creates (or resumes) a store and commits shards, each in the background.
 
     Args:
       url: store root (local path or kvstore URL).
       manifest: full manifest; must include ``hook_names``, ``d_in``, ``dtype``, ``n_tokens``,
         ``rows_per_chunk`` and ``rows_per_shard``.
+      overwrite: replace an existing jaxinterp store whose manifest differs.
+      process_index, process_count: this writer's share of the shards.
+      timeout: seconds to wait for another process (store creation, completion) before failing.
     """
 
-    def __init__(self, url: str, manifest: Mapping[str, Any]):
+    def __init__(self, url: str, manifest: Mapping[str, Any], overwrite: bool = False,
+                 process_index: int = 0, process_count: int = 1, timeout: float = 600.0):
         self.url = url
         self.manifest = dict(manifest, complete=False)
         self.layout = Layout(manifest["rows_per_chunk"], manifest["rows_per_shard"])
         self.n_tokens = int(manifest["n_tokens"])
         self.n_shards = -(-self.n_tokens // self.layout.rows_per_shard)
+        self.process_index, self.process_count, self.timeout = process_index, process_count, timeout
         self._kv = kvstore(url)
-        existing = read_manifest(url)
+        self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxinterp-store-writer")
+        create = self._prepare(overwrite) if process_index == 0 else self._await_creation()
+        if create:  # manifest first: a killed creator leaves a store that a rerun recognises
+            write_manifest(url, self.manifest)
+        shapes = {name: ((self.n_tokens, manifest["d_in"]), manifest["dtype"]) for name in manifest["hook_names"]}
+        shapes.update({name: ((self.n_tokens,), dtype) for name, dtype in SIDE_ARRAYS.items()})
+        self.arrays = {name: self._open(name, shape, dtype, create) for name, (shape, dtype) in shapes.items()}
+
+    def _prepare(self, overwrite: bool) -> bool:
+        """Checks what is at ``url``; returns whether the arrays must be created."""
+        existing = read_manifest(self.url)
         if existing is not None:
             differing = manifest_differences(existing, self.manifest)
-            if differing:
+            if not differing:
+                return False
+            if not overwrite:
                 raise StoreExistsError(
-                    f"a different store already exists at {url} (manifest differs in: {', '.join(differing)}); "
-                    "choose another --config.out or delete it yourself"
+                    f"a different store already exists at {self.url} (manifest differs in: {', '.join(differing)}); "
+                    "choose another --config.out or pass --config.overwrite=true to replace it"
                 )
-            create = False
-        else:
-            if self._kv.list().result():
-                raise StoreExistsError(f"{url} exists and is not an empty directory or a jaxinterp store")
-            write_manifest(url, self.manifest)
-            create = True
-        self.arrays = {}
-        for name in manifest["hook_names"]:
-            self.arrays[name] = self._open(name, (self.n_tokens, manifest["d_in"]), manifest["dtype"], create)
-        for name, dtype in SIDE_ARRAYS.items():
-            self.arrays[name] = self._open(name, (self.n_tokens,), dtype, create)
+            self._kv.delete_range(ts.KvStore.KeyRange()).result()
+        elif self._kv.list().result():
+            raise StoreExistsError(f"{self.url} exists and is not an empty directory or a jaxinterp store")
+        return True
+
+    def _await_creation(self) -> bool:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            existing = read_manifest(self.url)
+            if existing is not None and not manifest_differences(existing, self.manifest):
+                return False
+            time.sleep(_POLL_SECONDS)
+        raise TimeoutError(
+            f"process {self.process_index}: process 0 did not create the store at {self.url} within "
+            f"{self.timeout:.0f} s (is it running with the same config?)"
+        )
 
     def _open(self, name: str, shape: tuple[int, ...], dtype: str, create: bool) -> ts.TensorStore:
         spec = array_spec(self.url, name, shape, dtype, self.layout)
-        return ts.open(spec, create=create, open=not create).result()
+        if create:
+            return ts.open(spec, create=True, delete_existing=True).result()
+        if self.process_index == 0:  # resuming: a creator killed before this array existed left none
+            return ts.open(spec, create=True, open=True).result()
+        deadline = time.monotonic() + self.timeout
+        while True:  # another process may still be creating the arrays
+            try:
+                return ts.open(spec, open=True).result()
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(_POLL_SECONDS)
 
     def shard_rows(self, shard: int) -> tuple[int, int]:
         """``[start, stop)`` token rows of ``shard``."""
         start = shard * self.layout.rows_per_shard
         return start, min(start + self.layout.rows_per_shard, self.n_tokens)
 
-    def pending_shards(self) -> list[int]:
-        """Shards without a done-marker, in order."""
-        done = {bytes(k).decode() for k in self._kv.list(ts.KvStore.KeyRange(_DONE_PREFIX, _DONE_PREFIX + "~")).result()}
-        return [s for s in range(self.n_shards) if f"{_DONE_PREFIX}{s:06d}" not in done]
+    def _done(self) -> set[int]:
+        keys = self._kv.list(ts.KvStore.KeyRange(_DONE_PREFIX, _DONE_PREFIX + "~")).result()
+        return {int(bytes(k).decode()[len(_DONE_PREFIX):]) for k in keys}
 
-    def write_shard(self, shard: int, data: Mapping[str, np.ndarray]) -> None:
-        """Writes every array's rows of ``shard``, waits for the commit, then marks it done."""
+    def pending_shards(self) -> list[int]:
+        """This process's shards without a done-marker, in order."""
+        done = self._done()
+        return [s for s in range(self.process_index, self.n_shards, self.process_count) if s not in done]
+
+    def write_shard(self, shard: int, data: Mapping[str, np.ndarray]) -> Future:
+        """Starts writing every array's rows of ``shard``; the returned future resolves once the data
+        is committed and the done-marker written. Rows are checked before anything is written."""
         start, stop = self.shard_rows(shard)
         missing = set(self.arrays) - set(data)
         if missing:
@@ -88,15 +131,35 @@ class StoreWriter:
             if values.shape[0] != stop - start:
                 raise ValueError(f"shard {shard} of '{name}' needs {stop - start} rows, got {values.shape[0]}")
             futures.append(array[start:stop].write(values.astype(array.dtype.numpy_dtype, copy=False)))
-        for future in futures:
-            future.result()
-        self._kv.write(f"{_DONE_PREFIX}{shard:06d}", b"").result()
+
+        def commit() -> int:
+            for future in futures:
+                future.result()
+            self._kv.write(f"{_DONE_PREFIX}{shard:06d}", b"").result()
+            return shard
+
+        return self._background.submit(commit)
 
     def finish(self) -> dict[str, Any]:
-        """Marks the store complete once every shard is done; returns the final manifest."""
-        pending = self.pending_shards()
-        if pending:
-            raise RuntimeError(f"cannot finish store {self.url}: shards {pending[:5]}... are not written")
+        """Waits until every shard (all processes') is done; process 0 then marks the store complete.
+
+        Returns the final manifest.
+        """
+        self._background.shutdown(wait=True)
+        deadline = time.monotonic() + self.timeout
+        while len(self._done()) < self.n_shards:
+            if self.process_count == 1:
+                missing = sorted(set(range(self.n_shards)) - self._done())
+                raise RuntimeError(f"cannot finish store {self.url}: shards {missing[:5]} are not written")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"store {self.url}: other processes did not finish their shards within {self.timeout:.0f} s")
+            time.sleep(_POLL_SECONDS)
         self.manifest["complete"] = True
-        write_manifest(self.url, self.manifest)
+        if self.process_index == 0:
+            write_manifest(self.url, self.manifest)
+        else:
+            while not (read_manifest(self.url) or {}).get("complete"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"store {self.url}: process 0 did not mark the store complete within {self.timeout:.0f} s")
+                time.sleep(_POLL_SECONDS)
         return self.manifest
