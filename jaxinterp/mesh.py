@@ -68,14 +68,17 @@ def _spec_for(path: str, rules: Rules) -> P:
 def tree_shardings(tree, rules: Rules, mesh: Mesh):
     """``NamedSharding`` for every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``s) by path rules.
 
-    A rule whose spec has more axes than the leaf (e.g. a scalar optimizer count) is ignored for it.
+    A rule whose spec has more axes than the leaf (e.g. a scalar optimizer count) is ignored for it,
+    and a dimension that does not divide its mesh axis stays replicated (e.g. 9 heads on 8 devices).
     """
 
     def leaf_sharding(path, leaf):
+        shape = getattr(leaf, "shape", ())
         spec = _spec_for(jax.tree_util.keystr(path), rules)
-        if len(spec) > len(getattr(leaf, "shape", ())):
-            spec = P()
-        return NamedSharding(mesh, spec)
+        if len(spec) > len(shape):
+            return NamedSharding(mesh, P())
+        axes = [axis if axis is None or shape[dim] % mesh.shape[axis] == 0 else None for dim, axis in enumerate(spec)]
+        return NamedSharding(mesh, P(*axes))
 
     return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from jaxinterp.extract.corpus import corpus_hash, load_documents
 from jaxinterp.extract.packing import Packed, pack_documents
 from jaxinterp.config import ConfigError
-from jaxinterp.models import HookPoint, load_source_model, parse_hooks, resolve_model
+from jaxinterp.models import HookPoint, choose_backend, load_hf_config, load_source_model, parse_hooks, resolve_model
 from jaxinterp.store import StoreWriter, plan_layout
 from jaxinterp.store.manifest import WRITER_VERSION
 
@@ -41,10 +41,10 @@ class NonFiniteActivationError(FloatingPointError):
 
 def _load_tokenizer_and_config(files):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    kwargs = dict(gguf_file=files.gguf_file, local_files_only=True)
-    return AutoTokenizer.from_pretrained(files.directory, **kwargs), AutoConfig.from_pretrained(files.directory, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file, local_files_only=True)
+    return tokenizer, load_hf_config(files)
 
 
 def tokenize_corpus(tokenizer, documents: list[str], cfg: Mapping[str, Any]) -> Packed:
@@ -78,7 +78,7 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
         "model_name": files.name,
         "model_hash": files.fingerprint(),
         "model_class": architectures[0] if architectures else model_config.model_type,
-        "backend": "torch" if cfg["backend"] == "auto" else cfg["backend"],
+        "backend": choose_backend(model_config.model_type, cfg["backend"]),
         "model_dtype": cfg["model_dtype"],
         "hook_names": [h.name for h in hooks],
         "d_in": d_in,
@@ -131,7 +131,7 @@ def extract(cfg: Mapping[str, Any], progress: bool = True, model=None) -> Extrac
     pending = writer.pending_shards()
     written, began = 0, time.perf_counter()
     if pending:
-        model = model or load_source_model(cfg["model"], backend=cfg["backend"], dtype=cfg["model_dtype"])
+        model = model or load_source_model(cfg["model"], backend=manifest["backend"], dtype=cfg["model_dtype"])
         began = time.perf_counter()  # throughput counts the forward passes and writes, not the model load
         bar = tqdm(total=sum(np.subtract(*writer.shard_rows(s)[::-1]) for s in pending), unit="tok",
                    unit_scale=True, desc="extract", disable=not progress)

@@ -1,7 +1,7 @@
-"""Source transformers: hook names, model resolution, and the extraction backends."""
+"""Source transformers: hook names, model resolution, JAX-native (flax.nnx) and torch backends."""
 
 from jaxinterp.models.hooks import LAYER_KINDS, HookError, HookPoint, parse_hooks, valid_hook_names
-from jaxinterp.models.source import SMOLLM2, ModelFiles, load_source_model, resolve_model
+from jaxinterp.models.source import SMOLLM2, ModelFiles, choose_backend, load_hf_config, load_source_model, resolve_model
 
 __all__ = [
     "LAYER_KINDS",
@@ -9,6 +9,8 @@ __all__ = [
     "HookError",
     "HookPoint",
     "ModelFiles",
+    "choose_backend",
+    "load_hf_config",
     "load_source_model",
     "parse_hooks",
     "resolve_model",

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["ModelFiles", "load_source_model", "resolve_model", "SMOLLM2"]
+__all__ = ["ModelFiles", "choose_backend", "load_hf_config", "load_source_model", "resolve_model", "SMOLLM2"]
 
 SMOLLM2 = "smollm2"
 
@@ -72,14 +73,57 @@ def resolve_model(spec: str) -> ModelFiles:
     )
 
 
-def load_source_model(spec: str, backend: str = "auto", dtype: str = "float32"):
-    """Loads a source model for extraction/evaluation on the chosen backend.
+def load_hf_config(files: ModelFiles):
+    """The transformers config of local model files (read from the GGUF metadata for .gguf)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig
 
-    ``auto`` picks torch until the JAX-native backend lands; ``jax`` says so clearly.
+    return AutoConfig.from_pretrained(files.directory, gguf_file=files.gguf_file, local_files_only=True)
+
+
+def _torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def choose_backend(model_type: str, backend: str) -> str:
+    """``auto`` → ``jax`` for architectures with a JAX-native implementation, else ``torch``.
+
+    One measured exception: on a CPU-only host with torch installed, ``auto`` picks torch, whose
+    CPU forward ran 2.2x faster than XLA's on SmolLM2 (bench/RESULTS.md); on GPU/TPU, or without
+    torch, supported architectures run in JAX.
+    """
+    from jaxinterp.models.transformer import SUPPORTED_MODEL_TYPES
+
+    if backend == "auto":
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            return "torch"
+        import jax
+
+        return "torch" if jax.default_backend() == "cpu" and _torch_available() else "jax"
+    if backend == "jax" and model_type not in SUPPORTED_MODEL_TYPES:
+        raise NotImplementedError(
+            f"config field 'backend': model_type {model_type!r} has no JAX-native implementation "
+            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)}); use 'torch' or 'auto'"
+        )
+    return backend
+
+
+def load_source_model(spec: str, backend: str = "auto", dtype: str = "float32", mesh=None):
+    """Loads a source model on the chosen backend (``auto``: JAX for supported architectures).
+
+    Both backends return an object with ``run(tokens, hooks) -> {hook: np.ndarray}``,
+    ``parse_hooks``, ``n_layers``, ``d_model`` and ``model_class``.
     """
     files = resolve_model(spec)
-    if backend == "jax":
-        raise NotImplementedError("config field 'backend': the JAX-native backend is not built yet; use 'torch' or 'auto'")
+    if backend == "torch":
+        from jaxinterp.models.torch_backend import TorchSourceModel
+
+        return TorchSourceModel(files, dtype=dtype)
+    chosen = choose_backend(load_hf_config(files).model_type, backend)
+    if chosen == "jax":
+        from jaxinterp.models.jax_backend import JaxSourceModel
+
+        return JaxSourceModel(files, dtype=dtype, mesh=mesh)
     from jaxinterp.models.torch_backend import TorchSourceModel
 
     return TorchSourceModel(files, dtype=dtype)

@@ -1,0 +1,85 @@
+"""The JAX-native extraction backend: flax.nnx models, jitted, sharded by a rules table.
+
+Weights come from safetensors directories or GGUF files (dequantised with ``gguf``; no torch).
+Parameters are sharded over the mesh's 'model' axis (attention heads / MLP width), token batches
+over 'data'; a dimension that does not divide its mesh axis stays replicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxinterp.mesh import Rules, make_mesh, tree_shardings
+from jaxinterp.models.hooks import HookPoint, parse_hooks
+from jaxinterp.models.source import ModelFiles
+from jaxinterp.models.transformer import Edit, build_model, hooked_forward
+from jaxinterp.models.weights import load_hf_weights
+
+__all__ = ["JaxSourceModel", "MODEL_RULES"]
+
+# Column-parallel input projections, row-parallel output projections (Megatron layout).
+MODEL_RULES: Rules = (
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc)'\]\['kernel", P(None, "model")),
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc)'\]\['bias", P("model")),
+    (r"(o_proj|down_proj|attn_proj|mlp_proj)'\]\['kernel", P("model", None)),
+)
+
+
+def _forward(graphdef, state, tokens, capture, edit, logits):
+    return hooked_forward(nnx.merge(graphdef, state), tokens, capture, edit=edit, logits=logits)
+
+
+class JaxSourceModel:
+    """A Llama-family or GPT-2 model in JAX with the same ``run`` interface as the torch backend.
+
+    Example::
+
+        model = JaxSourceModel(resolve_model("smollm2"))
+        acts = model.run(tokens, ["blocks.12.hook_resid_post"])        # {name: np.ndarray}
+        logits, acts = model.forward(tokens, capture=frozenset({"blocks.3.hook_mlp_out"}))
+    """
+
+    backend = "jax"
+
+    def __init__(self, files: ModelFiles, dtype: str = "float32", mesh: Mesh | None = None):
+        self.files = files
+        self.config, weights = load_hf_weights(files)
+        graphdef, state = nnx.split(build_model(self.config, weights, dtype))
+        self.mesh = mesh if mesh is not None else make_mesh(data=-1, model=1)
+        self.graphdef = graphdef
+        self.state = jax.device_put(state, tree_shardings(state, MODEL_RULES, self.mesh))
+        self.model_class = type(nnx.merge(graphdef, state)).__name__
+        self.n_layers = int(getattr(self.config, "num_hidden_layers", getattr(self.config, "n_layer", 0)))
+        self.d_model = int(self.config.hidden_size)
+        self._jitted = jax.jit(partial(_forward, graphdef), static_argnames=("capture", "edit", "logits"))
+
+    def parse_hooks(self, names: str | Sequence[str]) -> list[HookPoint]:
+        """Parses hook names against this model's depth."""
+        return parse_hooks(names, self.n_layers)
+
+    def _place(self, tokens: np.ndarray) -> jax.Array:
+        data = self.mesh.shape["data"]
+        spec = P("data", None) if tokens.shape[0] % data == 0 else P()
+        return jax.device_put(np.asarray(tokens, np.int32), NamedSharding(self.mesh, spec))
+
+    def forward(self, tokens: np.ndarray, capture: frozenset[str] = frozenset(), edit: Edit | None = None,
+                logits: bool = True) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+        """Jitted forward returning ``(logits, captured)``; ``edit`` replaces hook activations.
+
+        ``edit`` is a static argument: pass the same function object to reuse the compilation.
+        """
+        return self._jitted(self.state, self._place(tokens), capture=frozenset(capture), edit=edit, logits=logits)
+
+    def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
+        """``{hook name: [batch, seq, d] float32 numpy}``; the pass stops after the last hook needed."""
+        points = [h for h in hooks if isinstance(h, HookPoint)]
+        if len(points) != len(hooks):
+            points = self.parse_hooks(list(hooks))
+        _, captured = self.forward(tokens, capture=frozenset(p.name for p in points), logits=False)
+        return {name: np.asarray(value, np.float32) for name, value in captured.items()}

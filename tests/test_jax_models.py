@@ -1,0 +1,105 @@
+"""The JAX-native (flax.nnx) models against transformers' torch forward, on tiny and real weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from jaxinterp import schemas
+from jaxinterp.config import load_config
+from jaxinterp.extract import extract, load_documents
+from jaxinterp.mesh import make_mesh
+from jaxinterp.models import choose_backend, load_source_model, resolve_model, valid_hook_names
+from jaxinterp.models.jax_backend import JaxSourceModel
+from jaxinterp.store import open_store
+
+
+def relative_error(ours, theirs) -> float:
+    theirs = np.asarray(theirs, np.float64)
+    return float(np.abs(np.asarray(ours, np.float64) - theirs).max() / np.abs(theirs).max())
+
+
+def compare_to_torch(files, tokens, n_layers):
+    """Max relative error of logits and of every hook, plus greedy-token agreement."""
+    ours = JaxSourceModel(files)
+    theirs = load_source_model(files.directory if files.gguf_file is None else "smollm2", backend="torch")
+    hooks = valid_hook_names(n_layers)
+    logits, captured = ours.forward(tokens, capture=frozenset(hooks))
+    reference = theirs.run(tokens, hooks)
+    with torch.inference_mode():
+        torch_logits = theirs.model(torch.as_tensor(tokens, dtype=torch.long)).logits.numpy()
+    errors = {name: relative_error(captured[name], reference[name]) for name in hooks}
+    errors["logits"] = relative_error(logits, torch_logits)
+    same_greedy = bool((np.asarray(logits).argmax(-1) == torch_logits.argmax(-1)).all())
+    return errors, same_greedy
+
+
+@pytest.mark.parametrize("kind", ["tiny_llama", "tiny_gpt2"])
+def test_tiny_models_match_torch(kind, request):
+    files = resolve_model(request.getfixturevalue(kind))
+    tokens = np.random.default_rng(0).integers(3, 500, size=(4, 48))
+    errors, same_greedy = compare_to_torch(files, tokens, 3)
+    assert max(errors.values()) <= 1e-4, errors
+    assert same_greedy
+
+
+@pytest.mark.real_model
+def test_smollm2_matches_torch_on_a_real_prompt():
+    from transformers import AutoTokenizer
+
+    files = resolve_model("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file)
+    text = load_documents("pydoc")[1][:400]
+    tokens = np.asarray([[tokenizer.bos_token_id] + tokenizer(text)["input_ids"][:63]])
+    errors, same_greedy = compare_to_torch(files, tokens, 30)
+    assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
+    assert same_greedy
+
+
+def test_sharded_forward_matches_one_device(tiny_llama):
+    files = resolve_model(tiny_llama)
+    tokens = np.random.default_rng(1).integers(3, 500, size=(4, 32))
+    one = JaxSourceModel(files, mesh=make_mesh(data=1, model=1))
+    eight = JaxSourceModel(files, mesh=make_mesh(data=2, model=4))
+    from jax.sharding import PartitionSpec as P
+
+    assert eight.state["layers"][0]["q_proj"]["kernel"][...].sharding.spec == P(None, "model")
+    assert eight.state["layers"][0]["down_proj"]["kernel"][...].sharding.spec == P("model", None)
+    capture = frozenset({"blocks.2.hook_resid_post", "blocks.1.hook_mlp_out"})
+    (logits_1, acts_1), (logits_8, acts_8) = one.forward(tokens, capture), eight.forward(tokens, capture)
+    np.testing.assert_allclose(logits_8, logits_1, rtol=1e-5, atol=1e-5)
+    for name in capture:
+        np.testing.assert_allclose(acts_8[name], acts_1[name], rtol=1e-5, atol=1e-5)
+
+
+def test_edit_replaces_activations(tiny_llama):
+    model = JaxSourceModel(resolve_model(tiny_llama))
+    tokens = np.random.default_rng(2).integers(3, 500, size=(2, 16))
+    clean, _ = model.forward(tokens)
+    identity = lambda name, x: x
+    assert np.array_equal(model.forward(tokens, edit=identity)[0], clean)
+
+    def zero_layer_1(name, x):
+        return x * 0 if name == "blocks.1.hook_resid_post" else x
+
+    ablated, captured = model.forward(tokens, capture=frozenset({"blocks.1.hook_resid_post"}), edit=zero_layer_1)
+    assert not np.allclose(ablated, clean) and not np.asarray(captured["blocks.1.hook_resid_post"]).any()
+
+
+def test_backend_choice():
+    assert choose_backend("llama", "jax") == "jax" and choose_backend("gpt_neox", "auto") == "torch"
+    with pytest.raises(NotImplementedError, match="no JAX-native implementation"):
+        choose_backend("gpt_neox", "jax")
+
+
+def test_jax_store_equals_torch_store(tiny_llama, tmp_path):
+    stores = {}
+    for backend in ("jax", "torch"):
+        fields = {"model": tiny_llama, "backend": backend, "out": str(tmp_path / backend), "max_tokens": 1024,
+                  "context_size": 64, "hooks": "hook_embed,blocks.1.hook_attn_out,blocks.2.hook_resid_post",
+                  "chunk_mib": 1 / 64, "shard_mib": 1 / 16}
+        extract(load_config("configs/extract.py", fields, schemas.EXTRACT), progress=False)
+        stores[backend] = open_store(str(tmp_path / backend))
+    assert stores["jax"].manifest["backend"] == "jax" and stores["torch"].manifest["backend"] == "torch"
+    for name in [*stores["jax"].hook_names, "tokens"]:
+        a, b = stores["jax"].read(name, 0, 1024), stores["torch"].read(name, 0, 1024)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
