@@ -2,11 +2,12 @@
 
     python bench/extract.py [--tokens 8192] [--hook blocks.29.hook_resid_post]
 
-Rows, all over the same packed pydoc contexts and the same loaded model:
-  bare forward      the transformer body (``model.model``, no LM head), no hooks: the floor
-  forward + hooks   jaxinterp's hooked forward (stops after the hook's layer), nothing stored
-  full extraction   ``jaxinterp.extract.extract`` into a temporary store (forward + hooks + checks + writes)
-Ratios are ours ÷ floor from this one run. Results also go to bench/results/extract.json.
+Rows, all over the same packed pydoc contexts:
+  bare forward (torch)     the transformer body (``model.model``, no LM head), no hooks: the floor
+  forward + hooks (B)      jaxinterp's hooked forward on backend B (stops after the hook's layer), nothing stored
+  full extraction (B)      ``jaxinterp.extract.extract`` into a temporary store (forward + hooks + checks + writes)
+for B in torch and jax (the flax.nnx model, jitted; its first call compiles and is not timed).
+Ratios are ÷ floor from this one run. Results also go to bench/results/extract.json.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ def main() -> None:
     from jaxinterp.models import load_source_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config("configs/extract.py", {"hooks": args.hook, "max_tokens": args.tokens, "out": f"{tmp}/store",
-                                                 "context_size": args.context_size, "batch_size": args.batch_size},
-                          schemas.EXTRACT, "extract")
-        hooks, packed, _ = plan_extraction(cfg)
-        model = load_source_model("smollm2")
+        config = lambda backend: load_config(
+            "configs/extract.py", {"hooks": args.hook, "max_tokens": args.tokens, "out": f"{tmp}/{backend}",
+                                   "context_size": args.context_size, "batch_size": args.batch_size, "backend": backend},
+            schemas.EXTRACT, "extract")
+        hooks, packed, _ = plan_extraction(config("torch"))
+        model = load_source_model("smollm2", backend="torch")
+        jax_model = load_source_model("smollm2", backend="jax")
         batches = [packed.tokens[i: i + args.batch_size] for i in range(0, len(packed.tokens), args.batch_size)]
         n_tokens = int(packed.tokens.size)
 
@@ -58,15 +61,18 @@ def main() -> None:
                 run(batch)
             return n_tokens / (time.perf_counter() - began)
 
-        rates = {"bare forward": timed(bare), "forward + hooks": timed(lambda b: model.run(b, hooks))}
-        rates["full extraction"] = extract(cfg, progress=False, model=model).tokens_per_s
+        rates = {"bare forward (torch)": timed(bare),
+                 "forward + hooks (torch)": timed(lambda b: model.run(b, hooks)),
+                 "full extraction (torch)": extract(config("torch"), progress=False, model=model).tokens_per_s,
+                 "forward + hooks (jax)": timed(lambda b: jax_model.run(b, hooks)),
+                 "full extraction (jax)": extract(config("jax"), progress=False, model=jax_model).tokens_per_s}
 
-    floor = rates["bare forward"]
+    floor = rates["bare forward (torch)"]
     print(f"SmolLM2-135M, {n_tokens} tokens, contexts of {args.context_size}, batch {args.batch_size}, hook {args.hook}, "
           f"torch {torch.__version__} on {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)")
-    print(f"{'':18}{'tokens/s':>10}{'÷ floor':>10}")
+    print(f"{'':26}{'tokens/s':>10}{'÷ floor':>10}")
     for name, rate in rates.items():
-        print(f"{name:18}{rate:10.0f}{rate / floor:10.3f}")
+        print(f"{name:26}{rate:10.0f}{rate / floor:10.3f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"tokens": n_tokens, "hook": args.hook, "batch_size": args.batch_size,
                                            "context_size": args.context_size, "tokens_per_s": rates,

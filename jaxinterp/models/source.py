@@ -89,8 +89,8 @@ def choose_backend(model_type: str, backend: str) -> str:
     """``auto`` → ``jax`` for architectures with a JAX-native implementation, else ``torch``.
 
     One measured exception: on a CPU-only host with torch installed, ``auto`` picks torch, whose
-    CPU forward ran 2.2x faster than XLA's on SmolLM2 (bench/RESULTS.md); on GPU/TPU, or without
-    torch, supported architectures run in JAX.
+    CPU forward ran 1.5-2.4x faster than XLA's on SmolLM2 (bench/RESULTS.md); on GPU/TPU, or
+    without torch, supported architectures run in JAX.
     """
     from jaxinterp.models.transformer import SUPPORTED_MODEL_TYPES
 
