@@ -103,3 +103,13 @@ def test_jax_store_equals_torch_store(tiny_llama, tmp_path):
     for name in [*stores["jax"].hook_names, "tokens"]:
         a, b = stores["jax"].read(name, 0, 1024), stores["torch"].read(name, 0, 1024)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())
+
+
+def test_bfloat16_forward_tracks_float32(tiny_llama):
+    files = resolve_model(tiny_llama)
+    tokens = np.random.default_rng(3).integers(3, 500, size=(2, 32))
+    capture = frozenset({"blocks.2.hook_resid_post"})
+    full = JaxSourceModel(files, dtype="float32").forward(tokens, capture)[1]["blocks.2.hook_resid_post"]
+    half = JaxSourceModel(files, dtype="bfloat16").forward(tokens, capture)[1]["blocks.2.hook_resid_post"]
+    assert half.dtype.name == "bfloat16"
+    assert relative_error(np.asarray(half, np.float32), full) < 0.05
