@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from jaxinterp import schemas
-from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import load_config
 from jaxinterp.export import export_run
 from jaxinterp.mesh import SAE_RULES, make_mesh, tree_shardings
@@ -31,26 +30,6 @@ def train_config(store_url, out, **overrides):
               "warmup_steps": 5, "sae.n_latents": 256, "sae.k": 8, "log_every": 10, "checkpoint_every": 20,
               "eval_tokens": 1024, "holdout_fraction": 0.1, "dead_tokens": 5000, "mixing_chunks": 4, **overrides}
     return load_config("configs/train_topk.py", fields, schemas.TRAIN, "train")
-
-
-def test_buffer_epoch_covers_train_rows_once_and_holdout_is_disjoint(tmp_path):
-    n = 4096
-    url = str(tmp_path / "ids")
-    write_store(url, {"row": np.arange(n, dtype=np.float32)[:, None]}, context_size=16, chunk_mib=2**-12,
-                shard_mib=2**-9)
-    store = open_store(url)
-    buffer = ActivationBuffer(store, "row", 64, seed=3, holdout_fraction=0.1, mixing_chunks=3, exclude_bos=True)
-    per_chunk = store.layout.rows_per_chunk
-    rows_of = lambda chunks: {r for c in chunks for r in range(c * per_chunk, (c + 1) * per_chunk) if r % 16 != 0}
-    expected, holdout = rows_of(buffer.split.train), rows_of(buffer.split.holdout)
-    assert expected.isdisjoint(holdout) and len(buffer.split.holdout) == round(n / per_chunk * 0.1)
-    batches = buffer.batches()
-    seen = np.concatenate([next(batches)[:, 0] for _ in range(len(expected) // 64)]).astype(int)
-    assert len(set(seen)) == len(seen) and set(seen) <= expected and len(expected - set(seen)) < 64
-    assert set(buffer.holdout(10**6)[:, 0].astype(int)) == holdout
-    # the order is a function of (seed, step): a restarted iterator replays it
-    again = buffer.batches(start_step=5)
-    np.testing.assert_array_equal(next(again)[:, 0], seen[5 * 64: 6 * 64])
 
 
 def test_one_device_equals_eight(store_url, tmp_path):
@@ -95,7 +74,7 @@ def test_killed_run_resumes_exactly(store_url, tmp_path):
 
 def test_run_dir_with_other_config_is_refused(store_url, tmp_path):
     train(train_config(store_url, tmp_path / "r", steps=20), progress=False)
-    with pytest.raises(RunExistsError, match="differs in: sae"):
+    with pytest.raises(RunExistsError, match="train.sae.k: 8 -> 4"):
         train(train_config(store_url, tmp_path / "r", steps=20, **{"sae.k": 4}), progress=False)
 
 
@@ -123,3 +102,30 @@ def test_saelens_export_matches_our_encoding(store_url, tmp_path):
     with pytest.raises(FileExistsError, match="overwrite"):
         export_run(str(tmp_path / "r"), "saelens", str(tmp_path / "e"))
     assert export_run(str(tmp_path / "r"), "saelens", str(tmp_path / "e"), overwrite=True) == out
+
+
+def test_normalised_run_exports_weights_for_raw_activations(store_url, tmp_path):
+    from safetensors.numpy import load_file
+
+    from jaxinterp.sae import topk
+
+    summary = train(train_config(store_url, tmp_path / "r", steps=20, normalize=True, norm_tokens=2048), progress=False)
+    trained = load_trained(str(tmp_path / "r"))
+    scale = trained.input_scale
+    assert scale != 1.0 and summary["eval"]["input_scale"] == scale
+    x = open_store(store_url).read(HOOK, 0, 64)
+    assert np.mean(np.linalg.norm(x * scale, axis=1)) == pytest.approx(np.sqrt(32), rel=0.1)
+    weights = load_file(str(export_run(str(tmp_path / "r"), "saelens", str(tmp_path / "e")) / "sae_weights.safetensors"))
+    latents = topk.encode(weights, x, 8)
+    ours = topk.encode(trained.state.params, x * scale, 8)
+    np.testing.assert_allclose(topk.dense_latents(latents, 256), topk.dense_latents(ours, 256), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(topk.decode(weights, latents), topk.decode(trained.state.params, ours) / scale,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_store_of_another_width_is_refused_for_an_existing_run(store_url, tmp_path):
+    train(train_config(store_url, tmp_path / "r", steps=10), progress=False)
+    narrow = str(tmp_path / "narrow")
+    write_store(narrow, {HOOK: sparse_activations(2048, 16)}, context_size=16, chunk_mib=2**-9, shard_mib=2**-6)
+    with pytest.raises(RunExistsError, match="d_in: 32 -> 16"):
+        train(train_config(narrow, tmp_path / "r", steps=10), progress=False)

@@ -1,5 +1,5 @@
 """The activation buffer: shuffled, prefetched, sharded batches from a store."""
 
-from jaxinterp.buffer.loader import ActivationBuffer, ChunkSplit, split_chunks
+from jaxinterp.buffer.loader import ActivationBuffer, BufferState, ChunkSplit, NonFiniteRowsError, split_chunks
 
-__all__ = ["ActivationBuffer", "ChunkSplit", "split_chunks"]
+__all__ = ["ActivationBuffer", "BufferState", "ChunkSplit", "NonFiniteRowsError", "split_chunks"]

@@ -1,16 +1,20 @@
 """Shuffled activation batches from a store, as global ``jax.Array``s sharded over 'data'.
 
 Two-level shuffle (design.md §4): a seeded per-epoch permutation of inner chunks, read
-``mixing_chunks`` at a time (one ``ts.Batch``), then a seeded permutation of the rows of that
-group. The batch sequence is a pure function of ``(seed, step)``, so a resumed run replays it
-exactly. A held-out set of chunks, fixed by the seed, is never used for training.
+``mixing_chunks`` at a time (one ``ts.Batch`` for every hook), then a seeded permutation of the
+rows of that group. Epochs are concatenated into one stream and batch ``b`` is rows
+``[b·B, (b+1)·B)`` of it, so the whole position is the step number: resuming at step ``s`` seeks
+straight to the group holding row ``s·B`` (no replay). Several hooks are read with the same
+rows, so one draw feeds SAEs on every hook, or a transcoder. A seeded set of chunks is held out.
+With several processes each reads a disjoint share of every epoch's chunks.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import jax
@@ -20,7 +24,13 @@ import tensorstore as ts
 from jaxinterp.config import ConfigError
 from jaxinterp.store import Store, StoreError
 
-__all__ = ["ChunkSplit", "split_chunks", "ActivationBuffer"]
+__all__ = ["ActivationBuffer", "BufferState", "ChunkSplit", "NonFiniteRowsError", "split_chunks"]
+
+Batch = dict[str, np.ndarray]
+
+
+class NonFiniteRowsError(FloatingPointError):
+    """NaN/Inf activations in the store; the message names hook, rows and shard file."""
 
 
 class ChunkSplit(NamedTuple):
@@ -28,6 +38,21 @@ class ChunkSplit(NamedTuple):
 
     train: np.ndarray
     holdout: np.ndarray
+
+
+class BufferState(NamedTuple):
+    """What a run checkpoints to resume the exact batch sequence (JSON-friendly)."""
+
+    seed: int
+    step: int
+    scales: dict[str, float]  # per-hook input scale (1.0 when not normalising)
+
+    def to_json(self) -> dict:
+        return self._asdict()
+
+    @classmethod
+    def from_json(cls, data: dict) -> BufferState:
+        return cls(int(data["seed"]), int(data["step"]), {k: float(v) for k, v in data["scales"].items()})
 
 
 def split_chunks(n_chunks: int, holdout_fraction: float, seed: int) -> ChunkSplit:
@@ -38,80 +63,142 @@ def split_chunks(n_chunks: int, holdout_fraction: float, seed: int) -> ChunkSpli
 
 
 class ActivationBuffer:
-    """Batches of one hook's activations, shuffled, prefetched in a background thread.
+    """Row-aligned batches of one or more hooks, shuffled, prefetched in a background thread.
 
     Args:
       store: an opened store.
-      hook: the hook array to read.
+      hooks: hook arrays to read together (same rows for each).
       batch_size: global tokens per batch.
       seed: shuffling and split seed.
       holdout_fraction: fraction of chunks held out.
       mixing_chunks: chunks read and shuffled together.
-      exclude_bos: drop BOS tokens (position 0 of a context that starts with BOS).
+      exclude_bos: drop BOS tokens (``pos == 0`` when the store prepends BOS; pads are never written).
+      on_nonfinite: ``"error"`` (name hook, rows and shard file) or ``"skip"`` (drop and count rows).
+      scales: per-hook factors applied to every row (see :meth:`estimate_scales`); default 1.
       sharding: a ``NamedSharding`` for batches; ``None`` yields numpy arrays.
     """
 
-    def __init__(self, store: Store, hook: str, batch_size: int, seed: int, holdout_fraction: float,
-                 mixing_chunks: int, exclude_bos: bool, sharding: jax.sharding.NamedSharding | None = None,
+    def __init__(self, store: Store, hooks: Sequence[str], batch_size: int, seed: int, holdout_fraction: float,
+                 mixing_chunks: int, exclude_bos: bool, on_nonfinite: str = "error",
+                 scales: dict[str, float] | None = None, sharding: jax.sharding.NamedSharding | None = None,
                  prefetch: int = 4):
-        self.store, self.hook, self.batch_size, self.seed = store, hook, batch_size, seed
-        self.array = store.array(hook)
+        self.store, self.hooks, self.seed = store, list(hooks), seed
+        self.arrays = {hook: store.array(hook) for hook in self.hooks}
         self.rows_per_chunk = store.layout.rows_per_chunk
-        n_chunks = -(-store.n_tokens // self.rows_per_chunk)
-        self.split = split_chunks(n_chunks, holdout_fraction, seed)
+        self.split = split_chunks(-(-store.n_tokens // self.rows_per_chunk), holdout_fraction, seed)
         self.mixing_chunks, self.sharding, self.prefetch = mixing_chunks, sharding, prefetch
         self.drop_bos = exclude_bos and bool(store.manifest.get("prepend_bos"))
-        if self.sharding is not None and batch_size % self.sharding.mesh.shape["data"]:
-            raise ConfigError(f"config field 'batch_size' ({batch_size}) must divide over {self.sharding.mesh.shape['data']} data replicas")
+        self.on_nonfinite = on_nonfinite
+        self.scales = {hook: 1.0 for hook in self.hooks} | dict(scales or {})
+        self.skipped_rows = 0
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        if batch_size % self.process_count:
+            raise ConfigError(f"config field 'batch_size' ({batch_size}) must divide over {self.process_count} processes")
+        self.batch_size = batch_size // self.process_count  # rows this process contributes
+        if sharding is not None and batch_size % sharding.mesh.shape["data"]:
+            raise ConfigError(f"config field 'batch_size' ({batch_size}) must divide over {sharding.mesh.shape['data']} data replicas")
 
-    def _read_chunks(self, chunks: np.ndarray) -> np.ndarray:
-        """Reads whole inner chunks at once and drops excluded tokens."""
-        spans = [(c * self.rows_per_chunk, min((c + 1) * self.rows_per_chunk, self.store.n_tokens)) for c in chunks]
-        pos_array = self.store.array("pos")
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _span(self, chunk: int) -> tuple[int, int]:
+        return chunk * self.rows_per_chunk, min((chunk + 1) * self.rows_per_chunk, self.store.n_tokens)
+
+    def _kept_rows(self, chunk: int) -> int:
+        """Rows of ``chunk`` that survive the BOS filter, computed from the layout alone."""
+        start, stop = self._span(chunk)
+        if not self.drop_bos:
+            return stop - start
+        context = int(self.store.manifest["context_size"])
+        return (stop - start) - (-(-stop // context) - (-(-start // context)))
+
+    def _read_chunks(self, chunks: Sequence[int], scaled: bool = True) -> Batch:
+        """Reads whole inner chunks of every hook in one batch, drops excluded and bad rows, scales."""
+        spans = [self._span(c) for c in chunks]
+        names = ["pos", *self.hooks]
         with ts.Batch() as batch:
-            futures = [(self.array[a:b].read(batch=batch), pos_array[a:b].read(batch=batch)) for a, b in spans]
-        parts = []
-        for (a, _), (rows_future, pos_future) in zip(spans, futures):
-            try:
-                rows, pos = rows_future.result(), pos_future.result()
-            except ValueError as error:
-                raise StoreError(f"cannot read chunk at row {a} of '{self.hook}' ({self.store.shard_file(self.hook, a)}): {error}") from error
-            parts.append(rows[pos != 0] if self.drop_bos else rows)
-        return np.concatenate(parts).astype(np.float32, copy=False)
+            futures = [{name: self.store.array(name)[a:b].read(batch=batch) for name in names} for a, b in spans]
+        parts: dict[str, list[np.ndarray]] = {hook: [] for hook in self.hooks}
+        for (start, _), chunk_futures in zip(spans, futures):
+            rows = {}
+            for name, future in chunk_futures.items():
+                try:
+                    rows[name] = future.result()
+                except ValueError as error:
+                    raise StoreError(f"cannot read chunk at row {start} of '{name}' "
+                                     f"({self.store.shard_file(name, start)}): {error}") from error
+            keep = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
+            keep &= self._finite_rows(rows, start)
+            for hook in self.hooks:
+                scale = np.float32(self.scales[hook] if scaled else 1.0)
+                parts[hook].append(rows[hook][keep].astype(np.float32) * scale)
+        return {hook: np.concatenate(values) for hook, values in parts.items()}
 
-    def _numpy_batches(self) -> Iterator[np.ndarray]:
-        carry = np.zeros((0, self.array.shape[1]), np.float32)
-        epoch = 0
-        while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.split.train)
-            for group_index, first in enumerate(range(0, len(order), self.mixing_chunks)):
-                rows = self._read_chunks(order[first: first + self.mixing_chunks])
-                rows = rows[np.random.default_rng([self.seed, epoch, group_index]).permutation(len(rows))]
-                carry = np.concatenate([carry, rows])
-                n_full = len(carry) // self.batch_size
+    def _finite_rows(self, rows: Batch, start: int) -> np.ndarray:
+        finite = np.ones(len(rows["pos"]), bool)
+        for hook in self.hooks:
+            hook_finite = np.isfinite(rows[hook].astype(np.float32)).all(axis=1)
+            if not hook_finite.all() and self.on_nonfinite == "error":
+                bad = np.flatnonzero(~hook_finite) + start
+                raise NonFiniteRowsError(
+                    f"non-finite activations in '{hook}' at rows {bad[0]}..{bad[-1]} ({len(bad)} rows) of "
+                    f"{self.store.shard_file(hook, start)}; set --config.on_nonfinite=skip to drop them"
+                )
+            finite &= hook_finite
+        self.skipped_rows += int((~finite).sum())
+        return finite
+
+    # -- the stream --------------------------------------------------------------------------------
+
+    def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.split.train)
+        mine = order[self.process_index:: self.process_count]  # disjoint share per process
+        return [mine[i: i + self.mixing_chunks] for i in range(0, len(mine), self.mixing_chunks)]
+
+    def _group_rows(self, epoch: int, index: int, chunks: np.ndarray) -> Batch:
+        rows = self._read_chunks(chunks)
+        order = np.random.default_rng([self.seed, epoch, index]).permutation(len(next(iter(rows.values()))))
+        return {hook: values[order] for hook, values in rows.items()}
+
+    def _seek(self, step: int) -> tuple[int, int, int]:
+        """(epoch, group, row offset in that group) of the first row of batch ``step``."""
+        per_group = [sum(self._kept_rows(c) for c in group) for group in self._epoch_groups(0)]
+        epoch_rows = sum(per_group)  # every epoch holds the same chunks, so the same row count
+        if epoch_rows < self.batch_size:
+            raise ConfigError(f"config field 'batch_size': the training split holds only {epoch_rows} rows per epoch")
+        epoch, position = divmod(step * self.batch_size, epoch_rows)
+        sizes = [sum(self._kept_rows(c) for c in group) for group in self._epoch_groups(epoch)]
+        group = int(np.searchsorted(np.cumsum(sizes), position, side="right"))
+        return epoch, group, position - int(np.sum(sizes[:group]))
+
+    def _stream(self, epoch0: int, group0: int, offset: int) -> Iterator[Batch]:
+        carry: Batch = {hook: np.zeros((0, self.arrays[hook].shape[1]), np.float32) for hook in self.hooks}
+        for epoch in itertools.count(epoch0):
+            for index, chunks in enumerate(self._epoch_groups(epoch)):
+                if epoch == epoch0 and index < group0:
+                    continue
+                rows = self._group_rows(epoch, index, chunks)
+                skip = offset if (epoch, index) == (epoch0, group0) else 0
+                carry = {hook: np.concatenate([carry[hook], rows[hook][skip:]]) for hook in self.hooks}
+                n_full = len(carry[self.hooks[0]]) // self.batch_size
                 for i in range(n_full):
-                    yield carry[i * self.batch_size: (i + 1) * self.batch_size]
-                carry = carry[n_full * self.batch_size:]
-            epoch += 1
+                    yield {hook: carry[hook][i * self.batch_size: (i + 1) * self.batch_size] for hook in self.hooks}
+                carry = {hook: values[n_full * self.batch_size:] for hook, values in carry.items()}
 
-    def first_batch(self) -> np.ndarray:
+    def _numpy_batches(self, start_step: int = 0) -> Iterator[Batch]:
+        if self.on_nonfinite == "skip":  # kept-row counts then depend on the data: replay to the step
+            return itertools.islice(self._stream(0, 0, 0), start_step, None)
+        return self._stream(*self._seek(start_step))
+
+    def first_batch(self) -> Batch:
         """The first training batch as numpy, for data-dependent initialisation."""
         return next(self._numpy_batches())
 
-    def batches(self, start_step: int = 0) -> Iterator[jax.Array | np.ndarray]:
-        """Infinite batch iterator starting at batch ``start_step`` (replayed, so resume is exact)."""
+    def batches(self, start_step: int = 0) -> Iterator[Batch]:
+        """Infinite iterator of ``{hook: batch}`` starting at batch ``start_step``."""
         out: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
-        def produce():
-            try:
-                for index, batch in enumerate(self._numpy_batches()):
-                    if index >= start_step and not _put(batch):
-                        return
-            except BaseException as error:  # surfaced in the consumer
-                _put(error)
-
-        def _put(item) -> bool:
+        def put(item) -> bool:
             while not stop.is_set():
                 try:
                     out.put(item, timeout=0.1)
@@ -120,14 +207,21 @@ class ActivationBuffer:
                     continue
             return False
 
-        thread = threading.Thread(target=produce, daemon=True, name="jaxinterp-buffer")
-        thread.start()
+        def produce():
+            try:
+                for batch in self._numpy_batches(start_step):
+                    if not put(batch):
+                        return
+            except BaseException as error:  # surfaced in the consumer
+                put(error)
+
+        threading.Thread(target=produce, daemon=True, name="jaxinterp-buffer").start()
         try:
             while True:
                 item = out.get()
                 if isinstance(item, BaseException):
                     raise item
-                yield self._to_device(item)
+                yield {hook: self._to_device(values) for hook, values in item.items()}
         finally:
             stop.set()
 
@@ -136,22 +230,32 @@ class ActivationBuffer:
             return batch
         return jax.make_array_from_process_local_data(self.sharding, batch)
 
-    def _rows_of(self, chunks: np.ndarray, max_tokens: int) -> np.ndarray:
-        rows, total = [], 0
+    # -- normalisation and evaluation rows --------------------------------------------------------
+
+    def estimate_scales(self, n_tokens: int) -> dict[str, float]:
+        """Per-hook ``√d / mean‖x‖`` over training rows, so inputs have mean norm √d (Conerly et al. 2024)."""
+        chunks = self._epoch_groups(0)
+        rows = self._rows_of(np.concatenate(chunks) if chunks else np.zeros(0, int), n_tokens, scaled=False)
+        return {hook: float(np.sqrt(values.shape[1]) / np.mean(np.linalg.norm(values, axis=1)))
+                for hook, values in rows.items()}
+
+    def _rows_of(self, chunks: np.ndarray, max_tokens: int, scaled: bool = True) -> Batch:
+        parts, total = [], 0
         for first in range(0, len(chunks), self.mixing_chunks):
-            rows.append(self._read_chunks(chunks[first: first + self.mixing_chunks]))
-            total += len(rows[-1])
+            parts.append(self._read_chunks(chunks[first: first + self.mixing_chunks], scaled))
+            total += len(parts[-1][self.hooks[0]])
             if total >= max_tokens:
                 break
-        return np.concatenate(rows)[:max_tokens]
+        if not parts:
+            raise ConfigError("no rows to read: the store split is empty")
+        return {hook: np.concatenate([p[hook] for p in parts])[:max_tokens] for hook in self.hooks}
 
-    def holdout(self, max_tokens: int) -> np.ndarray:
-        """Up to ``max_tokens`` held-out rows, in store order."""
+    def holdout(self, max_tokens: int) -> Batch:
+        """Up to ``max_tokens`` held-out rows per hook, in store order."""
         if not len(self.split.holdout):
             raise ConfigError("no holdout chunks: set config field 'holdout_fraction' > 0")
         return self._rows_of(self.split.holdout, max_tokens)
 
-    def first_rows(self, max_tokens: int) -> np.ndarray:
-        """Up to ``max_tokens`` rows from the start of the store (all chunks, training ones too)."""
-        n_chunks = len(self.split.train) + len(self.split.holdout)
-        return self._rows_of(np.arange(n_chunks), max_tokens)
+    def first_rows(self, max_tokens: int) -> Batch:
+        """Up to ``max_tokens`` rows per hook from the start of the store (all chunks)."""
+        return self._rows_of(np.arange(len(self.split.train) + len(self.split.holdout)), max_tokens)

@@ -26,10 +26,12 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     train_cfg = trained.config["train"]
     store = open_store(cfg["store"] or train_cfg["store"])
     own = not cfg["store"]
-    buffer = ActivationBuffer(store, trained.config["hook_name"], cfg["batch_size"], train_cfg["seed"],
+    hook = trained.config["hook_name"]
+    buffer = ActivationBuffer(store, [hook], cfg["batch_size"], train_cfg["seed"],
                               train_cfg["holdout_fraction"] if own else 0.0, train_cfg["mixing_chunks"],
-                              train_cfg["exclude_bos"])
-    rows = buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"])
+                              train_cfg["exclude_bos"], on_nonfinite=train_cfg["on_nonfinite"],
+                              scales={hook: trained.input_scale})
+    rows = (buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"]))[hook]
     result = evaluate_reconstruction(trained.state.params, rows, trained.config["k"], cfg["batch_size"])
     result.update(
         step=trained.step,

@@ -17,6 +17,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jaxinterp.eval.metrics import log10_firing_frequency
+from jaxinterp.sae import topk
 from jaxinterp.train.trained import TrainedSAE
 
 __all__ = ["export_saelens", "saelens_config", "SAELENS_VERSION"]
@@ -26,7 +27,7 @@ SAELENS_VERSION = "6.0.0"
 
 
 def saelens_config(trained: TrainedSAE) -> dict[str, Any]:
-    """SAELens v6 ``cfg.json`` for a TopK SAE (no activation normalisation to fold in yet)."""
+    """SAELens v6 ``cfg.json`` for a TopK SAE (any input normalisation is folded into the weights)."""
     cfg, source = trained.config, trained.config["source"]
     return {
         "architecture": "topk",
@@ -76,7 +77,8 @@ def _atomic_directory(out: str, overwrite: bool, write) -> Path:
 
 def export_saelens(trained: TrainedSAE, out: str, overwrite: bool = False) -> Path:
     """Writes a SAELens v6 directory that ``sae_lens.SAE.load_from_disk`` reads."""
-    params = {name: np.asarray(value, np.float32) for name, value in trained.state.params.items()}
+    raw = topk.fold_input_scale(trained.state.params, trained.input_scale)  # exports act on raw activations
+    params = {name: np.asarray(value, np.float32) for name, value in raw.items()}
     sparsity = np.asarray(log10_firing_frequency(trained.state.fire_count, trained.state.tokens_seen), np.float32)
 
     def write(directory: Path) -> None:

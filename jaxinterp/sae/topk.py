@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from jaxinterp.eval.metrics import fraction_variance_unexplained
 
-__all__ = ["SparseLatents", "init_params", "encode", "decode", "dense_latents", "loss_fn"]
+__all__ = ["SparseLatents", "init_params", "encode", "decode", "dense_latents", "fold_input_scale", "loss_fn"]
 
 
 class SparseLatents(NamedTuple):
@@ -59,3 +59,18 @@ def loss_fn(params: dict[str, jax.Array], x: jax.Array, k: int) -> tuple[jax.Arr
     """Reconstruction loss = FVU of the batch (scale-free, as in sparsify); returns the latents too."""
     latents = encode(params, x, k)
     return fraction_variance_unexplained(x, decode(params, latents)), latents
+
+
+def fold_input_scale(params: dict[str, jax.Array], scale: float) -> dict[str, jax.Array]:
+    """Params that act on raw ``x`` for an SAE trained on ``scale · x``.
+
+    ``W_enc·scale`` and ``b_dec/scale`` give the same pre-activations (so the same top-k), and
+    ``W_dec/scale``, ``b_dec/scale`` return the reconstruction in raw units. Decoder rows are then no
+    longer unit-norm, as in SAELens exports of normalised SAEs.
+    """
+    return {
+        "W_enc": params["W_enc"] * scale,
+        "b_enc": params["b_enc"],
+        "W_dec": params["W_dec"] / scale,
+        "b_dec": params["b_dec"] / scale,
+    }

@@ -53,6 +53,7 @@ class StoreWriter:
         self.process_index, self.process_count, self.timeout = process_index, process_count, timeout
         self._kv = kvstore(url)
         self._background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxinterp-store-writer")
+        self._commits: list[Future] = []
         create = self._prepare(overwrite) if process_index == 0 else self._await_creation()
         if create:  # manifest first: a killed creator leaves a store that a rerun recognises
             write_manifest(url, self.manifest)
@@ -138,7 +139,9 @@ class StoreWriter:
             self._kv.write(f"{_DONE_PREFIX}{shard:06d}", b"").result()
             return shard
 
-        return self._background.submit(commit)
+        future = self._background.submit(commit)
+        self._commits.append(future)
+        return future
 
     def finish(self) -> dict[str, Any]:
         """Waits until every shard (all processes') is done; process 0 then marks the store complete.
@@ -146,6 +149,8 @@ class StoreWriter:
         Returns the final manifest.
         """
         self._background.shutdown(wait=True)
+        for commit in self._commits:
+            commit.result()  # a failed background write surfaces here, not as a missing shard
         deadline = time.monotonic() + self.timeout
         while len(self._done()) < self.n_shards:
             if self.process_count == 1:

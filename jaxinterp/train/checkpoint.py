@@ -12,7 +12,18 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-__all__ = ["RunExistsError", "checkpoint_manager", "write_run_config", "read_run_config", "restore_latest", "RUN_CONFIG"]
+from jaxinterp.buffer import BufferState
+from jaxinterp.config import flatten
+
+__all__ = [
+    "RUN_CONFIG",
+    "RunExistsError",
+    "checkpoint_manager",
+    "read_run_config",
+    "restore_latest",
+    "save_checkpoint",
+    "write_run_config",
+]
 
 RUN_CONFIG = "cfg.json"
 # Changing these does not change what a run *is*, so a rerun with new values resumes it.
@@ -41,29 +52,35 @@ def write_run_config(run_dir: str, run_config: dict[str, Any]) -> None:
     """Writes ``cfg.json``, or checks that an existing one describes the same run.
 
     Raises:
-      RunExistsError: when ``run_dir`` holds a run with a different configuration.
+      RunExistsError: when ``run_dir`` holds a run with a different configuration (the message
+        names the differing fields, e.g. ``d_in`` when the store's width changed).
     """
     path = Path(run_dir) / RUN_CONFIG
     if path.exists():
-        old = json.loads(path.read_text())
-        strip = lambda c: {**c, "train": {k: v for k, v in c["train"].items() if k not in _RESUMABLE_KEYS}}
-        if strip(old) != strip(run_config):
-            differing = sorted(k for k in set(old["train"]) | set(run_config["train"])
-                               if old["train"].get(k) != run_config["train"].get(k))
-            raise RunExistsError(
-                f"{run_dir} already holds a different run (differs in: {', '.join(differing) or 'store/model metadata'}); "
-                "choose another --config.out"
-            )
+        old, new = flatten(json.loads(path.read_text())), flatten(run_config)
+        differing = sorted(k for k in set(old) | set(new)
+                           if old.get(k) != new.get(k) and k.removeprefix("train.") not in _RESUMABLE_KEYS)
+        if differing:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:6])
+            raise RunExistsError(f"{run_dir} already holds a different run ({detail}); choose another --config.out")
     elif path.parent.exists() and any(path.parent.iterdir()):
         raise RunExistsError(f"{run_dir} exists and is not a jaxinterp run directory; choose another --config.out")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run_config, indent=2, sort_keys=True))
 
 
-def restore_latest(run_dir: str, target: Any) -> tuple[int, Any]:
-    """Restores the newest checkpoint of ``run_dir`` into the structure/shardings of ``target``."""
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, buffer_state: BufferState) -> None:
+    """Saves the train state (sharded arrays) and the buffer state (JSON) as one orbax step."""
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                               buffer=ocp.args.JsonSave(buffer_state.to_json())))
+
+
+def restore_latest(run_dir: str, target: Any) -> tuple[int, Any, BufferState]:
+    """Restores the newest step of ``run_dir`` into the structure/shardings of ``target``."""
     manager = checkpoint_manager(run_dir)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"run {run_dir} has no checkpoint yet")
-    return step, manager.restore(step, args=ocp.args.StandardRestore(target))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                             buffer=ocp.args.JsonRestore()))
+    return step, restored["state"], BufferState.from_json(restored["buffer"])

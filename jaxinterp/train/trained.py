@@ -15,11 +15,13 @@ __all__ = ["TrainedSAE", "load_trained"]
 
 
 class TrainedSAE(NamedTuple):
-    """A run's ``cfg.json``, its newest step, and that step's state, on one local device."""
+    """A run's ``cfg.json``, its newest step, that step's state (on one local device), and the
+    factor the buffer multiplied inputs by (1.0 unless the run normalised activations)."""
 
     config: dict[str, Any]
     step: int
     state: TrainState
+    input_scale: float
 
 
 def load_trained(run_dir: str) -> TrainedSAE:
@@ -29,5 +31,5 @@ def load_trained(run_dir: str) -> TrainedSAE:
     abstract = jax.eval_shape(init, jax.random.key(0), np.zeros(config["d_in"], np.float32))
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-    step, restored = restore_latest(run_dir, target)
-    return TrainedSAE(config, step, TrainState(*restored))
+    step, restored, buffer_state = restore_latest(run_dir, target)
+    return TrainedSAE(config, step, TrainState(*restored), buffer_state.scales[config["hook_name"]])
