@@ -111,32 +111,52 @@ class ActivationBuffer:
         context = int(self.store.manifest["context_size"])
         return (stop - start) - (-(-stop // context) - (-(-start // context)))
 
-    def _read_chunks(self, chunks: Sequence[int], scaled: bool = True) -> Batch:
-        """Reads whole inner chunks of every hook in one batch, drops excluded and bad rows, scales."""
+    def _start_read(self, chunks: Sequence[int]) -> list[tuple[int, dict[str, ts.Future]]]:
+        """Issues one ``ts.Batch`` read of whole inner chunks for ``pos`` and every hook."""
         spans = [self._span(c) for c in chunks]
-        names = ["pos", *self.hooks]
         with ts.Batch() as batch:
-            futures = [{name: self.store.array(name)[a:b].read(batch=batch) for name in names} for a, b in spans]
-        parts: dict[str, list[np.ndarray]] = {hook: [] for hook in self.hooks}
-        for (start, _), chunk_futures in zip(spans, futures):
+            return [(a, {name: self.store.array(name)[a:b].read(batch=batch) for name in ["pos", *self.hooks]})
+                    for a, b in spans]
+
+    def _finish_read(self, pending: list[tuple[int, dict[str, ts.Future]]], scaled: bool = True,
+                     order_seed: Sequence[int] | None = None) -> Batch:
+        """Waits for a read; drops excluded and bad rows, shuffles the survivors with ``order_seed``
+        (if given) and scales, with a single gather per hook."""
+        raw: dict[str, list[np.ndarray]] = {hook: [] for hook in self.hooks}
+        keep = []
+        for start, futures in pending:
             rows = {}
-            for name, future in chunk_futures.items():
+            for name, future in futures.items():
                 try:
                     rows[name] = future.result()
                 except ValueError as error:
                     raise StoreError(f"cannot read chunk at row {start} of '{name}' "
                                      f"({self.store.shard_file(name, start)}): {error}") from error
-            keep = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
-            keep &= self._finite_rows(rows, start)
+            kept = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
+            keep.append(kept & self._finite_rows(rows, start))
             for hook in self.hooks:
-                scale = np.float32(self.scales[hook] if scaled else 1.0)
-                parts[hook].append(rows[hook][keep].astype(np.float32) * scale)
-        return {hook: np.concatenate(values) for hook, values in parts.items()}
+                raw[hook].append(rows[hook])
+        index = np.flatnonzero(np.concatenate(keep))
+        if order_seed is not None:
+            index = index[np.random.default_rng(order_seed).permutation(len(index))]
+        out = {}
+        for hook in self.hooks:
+            values = np.concatenate(raw[hook])[index]
+            values = values if values.dtype == np.float32 else values.astype(np.float32)
+            scale = self.scales[hook] if scaled else 1.0
+            out[hook] = values if scale == 1.0 else np.multiply(values, np.float32(scale), out=values)
+        return out
+
+    def _read_chunks(self, chunks: Sequence[int], scaled: bool = True) -> Batch:
+        return self._finish_read(self._start_read(chunks), scaled)
 
     def _finite_rows(self, rows: Batch, start: int) -> np.ndarray:
         finite = np.ones(len(rows["pos"]), bool)
         for hook in self.hooks:
-            hook_finite = np.isfinite(rows[hook].astype(np.float32)).all(axis=1)
+            # A row sum is non-finite whenever an entry is (cheap); only those rows get the exact check.
+            suspect = np.flatnonzero(~np.isfinite(rows[hook].sum(axis=1, dtype=np.float32)))
+            hook_finite = np.ones(len(rows["pos"]), bool)
+            hook_finite[suspect] = np.isfinite(rows[hook][suspect].astype(np.float32)).all(axis=1)
             if not hook_finite.all() and self.on_nonfinite == "error":
                 bad = np.flatnonzero(~hook_finite) + start
                 raise NonFiniteRowsError(
@@ -154,11 +174,6 @@ class ActivationBuffer:
         mine = order[self.process_index:: self.process_count]  # disjoint share per process
         return [mine[i: i + self.mixing_chunks] for i in range(0, len(mine), self.mixing_chunks)]
 
-    def _group_rows(self, epoch: int, index: int, chunks: np.ndarray) -> Batch:
-        rows = self._read_chunks(chunks)
-        order = np.random.default_rng([self.seed, epoch, index]).permutation(len(next(iter(rows.values()))))
-        return {hook: values[order] for hook, values in rows.items()}
-
     def _seek(self, step: int) -> tuple[int, int, int]:
         """(epoch, group, row offset in that group) of the first row of batch ``step``."""
         per_group = [sum(self._kept_rows(c) for c in group) for group in self._epoch_groups(0)]
@@ -170,19 +185,39 @@ class ActivationBuffer:
         group = int(np.searchsorted(np.cumsum(sizes), position, side="right"))
         return epoch, group, position - int(np.sum(sizes[:group]))
 
+    def _groups_from(self, epoch0: int, group0: int) -> Iterator[tuple[int, int, Batch]]:
+        """Shuffled rows of each group from (epoch0, group0) on; the next group's read is in flight
+        while the current one is filtered and shuffled."""
+        def schedule():
+            for epoch in itertools.count(epoch0):
+                for index, chunks in enumerate(self._epoch_groups(epoch)):
+                    if epoch > epoch0 or index >= group0:
+                        yield epoch, index, chunks
+
+        upcoming = schedule()
+        epoch, index, chunks = next(upcoming)
+        pending = self._start_read(chunks)
+        for next_epoch, next_index, next_chunks in upcoming:
+            next_pending = self._start_read(next_chunks)
+            yield epoch, index, self._finish_read(pending, order_seed=[self.seed, epoch, index])
+            epoch, index, pending = next_epoch, next_index, next_pending
+
     def _stream(self, epoch0: int, group0: int, offset: int) -> Iterator[Batch]:
         carry: Batch = {hook: np.zeros((0, self.arrays[hook].shape[1]), np.float32) for hook in self.hooks}
-        for epoch in itertools.count(epoch0):
-            for index, chunks in enumerate(self._epoch_groups(epoch)):
-                if epoch == epoch0 and index < group0:
-                    continue
-                rows = self._group_rows(epoch, index, chunks)
-                skip = offset if (epoch, index) == (epoch0, group0) else 0
-                carry = {hook: np.concatenate([carry[hook], rows[hook][skip:]]) for hook in self.hooks}
-                n_full = len(carry[self.hooks[0]]) // self.batch_size
-                for i in range(n_full):
-                    yield {hook: carry[hook][i * self.batch_size: (i + 1) * self.batch_size] for hook in self.hooks}
-                carry = {hook: values[n_full * self.batch_size:] for hook, values in carry.items()}
+        size = self.batch_size
+        for epoch, index, rows in self._groups_from(epoch0, group0):
+            if (epoch, index) == (epoch0, group0):
+                rows = {hook: values[offset:] for hook, values in rows.items()}
+            available = len(rows[self.hooks[0]])
+            first = size - len(carry[self.hooks[0]])  # rows of this group that complete the carried batch
+            if available < first:
+                carry = {hook: np.concatenate([carry[hook], rows[hook]]) for hook in self.hooks}
+                continue
+            yield {hook: np.concatenate([carry[hook], rows[hook][:first]]) for hook in self.hooks}
+            n_full = (available - first) // size
+            for i in range(n_full):  # views into the group's rows: no further copies
+                yield {hook: rows[hook][first + i * size: first + (i + 1) * size] for hook in self.hooks}
+            carry = {hook: rows[hook][first + n_full * size:] for hook in self.hooks}
 
     def _numpy_batches(self, start_step: int = 0) -> Iterator[Batch]:
         if self.on_nonfinite == "skip":  # kept-row counts then depend on the data: replay to the step
