@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from jaxinterp import schemas
+from jaxinterp.buffer import NonFiniteRowsError
 from jaxinterp.config import ConfigError, Schema, flatten, load_config
 from jaxinterp.extract.run import NonFiniteActivationError
 from jaxinterp.models.hooks import HookError
@@ -73,7 +74,8 @@ VERBS = {
 
 # Problems the user can fix get one line; anything else is a bug and keeps its traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, HookError, StoreError, NonFiniteActivationError,
-                                                 FileNotFoundError, FileExistsError, NotImplementedError, ImportError)
+                                                 NonFiniteRowsError, FileNotFoundError, FileExistsError,
+                                                 NotImplementedError, ImportError, TimeoutError)
 
 
 def _fields_help(verb: Verb) -> str:
