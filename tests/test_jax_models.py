@@ -113,3 +113,31 @@ def test_bfloat16_forward_tracks_float32(tiny_llama):
     half = JaxSourceModel(files, dtype="bfloat16").forward(tokens, capture)[1]["blocks.2.hook_resid_post"]
     assert half.dtype.name == "bfloat16"
     assert relative_error(np.asarray(half, np.float32), full) < 0.05
+
+
+def test_extraction_needs_no_torch_for_safetensors_models(tiny_llama, tmp_path):
+    """Runs `extract` in a Python whose path holds every installed package except torch."""
+    import site
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    overlay = tmp_path / "site-packages-without-torch"
+    overlay.mkdir()
+    for entry in Path(site.getsitepackages()[0]).iterdir():
+        if not (entry.name.startswith(("torch", "functorch")) or entry.suffix == ".pth"):
+            (overlay / entry.name).symlink_to(entry)
+    repo = Path(__file__).resolve().parents[1]
+    script = (
+        "import importlib.util, sys\n"
+        "assert importlib.util.find_spec('torch') is None\n"
+        "from jaxinterp import schemas\nfrom jaxinterp.config import load_config\nfrom jaxinterp.extract import extract\n"
+        f"cfg = load_config('configs/extract.py', {{'model': {tiny_llama!r}, 'out': {str(tmp_path / 's')!r}, "
+        "'max_tokens': 512, 'context_size': 64, 'hooks': 'blocks.1.hook_resid_post'}, schemas.EXTRACT)\n"
+        "result = extract(cfg, progress=False)\n"
+        "print(result.manifest['backend'], result.tokens_written, 'torch' in sys.modules)\n"
+    )
+    env = {"PYTHONPATH": f"{overlay}:{repo}", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-S", "-c", script], cwd=repo, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["jax", "512", "False"]
