@@ -56,12 +56,13 @@ def main() -> None:
         mesh = make_mesh(data=-1, model=1)
         buffer = ActivationBuffer(store, [hook], args.batch_size, seed=0, holdout_fraction=0.0,
                                   mixing_chunks=args.mixing_chunks, exclude_bos=True, sharding=batch_sharding(mesh))
-        n_batches = sum(buffer._kept_rows(c) for c in buffer.split.train) // args.batch_size
+        n_batches = buffer.epoch_rows() // args.batch_size
         batches = buffer.batches()
         began = time.perf_counter()
         for _ in range(n_batches):
             jax.block_until_ready(next(batches)[hook])
         seconds = time.perf_counter() - began
+        batches.close()
         buffer_tokens = n_batches * args.batch_size / seconds
         buffer_bytes = n_batches * args.batch_size * d * 4 / seconds
 

@@ -174,10 +174,13 @@ class ActivationBuffer:
         mine = order[self.process_index:: self.process_count]  # disjoint share per process
         return [mine[i: i + self.mixing_chunks] for i in range(0, len(mine), self.mixing_chunks)]
 
+    def epoch_rows(self) -> int:
+        """Training rows this process reads per epoch (every epoch holds the same chunks)."""
+        return sum(self._kept_rows(c) for group in self._epoch_groups(0) for c in group)
+
     def _seek(self, step: int) -> tuple[int, int, int]:
         """(epoch, group, row offset in that group) of the first row of batch ``step``."""
-        per_group = [sum(self._kept_rows(c) for c in group) for group in self._epoch_groups(0)]
-        epoch_rows = sum(per_group)  # every epoch holds the same chunks, so the same row count
+        epoch_rows = self.epoch_rows()
         if epoch_rows < self.batch_size:
             raise ConfigError(f"config field 'batch_size': the training split holds only {epoch_rows} rows per epoch")
         epoch, position = divmod(step * self.batch_size, epoch_rows)
@@ -250,7 +253,8 @@ class ActivationBuffer:
             except BaseException as error:  # surfaced in the consumer
                 put(error)
 
-        threading.Thread(target=produce, daemon=True, name="jaxinterp-buffer").start()
+        producer = threading.Thread(target=produce, daemon=True, name="jaxinterp-buffer")
+        producer.start()
         try:
             while True:
                 item = out.get()
@@ -259,6 +263,7 @@ class ActivationBuffer:
                 yield {hook: self._to_device(values) for hook, values in item.items()}
         finally:
             stop.set()
+            producer.join(timeout=30)  # let an in-flight TensorStore read finish before teardown
 
     def _to_device(self, batch: np.ndarray):
         if self.sharding is None:

@@ -57,7 +57,7 @@ def _start_state(cfg, buffer: ActivationBuffer, out: Path, d_in: int, mesh, opti
             raise ConfigError(f"config field 'seed' ({cfg['seed']}) differs from the checkpoint's ({buffer_state.seed})")
         return TrainState(*restored), buffer_state, shardings
     scales = buffer.estimate_scales(cfg["norm_tokens"]) if cfg["normalize"] else {cfg["hook"]: 1.0}
-    buffer.scales = scales
+    buffer.scales = scales  # b_dec is initialised in the units the SAE will see
     b_dec = buffer.first_batch()[cfg["hook"]].mean(axis=0)  # data-dependent b_dec init, as the peers do
     state = jax.jit(init, out_shardings=shardings)(key, b_dec)
     return state, BufferState(cfg["seed"], 0, scales), shardings
