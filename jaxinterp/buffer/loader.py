@@ -22,7 +22,7 @@ import numpy as np
 import tensorstore as ts
 
 from jaxinterp.config import ConfigError
-from jaxinterp.store import Store, StoreError
+from jaxinterp.store import Store
 
 __all__ = ["ActivationBuffer", "BufferState", "ChunkSplit", "NonFiniteRowsError", "split_chunks"]
 
@@ -111,27 +111,26 @@ class ActivationBuffer:
         context = int(self.store.manifest["context_size"])
         return (stop - start) - (-(-stop // context) - (-(-start // context)))
 
-    def _start_read(self, chunks: Sequence[int]) -> list[tuple[int, dict[str, ts.Future]]]:
+    def _start_read(self, chunks: Sequence[int]) -> list[tuple[tuple[int, int], dict[str, ts.Future]]]:
         """Issues one ``ts.Batch`` read of whole inner chunks for ``pos`` and every hook."""
         spans = [self._span(c) for c in chunks]
         with ts.Batch() as batch:
-            return [(a, {name: self.store.array(name)[a:b].read(batch=batch) for name in ["pos", *self.hooks]})
+            return [((a, b), {name: self.store.array(name)[a:b].read(batch=batch) for name in ["pos", *self.hooks]})
                     for a, b in spans]
 
-    def _finish_read(self, pending: list[tuple[int, dict[str, ts.Future]]], scaled: bool = True,
+    def _finish_read(self, pending: list[tuple[tuple[int, int], dict[str, ts.Future]]], scaled: bool = True,
                      order_seed: Sequence[int] | None = None) -> Batch:
         """Waits for a read; drops excluded and bad rows, shuffles the survivors with ``order_seed``
         (if given) and scales, with a single gather per hook."""
         raw: dict[str, list[np.ndarray]] = {hook: [] for hook in self.hooks}
         keep = []
-        for start, futures in pending:
+        for (start, stop), futures in pending:
             rows = {}
             for name, future in futures.items():
                 try:
                     rows[name] = future.result()
                 except ValueError as error:
-                    raise StoreError(f"cannot read chunk at row {start} of '{name}' "
-                                     f"({self.store.shard_file(name, start)}): {error}") from error
+                    raise self.store.read_failed(name, start, stop, error) from error
             kept = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
             keep.append(kept & self._finite_rows(rows, start))
             for hook in self.hooks:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["HookPoint", "parse_hooks", "valid_hook_names", "HookError", "LAYER_KINDS"]
+__all__ = ["HookPoint", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError", "LAYER_KINDS"]
 
 LAYER_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 _PATTERN = re.compile(r"^blocks\.(\d+)\.(hook_\w+)$")
@@ -67,3 +67,9 @@ def parse_hooks(names: str | Sequence[str], n_layers: int) -> list[HookPoint]:
     if len(set(names)) != len(names):
         raise HookError(f"hooks listed twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
     return hooks
+
+
+def as_hook_points(hooks: Sequence[str] | Sequence[HookPoint], n_layers: int) -> list[HookPoint]:
+    """``hooks`` as parsed points: already-parsed lists pass through, names are parsed."""
+    points = [h for h in hooks if isinstance(h, HookPoint)]
+    return points if len(points) == len(hooks) else parse_hooks(list(hooks), n_layers)

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxinterp.mesh import Rules, make_mesh, tree_shardings
-from jaxinterp.models.hooks import HookPoint, parse_hooks
+from jaxinterp.models.hooks import HookPoint, as_hook_points, parse_hooks
 from jaxinterp.models.source import ModelFiles
 from jaxinterp.models.transformer import Edit, build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
@@ -78,8 +78,6 @@ class JaxSourceModel:
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
         """``{hook name: [batch, seq, d] float32 numpy}``; the pass stops after the last hook needed."""
-        points = [h for h in hooks if isinstance(h, HookPoint)]
-        if len(points) != len(hooks):
-            points = self.parse_hooks(list(hooks))
+        points = as_hook_points(hooks, self.n_layers)
         _, captured = self.forward(tokens, capture=frozenset(p.name for p in points), logits=False)
         return {name: np.asarray(value, np.float32) for name, value in captured.items()}

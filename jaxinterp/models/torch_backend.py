@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxinterp.models.hooks import HookPoint, parse_hooks
+from jaxinterp.models.hooks import HookPoint, as_hook_points, parse_hooks
 from jaxinterp.models.source import ModelFiles
 
 __all__ = ["TorchSourceModel"]
@@ -80,9 +80,7 @@ class TorchSourceModel:
         The forward stops right after the last hook any requested name needs.
         """
         torch = self._torch
-        points = [h for h in hooks if isinstance(h, HookPoint)]
-        if len(points) != len(hooks):
-            points = self.parse_hooks(list(hooks))
+        points = as_hook_points(hooks, self.n_layers)
         captured: dict[str, torch.Tensor] = {}
         last = max(points, key=lambda p: p.order)
 

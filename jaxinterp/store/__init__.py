@@ -2,8 +2,8 @@
 
 from jaxinterp.store.manifest import read_manifest
 from jaxinterp.store.reader import Store, StoreError, open_store
-from jaxinterp.store.spec import Layout, array_spec, kvstore_spec, plan_layout
-from jaxinterp.store.writer import SIDE_ARRAYS, StoreExistsError, StoreWriter
+from jaxinterp.store.spec import SIDE_ARRAYS, Layout, array_spec, kvstore_spec, plan_layout
+from jaxinterp.store.writer import StoreExistsError, StoreWriter
 
 __all__ = [
     "Layout",

@@ -8,8 +8,7 @@ import numpy as np
 import tensorstore as ts
 
 from jaxinterp.store.manifest import read_manifest
-from jaxinterp.store.spec import Layout, array_kvstore
-from jaxinterp.store.writer import SIDE_ARRAYS
+from jaxinterp.store.spec import SIDE_ARRAYS, Layout, array_kvstore, array_shapes
 
 __all__ = ["Store", "open_store", "StoreError"]
 
@@ -51,12 +50,16 @@ class Store:
         kv = array_kvstore(self.url, name)
         return (kv if isinstance(kv, str) else kv["path"]) + "c" + suffix
 
+    def read_failed(self, name: str, start: int, stop: int, error: Exception) -> StoreError:
+        """The error for a failed read of rows ``[start, stop)``, naming the shard file."""
+        return StoreError(f"cannot read rows {start}:{stop} of '{name}' from {self.shard_file(name, start)}: {error}")
+
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of one array; a corrupted shard names its file."""
         try:
             return self.array(name)[start:stop].read().result()
         except ValueError as error:
-            raise StoreError(f"cannot read rows {start}:{stop} of '{name}' from {self.shard_file(name, start)}: {error}") from error
+            raise self.read_failed(name, start, stop, error) from error
 
 
 def open_store(url: str) -> Store:
@@ -67,10 +70,7 @@ def open_store(url: str) -> Store:
     if not manifest.get("complete"):
         raise StoreError(f"store {url} is incomplete; rerun the same `jaxinterp extract` command to finish it")
     arrays = {}
-    n = int(manifest["n_tokens"])
-    expected = {name: ((n, manifest["d_in"]), manifest["dtype"]) for name in manifest["hook_names"]}
-    expected.update({name: ((n,), dtype) for name, dtype in SIDE_ARRAYS.items()})
-    for name, (shape, dtype) in expected.items():
+    for name, (shape, dtype) in array_shapes(manifest).items():
         try:
             array = ts.open({"driver": "zarr3", "kvstore": array_kvstore(url, name)}, open=True).result()
         except ValueError as error:

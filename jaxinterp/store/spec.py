@@ -12,7 +12,10 @@ import os
 from typing import Any, NamedTuple
 
 
-__all__ = ["Layout", "plan_layout", "array_spec", "array_kvstore", "kvstore_spec"]
+__all__ = ["Layout", "SIDE_ARRAYS", "array_shapes", "plan_layout", "array_spec", "array_kvstore", "kvstore_spec"]
+
+# Per-token side arrays written beside every hook: name -> zarr dtype.
+SIDE_ARRAYS = {"tokens": "int32", "doc": "int64", "pos": "int32"}
 
 class Layout(NamedTuple):
     """Rows per inner chunk (read unit) and per shard (write unit)."""
@@ -73,3 +76,11 @@ def array_spec(url: str, name: str, shape: tuple[int, ...], dtype: str, layout: 
             ],
         },
     }
+
+
+def array_shapes(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{array name: (shape, zarr dtype)}`` for every hook and side array a manifest describes."""
+    n = int(manifest["n_tokens"])
+    shapes = {name: ((n, int(manifest["d_in"])), manifest["dtype"]) for name in manifest["hook_names"]}
+    shapes.update({name: ((n,), dtype) for name, dtype in SIDE_ARRAYS.items()})
+    return shapes

@@ -17,12 +17,10 @@ import numpy as np
 import tensorstore as ts
 
 from jaxinterp.store.manifest import kvstore, manifest_differences, read_manifest, write_manifest
-from jaxinterp.store.spec import Layout, array_spec
+from jaxinterp.store.spec import Layout, array_shapes, array_spec
 
-__all__ = ["StoreExistsError", "StoreWriter", "SIDE_ARRAYS"]
+__all__ = ["StoreExistsError", "StoreWriter"]
 
-# Per-token side arrays written beside every hook: name -> zarr dtype.
-SIDE_ARRAYS = {"tokens": "int32", "doc": "int64", "pos": "int32"}
 _DONE_PREFIX = "_progress/shard_"
 _POLL_SECONDS = 0.2
 
@@ -57,9 +55,8 @@ class StoreWriter:
         create = self._prepare(overwrite) if process_index == 0 else self._await_creation()
         if create:  # manifest first: a killed creator leaves a store that a rerun recognises
             write_manifest(url, self.manifest)
-        shapes = {name: ((self.n_tokens, manifest["d_in"]), manifest["dtype"]) for name in manifest["hook_names"]}
-        shapes.update({name: ((self.n_tokens,), dtype) for name, dtype in SIDE_ARRAYS.items()})
-        self.arrays = {name: self._open(name, shape, dtype, create) for name, (shape, dtype) in shapes.items()}
+        self.arrays = {name: self._open(name, shape, dtype, create)
+                       for name, (shape, dtype) in array_shapes(self.manifest).items()}
 
     def _prepare(self, overwrite: bool) -> bool:
         """Checks what is at ``url``; returns whether the arrays must be created."""
