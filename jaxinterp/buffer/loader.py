@@ -29,6 +29,14 @@ __all__ = ["ActivationBuffer", "BufferState", "ChunkSplit", "NonFiniteRowsError"
 Batch = dict[str, np.ndarray]
 
 
+def aligned_empty(shape: tuple[int, int]) -> np.ndarray:
+    """An uninitialised float32 array on a 64-byte boundary: XLA:CPU then adopts it without a copy."""
+    n_bytes = shape[0] * shape[1] * 4
+    raw = np.empty(n_bytes + 64, np.uint8)
+    offset = -raw.ctypes.data % 64
+    return raw[offset: offset + n_bytes].view(np.float32).reshape(shape)
+
+
 class NonFiniteRowsError(FloatingPointError):
     """NaN/Inf activations in the store; the message names hook, rows and shard file."""
 
@@ -121,9 +129,9 @@ class ActivationBuffer:
     def _finish_read(self, pending: list[tuple[tuple[int, int], dict[str, ts.Future]]], scaled: bool = True,
                      order_seed: Sequence[int] | None = None) -> Batch:
         """Waits for a read; drops excluded and bad rows, shuffles the survivors with ``order_seed``
-        (if given) and scales, with a single gather per hook."""
-        raw: dict[str, list[np.ndarray]] = {hook: [] for hook in self.hooks}
-        keep = []
+        (if given) and scales. Each chunk's kept rows are scattered straight to their shuffled
+        places in one aligned array per hook (one pass over the data)."""
+        chunks, keep = [], []
         for (start, stop), futures in pending:
             rows = {}
             for name, future in futures.items():
@@ -133,15 +141,22 @@ class ActivationBuffer:
                     raise self.store.read_failed(name, start, stop, error) from error
             kept = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
             keep.append(kept & self._finite_rows(rows, start))
-            for hook in self.hooks:
-                raw[hook].append(rows[hook])
-        index = np.flatnonzero(np.concatenate(keep))
-        if order_seed is not None:
-            index = index[np.random.default_rng(order_seed).permutation(len(index))]
+            chunks.append(rows)
+        keep = np.concatenate(keep)
+        n_kept = int(keep.sum())
+        order = np.arange(n_kept)
+        if order_seed is not None:  # kept row i goes to place[i]: the inverse of the drawn permutation
+            order[np.random.default_rng(order_seed).permutation(n_kept)] = np.arange(n_kept)
+        place = np.empty(len(keep), np.int64)  # dropped rows land past n_kept, then are sliced off
+        place[keep], place[~keep] = order, np.arange(n_kept, len(keep))
         out = {}
         for hook in self.hooks:
-            values = np.concatenate(raw[hook])[index]
-            values = values if values.dtype == np.float32 else values.astype(np.float32)
+            values = aligned_empty((len(keep), self.arrays[hook].shape[1]))
+            first = 0
+            for rows in chunks:
+                values[place[first: first + len(rows[hook])]] = rows[hook]
+                first += len(rows[hook])
+            values = values[:n_kept]
             scale = self.scales[hook] if scaled else 1.0
             out[hook] = values if scale == 1.0 else np.multiply(values, np.float32(scale), out=values)
         return out
@@ -153,7 +168,9 @@ class ActivationBuffer:
         finite = np.ones(len(rows["pos"]), bool)
         for hook in self.hooks:
             # A row sum is non-finite whenever an entry is (cheap); only those rows get the exact check.
-            suspect = np.flatnonzero(~np.isfinite(rows[hook].sum(axis=1, dtype=np.float32)))
+            values = rows[hook]
+            sums = values @ np.ones(values.shape[1], values.dtype) if values.dtype == np.float32 else values.sum(1, np.float32)
+            suspect = np.flatnonzero(~np.isfinite(sums))
             hook_finite = np.ones(len(rows["pos"]), bool)
             hook_finite[suspect] = np.isfinite(rows[hook][suspect].astype(np.float32)).all(axis=1)
             if not hook_finite.all() and self.on_nonfinite == "error":
@@ -215,7 +232,8 @@ class ActivationBuffer:
             if available < first:
                 carry = {hook: np.concatenate([carry[hook], rows[hook]]) for hook in self.hooks}
                 continue
-            yield {hook: np.concatenate([carry[hook], rows[hook][:first]]) for hook in self.hooks}
+            yield {hook: np.concatenate([carry[hook], rows[hook][:first]], out=aligned_empty((size, rows[hook].shape[1])))
+                   for hook in self.hooks}
             n_full = (available - first) // size
             for i in range(n_full):  # views into the group's rows: no further copies
                 yield {hook: rows[hook][first + i * size: first + (i + 1) * size] for hook in self.hooks}
