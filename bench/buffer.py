@@ -35,7 +35,8 @@ def main() -> None:
     from jaxinterp.buffer import ActivationBuffer
     from jaxinterp.mesh import batch_sharding, make_mesh
     from jaxinterp.store import open_store
-    from jaxinterp.train import init_state, make_optimizer, train_step
+    from jaxinterp.schemas import sae_config
+    from jaxinterp.train import build_members, init_state, train_step
     from tests.stores import write_store
 
     d, hook = 576, "blocks.12.hook_resid_post"
@@ -66,12 +67,12 @@ def main() -> None:
         buffer_tokens = n_batches * args.batch_size / seconds
         buffer_bytes = n_batches * args.batch_size * d * 4 / seconds
 
-        cfg = {"lr": 0.0, "steps": 1000, "warmup_steps": 10, "decay_fraction": 0.2, "grad_clip": 1.0,
-               "sae": {"n_latents": 4096}}
-        optimizer = make_optimizer(cfg)
-        state = init_state(jax.random.key(0), np.zeros(d, np.float32), d, 4096, optimizer)
-        step = jax.jit(partial(train_step, k=32, optimizer=optimizer, dead_tokens=10**7), donate_argnums=0)
-        batch = jax.numpy.asarray(store.read(hook, 0, args.batch_size))
+        cfg = {"hook": hook, "lr": 0.0, "sweep": "", "steps": 1000, "warmup_steps": 10, "decay_fraction": 0.2,
+               "grad_clip": 1.0, "sae": sae_config("topk", n_latents=4096, k=32)}
+        members = build_members(cfg)
+        state = init_state(jax.random.key(0), {hook: np.zeros((2, d), np.float32)}, members)
+        step = jax.jit(partial(train_step, members=members, dead_tokens=10**7), donate_argnums=0)
+        batch = {hook: jax.numpy.asarray(store.read(hook, 0, args.batch_size))}
         state, _ = step(state, batch)
         jax.block_until_ready(state)
         began = time.perf_counter()

@@ -9,6 +9,8 @@ Sized to finish in a few minutes on 2 CPU cores.
 
 import ml_collections
 
+from jaxinterp.schemas import sae_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -47,10 +49,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.log_every = 50
     config.train.checkpoint_every = 400
     config.train.eval_tokens = 8192
-    config.train.sae = ml_collections.ConfigDict()
-    config.train.sae.architecture = "topk"
-    config.train.sae.n_latents = 4096
-    config.train.sae.k = 32
+    config.train.sae = sae_config("topk", n_latents=4096, k=32)
+    config.train.sweep = ""  # e.g. "k16: k=16; k64: k=64" trains three SAEs from one read of the data
     config.train.mesh = ml_collections.ConfigDict()
     config.train.mesh.data = -1
     config.train.mesh.model = 1

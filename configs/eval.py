@@ -9,6 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.run = "runs/topk"
+    config.sae = ""  # a sweep run names the SAE to use
     config.store = ""
     config.eval_tokens = 16384
     config.batch_size = 4096

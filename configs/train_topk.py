@@ -9,6 +9,8 @@ Variant ``:quick`` trains 100 steps of a 1024-latent SAE, for a smoke test.
 
 import ml_collections
 
+from jaxinterp.schemas import sae_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -32,10 +34,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.log_every = 50
     config.checkpoint_every = 500
     config.eval_tokens = 8192
-    config.sae = ml_collections.ConfigDict()
-    config.sae.architecture = "topk"
-    config.sae.n_latents = 4096
-    config.sae.k = 32
+    config.sae = sae_config("topk", n_latents=4096, k=32)
+    config.sweep = ""  # e.g. "k16: k=16; k64: k=64" trains three SAEs from one read of the data
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.model = 1

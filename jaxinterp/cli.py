@@ -46,7 +46,7 @@ def _train(cfg):
 def _export(cfg):
     from jaxinterp.export import export_run
 
-    return {"exported": str(export_run(cfg["run"], cfg["format"], cfg["out"], overwrite=cfg["overwrite"]))}
+    return {"exported": str(export_run(cfg["run"], cfg["format"], cfg["out"], overwrite=cfg["overwrite"], sae=cfg["sae"]))}
 
 
 def _eval(cfg):

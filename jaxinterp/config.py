@@ -22,6 +22,7 @@ import ml_collections
 
 __all__ = [
     "ConfigError",
+    "check_field",
     "Field",
     "Schema",
     "load_config",
@@ -139,6 +140,13 @@ def _coerce(path: str, field: Field, value: Any) -> Any:
     return value
 
 
+def check_field(path: str, field: Field, value: Any) -> Any:
+    """``value`` coerced to ``field``'s type and checked, or a :class:`ConfigError` naming ``path``."""
+    typed = _coerce(path, field, value)
+    _check(path, field, typed)
+    return typed
+
+
 def _check(path: str, field: Field, value: Any) -> None:
     bad = ConfigError(f"config field '{path}' must be {field.describe()}, got {value!r}")
     if field.choices is not None and value not in field.choices:
@@ -171,8 +179,7 @@ def validate(config: ml_collections.ConfigDict, schema: Schema, verb: str = "") 
     typed = {}
     for path, value in flat.items():
         field = schema.fields[path]
-        typed[path] = _coerce(path, field, value)
-        _check(path, field, typed[path])
+        typed[path] = check_field(path, field, value)
     for names, predicate, message in schema.constraints:
         if not predicate(*(typed[n] for n in names)):
             raise ConfigError(f"config field '{names[0]}': {message} (got " + ", ".join(

@@ -41,6 +41,7 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     extract_cfg, train_cfg = stage_configs(cfg)
     extracted = extract(extract_cfg, progress=progress)
     trained = train(train_cfg, progress=progress)
+    evaluation = trained["eval"]["sae"]
     exported = export_run(train_cfg["out"], "saelens", str(Path(cfg["out"]) / "saelens"), overwrite=True)
     summary = {
         "model": extracted.manifest["model_name"],
@@ -48,10 +49,10 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         "tokens_extracted": extracted.manifest["n_tokens"],
         "extract_tokens_per_s": extracted.tokens_per_s,
         "train_tokens_per_s": trained["train_tokens_per_s"],
-        "train_tokens": trained["eval"]["train_tokens"],
+        "train_tokens": evaluation["train_tokens"],
         "mesh": trained["mesh"],
-        "holdout": {key: trained["eval"][key] for key in ("fvu", "explained_variance", "l0", "tokens")},
-        "dead_fraction": trained["eval"]["dead_fraction"],
+        "holdout": {key: evaluation[key] for key in ("fvu", "explained_variance", "l0", "tokens")},
+        "dead_fraction": evaluation["dead_fraction"],
         "outputs": {"store": extract_cfg["out"], "run": train_cfg["out"], "saelens": str(exported)},
         "wall_seconds": time.perf_counter() - began,
     }

@@ -6,9 +6,11 @@ prints them. Path-like fields accept local paths or URLs.
 
 from __future__ import annotations
 
+import ml_collections
+
 from jaxinterp.config import HOOK_LIST, Field, Schema
 
-__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "DEMO", "nested"]
+__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "DEMO", "nested", "sae_config"]
 
 EXTRACT = Schema(
     fields={
@@ -59,9 +61,20 @@ TRAIN = Schema(
         "log_every": Field(int, "steps between metric lines", minimum=1),
         "checkpoint_every": Field(int, "steps between orbax checkpoints", minimum=1),
         "eval_tokens": Field(int, "holdout tokens used for the final evaluation", minimum=1),
-        "sae.architecture": Field(str, "SAE architecture", choices=("topk",)),
+        "sae.architecture": Field(str, "SAE architecture",
+                                  choices=("topk", "batch_topk", "matryoshka", "jumprelu", "relu")),
         "sae.n_latents": Field(int, "dictionary size d_sae", minimum=1),
-        "sae.k": Field(int, "active latents per token", minimum=1),
+        "sae.k": Field(int, "active latents per token (TopK family); initial target L0 (JumpReLU)", minimum=1),
+        "sae.aux_k": Field(int, "AuxK's k for dead latents; 0 = d_in / 2", minimum=0),
+        "sae.aux_k_coefficient": Field(float, "AuxK loss weight (Gao et al. 2024: 1/32); 0 = off", minimum=0.0),
+        "sae.multi_topk": Field(bool, "TopK: add FVU at 4k / 8 (Gao et al. 2024, Multi-TopK)"),
+        "sae.l1_coefficient": Field(float, "ReLU: L1 penalty weight, scaled by decoder norms", minimum=0.0),
+        "sae.l0_coefficient": Field(float, "JumpReLU: L0 penalty weight", minimum=0.0),
+        "sae.penalty_warmup_steps": Field(int, "ReLU/JumpReLU: steps of linear penalty warm-up", minimum=0),
+        "sae.bandwidth": Field(float, "JumpReLU: straight-through rectangle-kernel width", minimum=1e-9),
+        "sae.threshold_rate": Field(float, "BatchTopK/Matryoshka: threshold moving-average rate", minimum=0.0, maximum=1.0),
+        "sae.matryoshka_prefixes": Field(str, "Matryoshka: increasing prefix sizes, e.g. 512,2048; empty = d_sae/8,/4,/2"),
+        "sweep": Field(str, "more SAEs trained on the same batches: 'name: field=value, ...; ...' over sae.* fields, hook, lr"),
         "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1),
         "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1),
     },
@@ -74,6 +87,7 @@ TRAIN = Schema(
 EXPORT = Schema(
     fields={
         "run": Field(str, "run directory written by `jaxinterp train`"),
+        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
         "format": Field(str, "export format", choices=("saelens",)),
         "out": Field(str, "directory to create"),
         "overwrite": Field(bool, "replace an existing export at out"),
@@ -83,6 +97,7 @@ EXPORT = Schema(
 EVAL = Schema(
     fields={
         "run": Field(str, "run directory written by `jaxinterp train`"),
+        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
         "store": Field(str, "store to evaluate on; '' = the run's own store (its holdout chunks)"),
         "eval_tokens": Field(int, "holdout tokens to evaluate", minimum=1),
         "batch_size": Field(int, "tokens per evaluation batch", minimum=1),
@@ -109,3 +124,23 @@ DEMO = Schema(
         (("train.sae.k", "train.sae.n_latents"), lambda k, n: k <= n, "must not exceed train.sae.n_latents"),
     ),
 )
+
+
+def sae_config(architecture: str = "topk", n_latents: int = 4096, k: int = 32) -> ml_collections.ConfigDict:
+    """The ``sae`` block of a train config with every architecture's defaults, for config files.
+
+    Defaults follow the papers: AuxK weight 1/32 (Gao et al. 2024), L1 weight 5 (Conerly et al.
+    2024), JumpReLU bandwidth 0.001 (Rajamanoharan et al. 2024), BatchTopK threshold rate 0.01.
+    """
+    sae = ml_collections.ConfigDict()
+    sae.architecture, sae.n_latents, sae.k = architecture, n_latents, k
+    sae.aux_k = 0
+    sae.aux_k_coefficient = 1 / 32
+    sae.multi_topk = False
+    sae.l1_coefficient = 5.0
+    sae.l0_coefficient = 1.0
+    sae.penalty_warmup_steps = 0
+    sae.bandwidth = 1e-3
+    sae.threshold_rate = 0.01
+    sae.matryoshka_prefixes = ""
+    return sae

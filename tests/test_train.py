@@ -40,24 +40,34 @@ def test_one_device_equals_eight(store_url, tmp_path):
     a, b = load_trained(str(tmp_path / "one")), load_trained(str(tmp_path / "eight"))
     for name in a.state.params:
         np.testing.assert_allclose(a.state.params[name], b.state.params[name], rtol=2e-4, atol=2e-5)
-    assert one["eval"]["fvu"] == pytest.approx(eight["eval"]["fvu"], rel=1e-3)
-    assert one["eval"]["fvu"] < 0.5 and one["eval"]["l0"] <= 8
+    assert one["eval"]["sae"]["fvu"] == pytest.approx(eight["eval"]["sae"]["fvu"], rel=1e-3)
+    assert one["eval"]["sae"]["fvu"] < 0.5 and one["eval"]["sae"]["l0"] <= 8
 
 
 def test_latents_are_sharded_over_model_axis(store_url):
+    """A 'model' axis of size 4 cuts per-device parameter and optimizer memory by 4."""
     from functools import partial
 
-    from jaxinterp.train import init_state, make_optimizer
+    from jaxinterp.train import abstract_state, build_members, init_state
 
-    cfg = train_config(store_url, "unused")
-    init = partial(init_state, d_in=32, d_sae=256, optimizer=make_optimizer(cfg))
-    abstract = jax.eval_shape(init, jax.random.key(0), np.zeros(32, np.float32))
+    members = build_members(train_config(store_url, "unused"))
+    abstract = abstract_state(members, {HOOK: 32})
     mesh = make_mesh(data=2, model=4)
-    state = jax.jit(init, out_shardings=tree_shardings(abstract, SAE_RULES, mesh))(jax.random.key(0), np.zeros(32, np.float32))
-    W_enc = state.params["W_enc"]
-    assert W_enc.addressable_shards[0].data.shape == (32, 64)  # 256 latents / 4 model shards
-    assert state.opt_state[2][0].mu["W_dec"].addressable_shards[0].data.shape == (64, 32)
-    assert state.params["b_dec"].addressable_shards[0].data.shape == (32,)
+    shardings = tree_shardings(abstract, SAE_RULES, mesh)
+    state = jax.jit(partial(init_state, members=members), out_shardings=shardings)(
+        jax.random.key(0), {HOOK: np.ones((8, 32), np.float32)})
+    sae = state.saes["sae"]
+    assert sae.params["W_enc"].addressable_shards[0].data.shape == (32, 64)  # 256 latents / 4 model shards
+    assert sae.opt_state[2][0].mu["W_dec"].addressable_shards[0].data.shape == (64, 32)
+    assert sae.params["b_dec"].addressable_shards[0].data.shape == (32,)
+
+    def device_bytes(tree):
+        return sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(tree))
+
+    unsharded = jax.jit(partial(init_state, members=members))(jax.random.key(0), {HOOK: np.ones((8, 32), np.float32)})
+    latent_bytes = sum(x.nbytes for x in jax.tree.leaves(unsharded.saes["sae"]) if 256 in x.shape)
+    other_bytes = sum(x.nbytes for x in jax.tree.leaves(unsharded.saes["sae"]) if 256 not in x.shape)
+    assert device_bytes(sae) == latent_bytes // 4 + other_bytes
 
 
 def test_killed_run_resumes_exactly(store_url, tmp_path):
@@ -81,7 +91,7 @@ def test_run_dir_with_other_config_is_refused(store_url, tmp_path):
 def test_saelens_export_matches_our_encoding(store_url, tmp_path):
     from safetensors.numpy import load_file
 
-    from jaxinterp.sae import topk
+    from jaxinterp.sae import dense_from_sparse
 
     train(train_config(store_url, tmp_path / "r", steps=20), progress=False)
     out = export_run(str(tmp_path / "r"), "saelens", str(tmp_path / "e"))
@@ -97,7 +107,8 @@ def test_saelens_export_matches_our_encoding(store_url, tmp_path):
     pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
     kth = np.sort(pre, axis=-1)[:, -8][:, None]
     theirs = np.where(pre >= kth, np.maximum(pre, 0), 0)
-    ours = topk.dense_latents(topk.encode(load_trained(str(tmp_path / "r")).state.params, x, 8), 256)
+    trained = load_trained(str(tmp_path / "r"))
+    ours = dense_from_sparse(trained.architecture.encode(trained.state.params, {}, x), 256)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     with pytest.raises(FileExistsError, match="overwrite"):
         export_run(str(tmp_path / "r"), "saelens", str(tmp_path / "e"))
@@ -107,19 +118,19 @@ def test_saelens_export_matches_our_encoding(store_url, tmp_path):
 def test_normalised_run_exports_weights_for_raw_activations(store_url, tmp_path):
     from safetensors.numpy import load_file
 
-    from jaxinterp.sae import topk
+    from jaxinterp.sae import dense_from_sparse
 
     summary = train(train_config(store_url, tmp_path / "r", steps=20, normalize=True, norm_tokens=2048), progress=False)
     trained = load_trained(str(tmp_path / "r"))
-    scale = trained.input_scale
-    assert scale != 1.0 and summary["eval"]["input_scale"] == scale
+    scale, arch = trained.input_scale, trained.architecture
+    assert scale != 1.0 and summary["eval"]["sae"]["input_scale"] == scale
     x = open_store(store_url).read(HOOK, 0, 64)
     assert np.mean(np.linalg.norm(x * scale, axis=1)) == pytest.approx(np.sqrt(32), rel=0.1)
     weights = load_file(str(export_run(str(tmp_path / "r"), "saelens", str(tmp_path / "e")) / "sae_weights.safetensors"))
-    latents = topk.encode(weights, x, 8)
-    ours = topk.encode(trained.state.params, x * scale, 8)
-    np.testing.assert_allclose(topk.dense_latents(latents, 256), topk.dense_latents(ours, 256), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(topk.decode(weights, latents), topk.decode(trained.state.params, ours) / scale,
+    latents = arch.encode(weights, {}, x)
+    ours = arch.encode(trained.state.params, {}, x * scale)
+    np.testing.assert_allclose(dense_from_sparse(latents, 256), dense_from_sparse(ours, 256), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(arch.decode(weights, latents), arch.decode(trained.state.params, ours) / scale,
                                rtol=1e-4, atol=1e-4)
 
 
@@ -127,5 +138,5 @@ def test_store_of_another_width_is_refused_for_an_existing_run(store_url, tmp_pa
     train(train_config(store_url, tmp_path / "r", steps=10), progress=False)
     narrow = str(tmp_path / "narrow")
     write_store(narrow, {HOOK: sparse_activations(2048, 16)}, context_size=16, chunk_mib=2**-9, shard_mib=2**-6)
-    with pytest.raises(RunExistsError, match="d_in: 32 -> 16"):
+    with pytest.raises(RunExistsError, match="saes.sae.d_in: 32 -> 16"):
         train(train_config(narrow, tmp_path / "r", steps=10), progress=False)

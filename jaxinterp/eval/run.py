@@ -22,8 +22,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     With ``cfg.store`` empty, the run's own store is used and only its holdout chunks (the same
     seeded split as training) are read; another store is read from its start.
     """
-    trained = load_trained(cfg["run"])
-    train_cfg = trained.config["train"]
+    trained = load_trained(cfg["run"], cfg["sae"])
+    train_cfg = trained.run_config["train"]
     store = open_store(cfg["store"] or train_cfg["store"])
     own = not cfg["store"]
     hook = trained.config["hook_name"]
@@ -32,13 +32,16 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                               train_cfg["exclude_bos"], on_nonfinite=train_cfg["on_nonfinite"],
                               scales={hook: trained.input_scale})
     rows = (buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"]))[hook]
-    result = evaluate_reconstruction(trained.state.params, rows, trained.config["k"], cfg["batch_size"])
+    result = evaluate_reconstruction(trained.architecture, trained.state.params, trained.state.arch_state, rows,
+                                     cfg["batch_size"])
     result.update(
         step=trained.step,
         dead_fraction=float(dead_fraction(trained.state.tokens_since_fired, train_cfg["dead_tokens"])),
-        dense_fraction=float(dense_fraction(trained.state.fire_count, trained.state.tokens_seen)),
+        dense_fraction=float(dense_fraction(trained.state.fire_count, trained.tokens_seen)),
         store=store.url,
         hook_name=trained.config["hook_name"],
+        sae=trained.name,
+        architecture=trained.config["architecture"],
     )
     out = Path(cfg["out"] or Path(cfg["run"]) / "eval.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,9 @@ __all__ = ["FORMATS", "export_run"]
 FORMATS = {"saelens": export_saelens}
 
 
-def export_run(run: str, fmt: str, out: str, overwrite: bool = False) -> Path:
-    """Exports the newest checkpoint of ``run`` in format ``fmt`` to ``out``; returns the path."""
+def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str = "") -> Path:
+    """Exports SAE ``sae`` (default: the run's only one) at the newest checkpoint of ``run`` in
+    format ``fmt`` to ``out``; returns the path."""
     if fmt not in FORMATS:
         raise ConfigError(f"config field 'format' must be one of {', '.join(map(repr, FORMATS))}, got {fmt!r}")
-    return FORMATS[fmt](load_trained(run), out, overwrite=overwrite)
+    return FORMATS[fmt](load_trained(run, sae), out, overwrite=overwrite)

@@ -1,76 +1,101 @@
-"""TopK sparse autoencoder (Gao et al. 2024, "Scaling and evaluating sparse autoencoders").
+"""TopK SAE (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"), with AuxK and
+optional Multi-TopK.
 
-Pure functions over a params dict ``{W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in],
-b_dec [d_in]}``. Latents are kept sparse as ``(values, indices)`` of shape [tokens, k], so the
-decoder and its gradient touch only the k selected rows of ``W_dec``.
+Latents are kept sparse as ``(values, indices)`` [tokens, k]; encoder and decoder gradients touch
+only the selected latents (:mod:`jaxinterp.sae.sparse`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.eval.metrics import fraction_variance_unexplained
+from jaxinterp.sae.base import Architecture, LossContext, LossOutput, Params, init_tied, option, total_variance
+from jaxinterp.sae.sparse import SparseLatents, sparse_decode, topk_encode
 
-__all__ = ["SparseLatents", "init_params", "encode", "decode", "dense_latents", "fold_input_scale", "loss_fn"]
-
-
-class SparseLatents(NamedTuple):
-    """The k active latents of each token: ``values`` (≥ 0) and ``indices``, both [tokens, k]."""
-
-    values: jax.Array
-    indices: jax.Array
+__all__ = ["make", "auxk_loss", "aux_k_size", "fold_input_scale"]
 
 
-def init_params(key: jax.Array, d_in: int, d_sae: int, b_dec: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Unit-norm random decoder rows, ``W_enc = W_decᵀ``, zero ``b_enc``, ``b_dec`` from data (or 0)."""
-    W_dec = jax.random.normal(key, (d_sae, d_in), jnp.float32)
-    W_dec = W_dec / jnp.linalg.norm(W_dec, axis=-1, keepdims=True)
-    return {
-        "W_enc": W_dec.T,
-        "b_enc": jnp.zeros((d_sae,), jnp.float32),
-        "W_dec": W_dec,
-        "b_dec": jnp.zeros((d_in,), jnp.float32) if b_dec is None else jnp.asarray(b_dec, jnp.float32),
-    }
+def aux_k_size(cfg: Mapping[str, Any], d_in: int, d_sae: int) -> int:
+    """AuxK's k: ``cfg.aux_k``, or d_in / 2 by default (as sparsify); 0 when AuxK is off."""
+    if option(cfg, "aux_k_coefficient", 1 / 32) <= 0:
+        return 0
+    return min(option(cfg, "aux_k", 0) or d_in // 2, d_sae)
 
 
-def encode(params: dict[str, jax.Array], x: jax.Array, k: int) -> SparseLatents:
-    """``topk(relu(W_encᵀ(x − b_dec) + b_enc))`` as values and indices."""
-    pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
-    values, indices = jax.lax.top_k(pre, k)
-    return SparseLatents(jax.nn.relu(values), indices)
+def auxk_loss(aux: SparseLatents, residual: jax.Array, W_dec: jax.Array, dead_mask: jax.Array) -> jax.Array:
+    """AuxK (Gao et al. 2024, §A.2): dead latents reconstruct the main reconstruction's error.
+
+    Normalised like FVU by the error's own variance and scaled by min(dead / k_aux, 1), as in
+    sparsify; zero when no latent is dead.
+    """
+    error = jax.lax.stop_gradient(residual)
+    error_hat = sparse_decode(aux, W_dec)
+    k_aux = aux.values.shape[1]
+    scale = jnp.minimum(jnp.sum(dead_mask) / max(k_aux, 1), 1.0)
+    loss = jnp.sum(jnp.square(error - error_hat)) / jnp.maximum(total_variance(error), 1e-12)
+    return jnp.where(jnp.any(dead_mask), scale * loss, 0.0)
 
 
-def decode(params: dict[str, jax.Array], latents: SparseLatents) -> jax.Array:
-    """``Σ_i values_i · W_dec[indices_i] + b_dec``, gathering only the active decoder rows."""
-    rows = jnp.take(params["W_dec"], latents.indices, axis=0)
-    return jnp.einsum("tk,tkd->td", latents.values, rows) + params["b_dec"]
+def make(cfg: Mapping[str, Any]) -> Architecture:
+    """A TopK architecture from ``cfg`` (``k``; ``aux_k``, ``aux_k_coefficient`` = 1/32; ``multi_topk``).
+
+    Multi-TopK adds ``FVU(4k) / 8`` to the loss (Gao et al. 2024, §5.3) so that the SAE also
+    reconstructs well at larger k.
+
+    Example::
+
+        arch = make({"k": 32})
+        params, arch_state = arch.init(jax.random.key(0), 576, 9216, sample)
+        x_hat = arch.decode(params, arch.encode(params, arch_state, x))
+    """
+    k, aux_coefficient, multi = cfg["k"], option(cfg, "aux_k_coefficient", 1 / 32), option(cfg, "multi_topk", False)
+
+    def init(key, d_in, d_sae, sample):
+        return init_tied(key, d_in, d_sae, sample), {}
+
+    def encode(params: Params, arch_state, x: jax.Array) -> SparseLatents:
+        none_dead = jnp.zeros(params["b_enc"].shape, bool)
+        return topk_encode(x, params["W_enc"], params["b_enc"], params["b_dec"], none_dead, k, 0)[0]
+
+    def decode(params: Params, latents: SparseLatents) -> jax.Array:
+        return sparse_decode(latents, params["W_dec"]) + params["b_dec"]
+
+    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
+        d_in, d_sae = params["W_dec"].shape[1], params["W_dec"].shape[0]
+        k_aux = aux_k_size(cfg, d_in, d_sae)
+        k_total = min(4 * k, d_sae) if multi else k
+        selected, aux = topk_encode(x, params["W_enc"], params["b_enc"], params["b_dec"], ctx.dead_mask, k_total, k_aux)
+        latents = SparseLatents(selected.values[:, :k], selected.indices[:, :k])
+        x_hat = decode(params, latents)
+        variance = total_variance(x)
+        fvu = jnp.sum(jnp.square(x - x_hat)) / variance
+        terms, total = {"fvu": fvu}, fvu
+        if multi:
+            terms["fvu_multi_topk"] = jnp.sum(jnp.square(x - decode(params, selected))) / variance
+            total = total + terms["fvu_multi_topk"] / 8
+        if k_aux:
+            terms["auxk"] = auxk_loss(aux, x - x_hat, params["W_dec"], ctx.dead_mask)
+            total = total + aux_coefficient * terms["auxk"]
+        return total, LossOutput(latents, terms, arch_state)
+
+    return Architecture("topk", init, encode, decode, loss, unit_norm_decoder=True)
 
 
-def dense_latents(latents: SparseLatents, d_sae: int) -> jax.Array:
-    """[tokens, d_sae] dense latent activations (for export checks and small batches only)."""
-    dense = jnp.zeros((latents.values.shape[0], d_sae), latents.values.dtype)
-    return dense.at[jnp.arange(latents.values.shape[0])[:, None], latents.indices].set(latents.values)
-
-
-def loss_fn(params: dict[str, jax.Array], x: jax.Array, k: int) -> tuple[jax.Array, SparseLatents]:
-    """Reconstruction loss = FVU of the batch (scale-free, as in sparsify); returns the latents too."""
-    latents = encode(params, x, k)
-    return fraction_variance_unexplained(x, decode(params, latents)), latents
-
-
-def fold_input_scale(params: dict[str, jax.Array], scale: float) -> dict[str, jax.Array]:
+def fold_input_scale(params: Params, scale: float) -> Params:
     """Params that act on raw ``x`` for an SAE trained on ``scale · x``.
 
     ``W_enc·scale`` and ``b_dec/scale`` give the same pre-activations (so the same top-k), and
-    ``W_dec/scale``, ``b_dec/scale`` return the reconstruction in raw units. Decoder rows are then no
-    longer unit-norm, as in SAELens exports of normalised SAEs.
+    ``W_dec/scale``, ``b_dec/scale`` return the reconstruction in raw units. Thresholds (JumpReLU)
+    compare pre-activations, so they are unchanged. Decoder rows are then no longer unit-norm, as
+    in SAELens exports of normalised SAEs.
     """
     return {
+        **params,
         "W_enc": params["W_enc"] * scale,
-        "b_enc": params["b_enc"],
         "W_dec": params["W_dec"] / scale,
         "b_dec": params["b_dec"] / scale,
     }

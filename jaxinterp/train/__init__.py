@@ -1,19 +1,26 @@
-"""SAE training: state, optimizer, the jitted step, checkpoints, and the loop."""
+"""SAE training: the SAEs of a run, state, the jitted step, checkpoints, and the loop."""
 
 from jaxinterp.train.checkpoint import RunExistsError, checkpoint_manager, read_run_config
-from jaxinterp.train.loop import run_config, train
-from jaxinterp.train.state import TrainState, init_state, learning_rate, make_optimizer
-from jaxinterp.train.step import train_step
+from jaxinterp.train.loop import abstract_state, run_config, train
+from jaxinterp.train.members import Member, build_members, learning_rate, make_optimizer, member_configs
+from jaxinterp.train.state import SAEState, TrainState, init_state
+from jaxinterp.train.step import sae_step, train_step
 
 __all__ = [
+    "Member",
     "RunExistsError",
+    "SAEState",
     "TrainState",
+    "abstract_state",
+    "build_members",
     "checkpoint_manager",
     "init_state",
     "learning_rate",
     "make_optimizer",
+    "member_configs",
     "read_run_config",
     "run_config",
+    "sae_step",
     "train",
     "train_step",
 ]

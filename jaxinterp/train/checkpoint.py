@@ -34,9 +34,13 @@ class RunExistsError(FileExistsError):
     """The run directory holds a different run."""
 
 
-def checkpoint_manager(run_dir: str, keep: int = 2) -> ocp.CheckpointManager:
-    """An orbax manager over ``<run_dir>/checkpoints`` keeping the last ``keep`` steps."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+def checkpoint_manager(run_dir: str, keep: int = 2, async_save: bool = False) -> ocp.CheckpointManager:
+    """An orbax manager over ``<run_dir>/checkpoints`` keeping the last ``keep`` steps.
+
+    With ``async_save`` a save returns once the arrays are copied off the devices and the files are
+    written in the background (call ``wait_until_finished`` before exiting).
+    """
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
 
 

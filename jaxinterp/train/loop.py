@@ -1,17 +1,25 @@
-"""``jaxinterp train``: the SAE training loop over a ('data', 'model') mesh, resumable with orbax."""
+"""``jaxinterp train``: the SAE training loop over a ('data', 'model') mesh, resumable with orbax.
+
+One run trains every SAE of its sweep (:mod:`jaxinterp.train.members`) from the same batches.
+Checkpoints (params, optimizer and architecture state, latent counters, buffer position) are
+written every ``checkpoint_every`` steps and when the process gets SIGTERM (then it exits 0);
+rerunning the same command resumes, onto the current mesh even if the device count changed.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxinterp.buffer import ActivationBuffer, BufferState
 from jaxinterp.config import ConfigError, as_dict
@@ -20,123 +28,170 @@ from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.mesh import SAE_RULES, batch_sharding, make_mesh, tree_shardings
 from jaxinterp.store import open_store
 from jaxinterp.train.checkpoint import checkpoint_manager, restore_latest, save_checkpoint, write_run_config
-from jaxinterp.train.state import TrainState, init_state, make_optimizer
+from jaxinterp.train.members import Member, build_members, member_configs
+from jaxinterp.train.metrics_log import MetricsLog
+from jaxinterp.train.state import TrainState, init_state
 from jaxinterp.train.step import train_step
 
-__all__ = ["train", "run_config"]
+__all__ = ["train", "run_config", "abstract_state"]
 
 # Store-manifest keys copied into the run's cfg.json, so a run describes its data by itself.
 _SOURCE_KEYS = ("model_name", "model_hash", "model_class", "context_size", "prepend_bos", "dataset_path",
                 "dataset_hash", "tokenizer", "dtype", "n_tokens")
 
 
-def run_config(cfg: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """The self-description saved as ``<run>/cfg.json``."""
-    train_cfg = as_dict(cfg)
-    return {
-        "architecture": train_cfg["sae"]["architecture"],
-        "d_in": int(manifest["d_in"]),
-        "d_sae": int(train_cfg["sae"]["n_latents"]),
-        "k": int(train_cfg["sae"]["k"]),
-        "hook_name": train_cfg["hook"],
-        "source": {key: manifest.get(key) for key in _SOURCE_KEYS},
-        "train": train_cfg,
-    }
+def run_config(cfg: Mapping[str, Any], manifest: Mapping[str, Any], d_in: Mapping[str, int]) -> dict[str, Any]:
+    """The self-description saved as ``<run>/cfg.json``: one entry per SAE under ``saes``."""
+    saes = {}
+    for name, member in member_configs(cfg).items():
+        sae = member["sae"]
+        saes[name] = {**sae, "d_in": d_in[member["hook"]], "d_sae": sae["n_latents"], "hook_name": member["hook"],
+                      "lr": member["lr"]}
+    return {"saes": saes, "source": {key: manifest.get(key) for key in _SOURCE_KEYS}, "train": as_dict(cfg)}
 
 
-def _start_state(cfg, buffer: ActivationBuffer, out: Path, d_in: int, mesh, optimizer):
-    """A fresh sharded state and buffer state, or the newest checkpoint's; returns them and shardings."""
-    init = partial(init_state, d_in=d_in, d_sae=cfg["sae"]["n_latents"], optimizer=optimizer)
-    key = jax.random.key(cfg["seed"])
-    abstract = jax.eval_shape(init, key, jax.ShapeDtypeStruct((d_in,), np.float32))
+def abstract_state(members: Sequence[Member], d_in: Mapping[str, int]) -> TrainState:
+    """Shapes and dtypes of a run's state, without computing anything."""
+    samples = {hook: jax.ShapeDtypeStruct((2, d), np.float32) for hook, d in d_in.items()}
+    return jax.eval_shape(partial(init_state, members=members), jax.random.key(0), samples)
+
+
+def _start_state(cfg, buffer: ActivationBuffer, out: Path, members, d_in, mesh):
+    """A fresh sharded state and buffer state, or the newest checkpoint's (onto this mesh)."""
+    abstract = abstract_state(members, d_in)
     shardings = tree_shardings(abstract, SAE_RULES, mesh)
     if checkpoint_manager(str(out)).latest_step() is not None:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        _, restored, buffer_state = restore_latest(str(out), target)
+        _, state, buffer_state = restore_latest(str(out), target)
         if buffer_state.seed != cfg["seed"]:
             raise ConfigError(f"config field 'seed' ({cfg['seed']}) differs from the checkpoint's ({buffer_state.seed})")
-        return TrainState(*restored), buffer_state, shardings
-    scales = buffer.estimate_scales(cfg["norm_tokens"]) if cfg["normalize"] else {cfg["hook"]: 1.0}
-    buffer.scales = scales  # b_dec is initialised in the units the SAE will see
-    b_dec = buffer.first_batch()[cfg["hook"]].mean(axis=0)  # data-dependent b_dec init, as the peers do
-    state = jax.jit(init, out_shardings=shardings)(key, b_dec)
+        return state, buffer_state, shardings
+    if cfg["normalize"]:
+        scales = buffer.estimate_scales(cfg["norm_tokens"])
+    else:
+        scales = {hook: 1.0 for hook in d_in}
+    buffer.scales = scales  # data-dependent init happens in the units the SAEs will see
+    samples = buffer.first_batch()
+    init = jax.jit(partial(init_state, members=members), out_shardings=shardings)
+    with jax.set_mesh(mesh):
+        state = init(jax.random.key(cfg["seed"]), samples)
     return state, BufferState(cfg["seed"], 0, scales), shardings
 
 
+class _Preemption:
+    """Turns SIGTERM into a flag the loop polls (only installable from the main thread)."""
+
+    def __init__(self):
+        self.requested = False
+
+    @contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "requested", True))
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Trains an SAE as the train config says and returns a summary (metrics, paths, throughput).
+    """Trains the run's SAEs as the train config says and returns a summary.
 
     Rerunning the same command resumes from the latest checkpoint, replaying the exact batch
-    sequence from the saved buffer state; a finished run only re-evaluates.
+    sequence from the saved buffer state; a finished run only re-evaluates. On SIGTERM the run
+    saves a checkpoint at the current step and returns with ``"preempted": True``.
     """
     store = open_store(cfg["store"])
-    d_in, hook = int(store.array(cfg["hook"]).shape[1]), cfg["hook"]
+    members = build_members(cfg)
+    hooks = list(dict.fromkeys(member.hook for member in members))
+    for hook in hooks:
+        store.array(hook)  # a hook missing from the store fails here, listing the ones it has
+    d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}
     mesh = make_mesh(cfg["mesh"]["data"], cfg["mesh"]["model"])
-    buffer = ActivationBuffer(store, [hook], cfg["batch_size"], cfg["seed"], cfg["holdout_fraction"],
+    buffer = ActivationBuffer(store, hooks, cfg["batch_size"], cfg["seed"], cfg["holdout_fraction"],
                               cfg["mixing_chunks"], cfg["exclude_bos"], on_nonfinite=cfg["on_nonfinite"],
                               sharding=batch_sharding(mesh))
     out = Path(cfg["out"])
-    write_run_config(str(out), run_config(cfg, store.manifest))
-    optimizer = make_optimizer(cfg)
-    state, buffer_state, shardings = _start_state(cfg, buffer, out, d_in, mesh, optimizer)
+    if jax.process_index() == 0:
+        write_run_config(str(out), run_config(cfg, store.manifest, d_in))
+    state, buffer_state, shardings = _start_state(cfg, buffer, out, members, d_in, mesh)
     buffer.scales = buffer_state.scales
     step_fn = jax.jit(
-        partial(train_step, k=cfg["sae"]["k"], optimizer=optimizer, dead_tokens=cfg["dead_tokens"]),
-        in_shardings=(shardings, batch_sharding(mesh)),
+        partial(train_step, members=members, dead_tokens=cfg["dead_tokens"]),
+        in_shardings=(shardings, {hook: batch_sharding(mesh) for hook in hooks}),
         out_shardings=(shardings, None),
         donate_argnums=0,
     )
-    start, total = int(state.step), cfg["steps"]
+    holdout = buffer.holdout(cfg["eval_tokens"])
+    start = int(state.step)
     began = time.perf_counter()
-    state = _run_steps(cfg, state, step_fn, buffer, out, start, progress, serialize=jax.default_backend() == "cpu" and mesh.size > 1)
+    with _Preemption().installed() as preemption, jax.set_mesh(mesh):
+        state = _run_steps(cfg, state, step_fn, buffer, out, start, members, holdout, progress, preemption,
+                           serialize=jax.default_backend() == "cpu" and mesh.size > 1)
     elapsed = time.perf_counter() - began
+    done = int(state.step)
 
-    evaluation = evaluate_reconstruction(state.params, buffer.holdout(cfg["eval_tokens"])[hook], cfg["sae"]["k"])
-    evaluation.update(
-        dead_fraction=float(dead_fraction(state.tokens_since_fired, cfg["dead_tokens"])),
-        dense_fraction=float(dense_fraction(state.fire_count, state.tokens_seen)),
-        train_tokens=int(state.tokens_seen),
-        input_scale=buffer.scales[hook],
-        skipped_nonfinite_rows=buffer.skipped_rows,
-    )
-    (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    evaluation = {}
+    for member in members:
+        values = evaluation[member.name] = _holdout_metrics(member, state, holdout, cfg)
+        values.update(train_tokens=int(state.tokens_seen), skipped_nonfinite_rows=buffer.skipped_rows)
+        values["input_scale"] = buffer.scales[values.pop("hook")]
+    if jax.process_index() == 0:
+        (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
     return {
         "run": str(out),
-        "steps": total,
+        "steps": done,
+        "preempted": done < cfg["steps"],
         "eval": evaluation,
-        "train_tokens_per_s": (total - start) * cfg["batch_size"] / elapsed if total > start else None,
+        "train_tokens_per_s": (done - start) * cfg["batch_size"] / elapsed if done > start else None,
         "mesh": dict(mesh.shape),
     }
 
 
-def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: Path, start: int, progress: bool,
-               serialize: bool) -> TrainState:
-    """The step loop: metrics every ``log_every`` steps, a checkpoint every ``checkpoint_every``."""
-    total, hook = cfg["steps"], cfg["hook"]
-    manager = checkpoint_manager(str(out))
-    bar = tqdm(total=(total - start) * cfg["batch_size"], unit="tok", unit_scale=True, desc="train",
-               disable=not progress or start >= total)
-    window: list[dict[str, jax.Array]] = []
+def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np.ndarray], cfg) -> dict[str, Any]:
+    sae = state.saes[member.name]
+    result = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook])
+    result.update(
+        dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),
+        dense_fraction=float(dense_fraction(sae.fire_count, state.tokens_seen)),
+        hook=member.hook,
+    )
+    return result
+
+
+def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: Path, start: int, members,
+               holdout, progress: bool, preemption: _Preemption, serialize: bool) -> TrainState:
+    """The step loop: metrics every ``log_every`` steps, a checkpoint (and holdout metrics) every
+    ``checkpoint_every``, and a checkpoint on SIGTERM."""
+    total = cfg["steps"]
+    manager = checkpoint_manager(str(out), async_save=True)
+    log = MetricsLog(out, start, total, cfg["batch_size"], progress)
     batches = buffer.batches(start_step=start)
-    with open(out / "metrics.jsonl", "a") as metrics_file:
+    try:
         for step in range(start, total):
-            state, metrics = step_fn(state, next(batches)[hook])
+            state, metrics = step_fn(state, next(batches))
             if serialize:
                 # XLA:CPU runs every virtual device's share of a step on one thread pool; with several
                 # steps in flight their collectives can wait on each other forever.
                 jax.block_until_ready(metrics)
-            window.append(metrics)
-            if (step + 1) % cfg["log_every"] == 0 or step + 1 == total:
-                line = {name: float(np.mean([float(m[name]) for m in window])) for name in window[0]}
-                line.update(step=step + 1, skipped_nonfinite_rows=buffer.skipped_rows)
-                metrics_file.write(json.dumps(line) + "\n")
-                metrics_file.flush()
-                bar.set_postfix(fvu=f"{line['fvu']:.3f}", l0=f"{line['l0']:.1f}", dead=f"{line['dead_fraction']:.3f}")
-                window = []
-            if (step + 1) % cfg["checkpoint_every"] == 0 or step + 1 == total:
-                save_checkpoint(manager, step + 1, state, BufferState(cfg["seed"], step + 1, buffer.scales))
-            bar.update(cfg["batch_size"])
-    jax.block_until_ready(state)
-    bar.close()
-    manager.wait_until_finished()
+            log.add(metrics)
+            done = step + 1
+            if done % cfg["log_every"] == 0 or done == total or preemption.requested:
+                log.write(done, {"skipped_nonfinite_rows": buffer.skipped_rows})
+            if done % cfg["checkpoint_every"] == 0 or done == total or preemption.requested:
+                save_checkpoint(manager, done, state, BufferState(cfg["seed"], done, buffer.scales))
+                if done % cfg["checkpoint_every"] == 0 and done < total:
+                    for member in members:
+                        values = _holdout_metrics(member, state, holdout, cfg)
+                        values.pop("hook")
+                        log.record(done, member.name, values, prefix="holdout")
+            if preemption.requested:
+                break
+        jax.block_until_ready(state)
+    finally:
+        batches.close()
+        manager.wait_until_finished()
+        log.close()
     return state

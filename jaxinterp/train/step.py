@@ -1,45 +1,62 @@
-"""One SAE optimisation step: a pure function of (state, batch), jitted by the loop."""
+"""One optimisation step of every SAE of a run on one batch: a pure function, jitted by the loop."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxinterp.eval.metrics import dead_fraction, l0
-from jaxinterp.sae import normalize_decoder, topk
-from jaxinterp.train.state import TrainState
+from jaxinterp.eval.metrics import dead_fraction, dense_fraction
+from jaxinterp.sae import LossContext, latent_fires, mean_l0, normalize_decoder
+from jaxinterp.train.members import Member
+from jaxinterp.train.state import SAEState, TrainState
 
-__all__ = ["train_step"]
+__all__ = ["train_step", "sae_step"]
 
 _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
-def train_step(state: TrainState, batch: jax.Array, *, k: int, optimizer: optax.GradientTransformation,
-               dead_tokens: int) -> tuple[TrainState, dict[str, jax.Array]]:
-    """Gradient step on the FVU loss, decoder renormalisation, and latent-firing bookkeeping."""
-    (loss, latents), grads = jax.value_and_grad(topk.loss_fn, has_aux=True)(state.params, batch, k)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = normalize_decoder(optax.apply_updates(state.params, updates))
+def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, tokens_seen: jax.Array,
+             dead_tokens: int) -> tuple[SAEState, dict[str, jax.Array]]:
+    """Gradient step of one SAE, decoder renormalisation if its architecture wants it, and the
+    latent-firing bookkeeping; returns the new state and its metrics."""
+    dead_mask = sae.tokens_since_fired >= dead_tokens
+    grad_fn = jax.value_and_grad(member.architecture.loss, has_aux=True)
+    (loss, out), grads = grad_fn(sae.params, sae.arch_state, x, LossContext(step, dead_mask))
+    updates, opt_state = member.optimizer.update(grads, sae.opt_state, sae.params)
+    params = optax.apply_updates(sae.params, updates)
+    if member.architecture.unit_norm_decoder:
+        params = normalize_decoder(params)
 
-    d_sae = state.fire_count.shape[0]
-    active = (latents.values > 0).astype(jnp.float32).ravel()
-    fires = jnp.zeros((d_sae,), jnp.float32).at[latents.indices.ravel()].add(active)
-    n_tokens = batch.shape[0]
+    fires = latent_fires(out.latents, member.d_sae)
+    n_tokens = x.shape[0]
     # Saturate instead of overflowing int32 on very long runs.
-    since = jnp.minimum(state.tokens_since_fired, _INT32_MAX - n_tokens) + n_tokens
-    tokens_since_fired = jnp.where(fires > 0, 0, since)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=params,
-        opt_state=opt_state,
-        tokens_since_fired=tokens_since_fired,
-        fire_count=state.fire_count + fires,
-        tokens_seen=state.tokens_seen + n_tokens,
-    )
+    since = jnp.minimum(sae.tokens_since_fired, _INT32_MAX - n_tokens) + n_tokens
+    new = SAEState(params, opt_state, out.arch_state, jnp.where(fires > 0, 0, since), sae.fire_count + fires)
     metrics = {
-        "fvu": loss,
-        "l0": l0(latents.values),
-        "dead_fraction": dead_fraction(tokens_since_fired, dead_tokens),
+        "loss": loss,
+        **out.terms,
+        "l0": mean_l0(out.latents),
+        "dead_fraction": dead_fraction(new.tokens_since_fired, dead_tokens),
+        "dense_fraction": dense_fraction(new.fire_count, tokens_seen + n_tokens),
     }
-    return new_state, metrics
+    return new, metrics
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Sequence[Member],
+               dead_tokens: int) -> tuple[TrainState, dict[str, dict[str, jax.Array]]]:
+    """Steps every member on its hook's rows of ``batch``; metrics are ``{member: {name: value}}``.
+
+    Example::
+
+        step = jax.jit(partial(train_step, members=members, dead_tokens=10**7), donate_argnums=0)
+        state, metrics = step(state, {"blocks.12.hook_resid_post": x})
+    """
+    saes, metrics = {}, {}
+    for member in members:
+        saes[member.name], metrics[member.name] = sae_step(
+            member, state.saes[member.name], batch[member.hook], state.step, state.tokens_seen, dead_tokens)
+    n_tokens = next(iter(batch.values())).shape[0]
+    return TrainState(state.step + 1, state.tokens_seen + n_tokens, saes), metrics

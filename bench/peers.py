@@ -1,0 +1,172 @@
+"""CPU training-step timings of peer PyTorch SAE libraries, to compare with our JAX trainer.
+
+Each function takes the same float32 batch ``x`` ([batch, d_in]) and returns mean seconds per
+training step (fp32, CPU, torch's default thread count) after a few warm-up steps, or ``None``
+when the peer package cannot be imported (the caller prints "not installed"). The peers are an
+optional extra: ``pip install eai-sparsify==1.3.3 "sae-lens>=6,<7"``. Each step mirrors what that
+library's own trainer does in one optimizer step, with its default settings:
+
+  sparsify (EleutherAI, ``sparsify.Trainer``, loss_fn="fvu"): decoder renormalised to unit norm
+      (the trainer does this before every forward), forward with the batch's total variance,
+      loss = fvu + auxk_alpha * auxk_loss + multi_topk_fvu / 8, backward, the decoder-gradient
+      projection, optimizer step + zero_grad (+ LR scheduler for Adam), dead-latent bookkeeping.
+      The default optimizer is "signum" (``ScheduleFreeWrapper(SignSGD, momentum=0.95)``, lr
+      5e-3 / sqrt(n_latents / 2**14)); ``optimizer="adam"`` times its Adam option instead.
+  SAELens v6 (``SAETrainer.step`` on a ``TopKTrainingSAE``, run as is): ``training_forward_pass``
+      (MSE + TopK AuxK loss, decoder norms folded into the activations since
+      rescale_acts_by_decoder_norm=True), firing statistics, backward, clip_grad_norm_(1.0),
+      Adam(lr=3e-4, betas=(0.9, 0.999)), zero_grad, constant LR scheduler. No decoder projection
+      or renormalisation: SAELens has none for TopK.
+
+In both, AuxK's extra decode only runs when some latent is dead, which a short benchmark from a
+fresh init never reaches (sparsify's default auxk_alpha is 0 besides), so it costs nothing here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+
+WARMUP_STEPS = 2
+
+
+def _time_steps(step: Callable[[], Any], steps: int, warmup: int = WARMUP_STEPS) -> float:
+    """Mean wall seconds of ``step()`` over ``steps`` calls after ``warmup`` untimed ones.
+
+    The step functions return their loss (detached), which this ignores; tests can patch it in.
+    """
+    for _ in range(warmup):
+        step()
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()  # CPU torch runs eagerly and synchronously: nothing left in flight to wait on
+    return (time.perf_counter() - began) / steps
+
+
+def _release() -> None:
+    """Collect the models and optimizer state a timing left behind."""
+    gc.collect()
+
+
+def sparsify_step_seconds(
+    x: np.ndarray, n_latents: int, k: int, steps: int = 5, optimizer: Literal["signum", "adam"] = "signum"
+) -> float | None:
+    """Seconds per training step of EleutherAI sparsify's TopK ``SparseCoder``, or None if absent."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Triton not installed, ..."
+            import torch
+            from schedulefree import ScheduleFreeWrapper
+            from sparsify import SparseCoder, SparseCoderConfig, TrainConfig
+            from sparsify.sign_sgd import SignSGD
+            from transformers import get_linear_schedule_with_warmup
+    except ImportError:
+        return None
+    # Without triton (always, on CPU) sparsify decodes with torch's embedding_bag. We do not
+    # copy Trainer.fit's torch.set_float32_matmul_precision("high"): it is process-global and
+    # aimed at CUDA tensor cores; fp32 stays fp32.
+    train_cfg = TrainConfig(sae=SparseCoderConfig(num_latents=n_latents, k=k), optimizer=optimizer)
+    torch.manual_seed(0)  # the trainer seeds with init_seeds[0] = 0 before building each coder
+    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    sae = SparseCoder(batch.shape[1], train_cfg.sae, "cpu", dtype=torch.float32)
+    sae.b_dec.data = batch.mean(0)  # the trainer's first-step bias init
+    schedulers: list[Any] = []
+    if optimizer == "signum":  # the default: schedule-free sign-SGD
+        opt: Any = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (n_latents / 2**14) ** 0.5}]),
+                                       momentum=0.95)
+        opt.train()
+    else:  # torch.optim.Adam (bitsandbytes' Adam8bit when installed; not here), linear warm-up
+        opt = torch.optim.Adam([{"params": sae.parameters(), "lr": 2e-4 / (n_latents / 2**14) ** 0.5}])
+        schedulers.append(get_linear_schedule_with_warmup(opt, train_cfg.lr_warmup_steps, 10**6))
+    tokens_since_fired = torch.zeros(n_latents, dtype=torch.long)
+    did_fire = torch.zeros(n_latents, dtype=torch.bool)
+
+    def step() -> torch.Tensor:
+        # In the trainer's forward hook, per step: renormalise W_dec, forward, loss, backward.
+        sae.set_decoder_norm_to_unit_norm()
+        dead_mask = tokens_since_fired > train_cfg.dead_feature_threshold if train_cfg.auxk_alpha > 0 else None
+        total_variance = (batch - batch.mean(0)).pow(2).sum()
+        out = sae(x=batch, y=batch, dead_mask=dead_mask, total_variance=total_variance)
+        did_fire[out.latent_indices.flatten()] = True
+        float(out.fvu.detach())  # the trainer accumulates it for logging every step
+        loss = out.fvu + train_cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.backward()  # .div(acc_steps) with acc_steps = 1
+        # Then the optimizer step proper.
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        for scheduler in schedulers:
+            scheduler.step()
+        with torch.no_grad():
+            tokens_since_fired.add_(batch.shape[0])
+            tokens_since_fired[did_fire] = 0
+            did_fire.zero_()
+        return loss.detach()
+
+    try:
+        return _time_steps(step, steps)
+    finally:
+        del sae, opt, schedulers, step
+        _release()
+
+
+def saelens_step_seconds(x: np.ndarray, n_latents: int, k: int, steps: int = 5) -> float | None:
+    """Seconds per ``SAETrainer.step`` of SAELens v6's ``TopKTrainingSAE``, or None if absent."""
+    try:
+        import torch
+        from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+        from sae_lens.config import SAETrainerConfig
+        from sae_lens.training.sae_trainer import SAETrainer
+    except ImportError:
+        return None
+    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    torch.manual_seed(0)
+    # Defaults otherwise: use_sparse_activations=False, aux_loss_coefficient=1.0,
+    # rescale_acts_by_decoder_norm=True, decoder_init_norm=0.1, normalize_activations="none".
+    sae_cfg = TopKTrainingSAEConfig(d_in=batch.shape[1], d_sae=n_latents, k=k, dtype="float32", device="cpu")
+    sae = TopKTrainingSAE(sae_cfg)
+    # The trainer builds the Adam optimizer, LR scheduler and firing statistics itself; its
+    # defaults: lr 3e-4, betas (0.9, 0.999), constant schedule, no autocast, no wandb logging.
+    total = batch.shape[0] * (WARMUP_STEPS + steps)
+    # lr_end (unused by the constant schedule) is filled in as the runner config does: lr / 10.
+    trainer_cfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=batch.shape[0], lr_end=3e-5)
+    trainer = SAETrainer(trainer_cfg, sae=sae, data_provider=iter(()))
+
+    def step() -> torch.Tensor:
+        # SAETrainer.fit's loop body, less logging and checkpointing (both off by default).
+        trainer.maybe_reset_sparsity()
+        loss = trainer.step(batch).loss.detach()
+        trainer.n_training_steps += 1
+        return loss
+
+    try:
+        return _time_steps(step, steps)
+    finally:
+        del sae, trainer, step
+        _release()
+
+
+def torch_floor_seconds(x: np.ndarray, n_latents: int, k: int, steps: int = 5) -> float | None:
+    """Seconds of a bare torch ``topk(x @ W_enc, k)`` forward (no grad): a floor for context."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    w_enc = torch.randn(batch.shape[1], n_latents) / batch.shape[1] ** 0.5
+
+    def step() -> None:
+        with torch.no_grad():
+            torch.topk(batch @ w_enc, k, dim=-1, sorted=False)
+
+    try:
+        return _time_steps(step, steps)
+    finally:
+        del w_enc, step
+        _release()

@@ -1,0 +1,104 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead: Improving Reconstruction Fidelity with
+JumpReLU Sparse Autoencoders").
+
+``f(z) = z·H(z − θ)`` with a learned per-latent threshold ``θ = exp(log_threshold)`` and an L0
+penalty. ``H`` has no useful gradient, so θ is trained with straight-through estimators using a
+rectangle kernel of width ``bandwidth`` (the paper's eqs. 11–12).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, linear_warmup,
+                                option, total_variance)
+
+__all__ = ["make", "jump_relu", "heaviside", "initial_log_threshold"]
+
+
+def _rectangle(u: jax.Array) -> jax.Array:
+    return (jnp.abs(u) < 0.5).astype(u.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def jump_relu(z: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+    """``z · 1[z > θ]``; ∂/∂θ = −(θ/ε)·K((z − θ)/ε) (straight-through, rectangle kernel K)."""
+    return z * (z > threshold)
+
+
+def _jump_relu_forward(z, threshold, bandwidth):
+    return jump_relu(z, threshold, bandwidth), (z, threshold)
+
+
+def _jump_relu_backward(bandwidth, residuals, g):
+    z, threshold = residuals
+    g_threshold = -(threshold / bandwidth) * _rectangle((z - threshold) / bandwidth) * g
+    return g * (z > threshold), jnp.sum(g_threshold, axis=tuple(range(z.ndim - threshold.ndim)))
+
+
+jump_relu.defvjp(_jump_relu_forward, _jump_relu_backward)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def heaviside(z: jax.Array, threshold: jax.Array, bandwidth: float) -> jax.Array:
+    """``1[z > θ]``; ∂/∂θ = −(1/ε)·K((z − θ)/ε), no gradient to z (the paper's eq. 12)."""
+    return (z > threshold).astype(z.dtype)
+
+
+def _heaviside_forward(z, threshold, bandwidth):
+    return heaviside(z, threshold, bandwidth), (z, threshold)
+
+
+def _heaviside_backward(bandwidth, residuals, g):
+    z, threshold = residuals
+    g_threshold = -(1.0 / bandwidth) * _rectangle((z - threshold) / bandwidth) * g
+    return jnp.zeros_like(z), jnp.sum(g_threshold, axis=tuple(range(z.ndim - threshold.ndim)))
+
+
+heaviside.defvjp(_heaviside_forward, _heaviside_backward)
+
+
+def initial_log_threshold(pre: jax.Array, target_l0: int, floor: float = 1e-3) -> jax.Array:
+    """Per-latent log-thresholds at which each latent fires on ``target_l0 / d_sae`` of ``pre``'s
+    tokens, so training starts near the wanted sparsity instead of with half the latents on."""
+    quantile = jnp.quantile(pre, 1.0 - target_l0 / pre.shape[1], axis=0)
+    return jnp.log(jnp.maximum(quantile, floor))
+
+
+def pre_activations(params: Params, x: jax.Array) -> jax.Array:
+    return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+
+
+def make(cfg: Mapping[str, Any]) -> Architecture:
+    """A JumpReLU architecture: ``l0_coefficient``, ``penalty_warmup_steps``, ``bandwidth`` (0.001),
+    and ``k``, the L0 the thresholds are initialised for (from the first training batch)."""
+    l0_coefficient = linear_warmup(option(cfg, "l0_coefficient", 1.0), option(cfg, "penalty_warmup_steps", 0))
+    bandwidth, target_l0 = option(cfg, "bandwidth", 1e-3), cfg["k"]
+
+    def init(key, d_in, d_sae, sample):
+        params = init_tied(key, d_in, d_sae, sample)
+        pre = pre_activations(params, jnp.asarray(sample, jnp.float32))
+        return {**params, "log_threshold": initial_log_threshold(pre, min(target_l0, d_sae))}, {}
+
+    def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
+        pre = pre_activations(params, x)
+        return jax.nn.relu(pre) * (pre > jnp.exp(params["log_threshold"]))
+
+    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
+        pre = pre_activations(params, x)
+        threshold = jnp.exp(params["log_threshold"])
+        acts = jump_relu(jax.nn.relu(pre), threshold, bandwidth)
+        x_hat = dense_decode(params, acts)
+        variance = total_variance(x)
+        squared_error = jnp.sum(jnp.square(x - x_hat))
+        l0_sum = jnp.sum(heaviside(pre, threshold, bandwidth))
+        total = (squared_error + l0_coefficient(ctx.step) * l0_sum) / variance
+        terms = {"fvu": squared_error / variance, "l0_penalty": l0_sum / variance}
+        return total, LossOutput(acts, terms, arch_state)
+
+    return Architecture("jumprelu", init, encode, dense_decode, loss, unit_norm_decoder=True)

@@ -1,0 +1,62 @@
+"""Matryoshka BatchTopK SAE (Bussmann et al. 2025, "Learning Multi-Level Features with Matryoshka
+Sparse Autoencoders"; Nabeshima 2024).
+
+BatchTopK activations, but the loss averages the FVU of nested dictionary prefixes
+(latents ``[0, m_1)``, ``[0, m_2)``, …, all), so early latents learn general features on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.sae.base import Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, option, total_variance
+from jaxinterp.sae.batch_topk import batch_topk_activations, dead_latent_selection, update_threshold
+from jaxinterp.sae.topk import aux_k_size, auxk_loss
+
+__all__ = ["make", "prefix_sizes"]
+
+
+def prefix_sizes(spec: str, d_sae: int) -> list[int]:
+    """``"1024,4096"`` → ``[1024, 4096, d_sae]``; empty → four prefixes doubling up to ``d_sae``."""
+    sizes = [int(s) for s in spec.split(",") if s.strip()] if spec else [d_sae // 8, d_sae // 4, d_sae // 2]
+    if any(not 0 < s < d_sae for s in sizes) or sizes != sorted(set(sizes)):
+        raise ValueError(f"matryoshka prefixes must increase within (0, {d_sae}), got {spec!r}")
+    return [*sizes, d_sae]
+
+
+def make(cfg: Mapping[str, Any]) -> Architecture:
+    """A Matryoshka BatchTopK architecture: BatchTopK's fields plus ``matryoshka_prefixes``."""
+    k, rate, aux_coefficient = cfg["k"], option(cfg, "threshold_rate", 0.01), option(cfg, "aux_k_coefficient", 1 / 32)
+
+    def init(key, d_in, d_sae, sample):
+        prefix_sizes(option(cfg, "matryoshka_prefixes", ""), d_sae)  # fail at init, not mid-run
+        return init_tied(key, d_in, d_sae, sample), {"threshold": jnp.zeros((), jnp.float32)}
+
+    def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
+        pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+        return jax.nn.relu(pre) * (pre > arch_state["threshold"])
+
+    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
+        d_sae = params["W_dec"].shape[0]
+        pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+        acts, kth = batch_topk_activations(pre, k)
+        variance = total_variance(x)
+        x_hat, start, prefix_fvus = params["b_dec"], 0, []
+        for stop in prefix_sizes(option(cfg, "matryoshka_prefixes", ""), d_sae):
+            x_hat = x_hat + acts[:, start:stop] @ params["W_dec"][start:stop]
+            prefix_fvus.append(jnp.sum(jnp.square(x - x_hat)) / variance)
+            start = stop
+        terms = {"fvu": prefix_fvus[-1], "fvu_prefix_mean": jnp.mean(jnp.stack(prefix_fvus))}
+        total = terms["fvu_prefix_mean"]
+        k_aux = aux_k_size(cfg, params["W_dec"].shape[1], d_sae)
+        if k_aux:
+            aux = dead_latent_selection(pre, ctx.dead_mask, k_aux)
+            terms["auxk"] = auxk_loss(aux, x - x_hat, params["W_dec"], ctx.dead_mask)
+            total = total + aux_coefficient * terms["auxk"]
+        return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate))
+
+    return Architecture("matryoshka", init, encode, dense_decode, loss, unit_norm_decoder=True)

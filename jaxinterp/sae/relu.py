@@ -1,0 +1,42 @@
+"""ReLU SAE with an L1 penalty scaled by decoder row norms (Conerly et al. 2024, Anthropic
+"Circuits Updates — April 2024"; Bricken et al. 2023). Decoder norms are free: the penalty
+``λ·Σ_i f_i‖W_dec,i‖`` stops the SAE from shrinking latents by growing decoder rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, linear_warmup,
+                                option, total_variance)
+
+__all__ = ["make"]
+
+
+def make(cfg: Mapping[str, Any]) -> Architecture:
+    """A ReLU + L1 architecture (``l1_coefficient`` = 5, ``penalty_warmup_steps`` = 0).
+
+    The L1 coefficient ramps up linearly over the warm-up, as in Conerly et al. 2024.
+    """
+    l1 = linear_warmup(option(cfg, "l1_coefficient", 5.0), option(cfg, "penalty_warmup_steps", 0))
+
+    def init(key, d_in, d_sae, sample):
+        return init_tied(key, d_in, d_sae, sample), {}
+
+    def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
+        return jax.nn.relu((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"])
+
+    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
+        acts = encode(params, arch_state, x)
+        x_hat = dense_decode(params, acts)
+        variance = total_variance(x)
+        squared_error = jnp.sum(jnp.square(x - x_hat))
+        penalty = jnp.sum(acts @ jnp.linalg.norm(params["W_dec"], axis=-1))
+        total = (squared_error + l1(ctx.step) * penalty) / variance
+        terms = {"fvu": squared_error / variance, "l1": penalty / variance}
+        return total, LossOutput(acts, terms, arch_state)
+
+    return Architecture("relu", init, encode, dense_decode, loss, unit_norm_decoder=False)

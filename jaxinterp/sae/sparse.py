@@ -1,0 +1,134 @@
+"""TopK encoder and sparse decoder whose backward passes touch only the selected latents.
+
+Autodiff through ``lax.top_k`` and a row gather would give dense ``[tokens, d_sae]`` cotangents
+and a dense ``xᵀ·g`` for the encoder weight gradient, as costly as the forward matmul. Here the
+encoder and decoder weight gradients are scatter-adds of the ``tokens·k`` selected rows, and the
+``b_dec`` gradient is one mat-vec (``bench/sae_step.py`` records the measurements behind this).
+
+Latents live in an ambient ('data', 'model') mesh when there is one (``jax.set_mesh``); the
+top-k over a latent axis sharded on 'model' is then a local top-k per shard, merged.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+__all__ = ["SparseLatents", "top_k", "topk_encode", "sparse_decode", "dense_from_sparse"]
+
+
+class SparseLatents(NamedTuple):
+    """The active latents of each token: ``values`` (≥ 0) and ``indices``, both [tokens, k]."""
+
+    values: jax.Array
+    indices: jax.Array
+
+
+def _model_axis_size() -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "model" not in mesh.axis_names:
+        return 1
+    return mesh.shape["model"]
+
+
+def top_k(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``lax.top_k`` over the last (latent) axis; sharded when the ambient mesh splits latents.
+
+    With 'model' of size m each shard keeps its own top k, the m·k candidates are gathered and the
+    top k of those kept: the same set as a global top-k, for k ≤ latents per shard.
+    """
+    shards = _model_axis_size()
+    if shards == 1 or pre.shape[-1] % shards or k > pre.shape[-1] // shards:
+        return jax.lax.top_k(pre, k)
+    mesh = jax.sharding.get_abstract_mesh()
+    data = "data" if "data" in mesh.axis_names and pre.shape[0] % mesh.shape["data"] == 0 else None
+
+    def local(block):
+        values, indices = jax.lax.top_k(block, k)
+        indices = indices + jax.lax.axis_index("model") * block.shape[-1]
+        values = jax.lax.all_gather(values, "model", axis=1, tiled=True)
+        indices = jax.lax.all_gather(indices, "model", axis=1, tiled=True)
+        best, where = jax.lax.top_k(values, k)
+        return best, jnp.take_along_axis(indices, where, axis=1)
+
+    return jax.shard_map(local, in_specs=P(data, "model"), out_specs=(P(data, None), P(data, None)),
+                         check_vma=False)(pre)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def topk_encode(x: jax.Array, W_enc: jax.Array, b_enc: jax.Array, b_dec: jax.Array, aux_mask: jax.Array,
+                k: int, k_aux: int) -> tuple[SparseLatents, SparseLatents]:
+    """``topk(relu(W_encᵀ(x − b_dec) + b_enc))``, plus the top ``k_aux`` among ``aux_mask`` latents.
+
+    The second selection is AuxK's (Gao et al. 2024, §A.2): the largest pre-activations of dead
+    latents, from the same matmul. With ``k_aux == 0`` it is empty (``[tokens, 0]``).
+
+    Example::
+
+        latents, _ = topk_encode(x, W_enc, b_enc, b_dec, jnp.zeros(d_sae, bool), 32, 0)
+    """
+    return _encode_forward(x, W_enc, b_enc, b_dec, aux_mask, k, k_aux)[0]
+
+
+def _encode_forward(x, W_enc, b_enc, b_dec, aux_mask, k, k_aux):
+    centred = x - b_dec
+    pre = centred @ W_enc + b_enc
+    values, indices = top_k(pre, k)
+    if k_aux:
+        aux_values, aux_indices = top_k(jnp.where(aux_mask, pre, -jnp.inf), k_aux)
+        aux_values = jnp.where(jnp.isfinite(aux_values), aux_values, 0.0)  # fewer dead than k_aux
+    else:
+        aux_values = jnp.zeros((x.shape[0], 0), x.dtype)
+        aux_indices = jnp.zeros((x.shape[0], 0), jnp.int32)
+    out = (SparseLatents(jax.nn.relu(values), indices), SparseLatents(jax.nn.relu(aux_values), aux_indices))
+    selected = jnp.concatenate([values, aux_values], axis=1)
+    return out, (centred, W_enc, jnp.concatenate([indices, aux_indices], axis=1), selected > 0)
+
+
+def _encode_backward(k, k_aux, residuals, cotangents):
+    centred, W_enc, indices, positive = residuals
+    (g_main, _), (g_aux, _) = cotangents
+    g = jnp.concatenate([g_main, g_aux], axis=1) * positive  # relu'
+    flat = indices.reshape(-1)
+    g_b_enc = jnp.zeros(W_enc.shape[1], g.dtype).at[flat].add(g.reshape(-1))
+    contributions = (g[:, :, None] * centred[:, None, :]).reshape(-1, centred.shape[1])
+    g_W_enc = jnp.zeros(W_enc.shape[::-1], g.dtype).at[flat].add(contributions).T
+    g_b_dec = -(W_enc @ g_b_enc)
+    # d x: Σ_j g_tj W_enc[:, i_tj]; unused (and so removed by XLA) when x is data.
+    g_x = jnp.einsum("tk,tkd->td", g, jnp.take(W_enc.T, indices, axis=0))
+    return g_x, g_W_enc, g_b_enc, g_b_dec, None
+
+
+topk_encode.defvjp(lambda *args: _encode_forward(*args), _encode_backward)
+
+
+@jax.custom_vjp
+def sparse_decode(latents: SparseLatents, W_dec: jax.Array) -> jax.Array:
+    """``Σ_j values_j · W_dec[indices_j]`` per token (no ``b_dec``), gathering only active rows."""
+    return jnp.einsum("tk,tkd->td", latents.values, jnp.take(W_dec, latents.indices, axis=0))
+
+
+def _decode_forward(latents, W_dec):
+    return sparse_decode(latents, W_dec), (latents, W_dec)
+
+
+def _decode_backward(residuals, g):
+    latents, W_dec = residuals
+    g_values = jnp.einsum("td,tkd->tk", g, jnp.take(W_dec, latents.indices, axis=0))
+    flat = latents.indices.reshape(-1)
+    contributions = (latents.values[:, :, None] * g[:, None, :]).reshape(-1, g.shape[1])
+    g_W_dec = jnp.zeros_like(W_dec).at[flat].add(contributions)
+    return SparseLatents(g_values, None), g_W_dec
+
+
+sparse_decode.defvjp(_decode_forward, _decode_backward)
+
+
+def dense_from_sparse(latents: SparseLatents, d_sae: int) -> jax.Array:
+    """[tokens, d_sae] dense activations (for small batches, exports and checks)."""
+    dense = jnp.zeros((latents.values.shape[0], d_sae), latents.values.dtype)
+    return dense.at[jnp.arange(latents.values.shape[0])[:, None], latents.indices].add(latents.values)

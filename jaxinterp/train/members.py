@@ -1,0 +1,118 @@
+"""The SAEs of a run: the base ``sae`` config plus the members of a ``sweep``.
+
+A sweep trains several SAEs on the same buffer draws, each with its own parameters, optimizer and
+metrics, so the data cost (store reads, shuffling, transfers) is paid once for all of them::
+
+    --config.sweep="k16: k=16; k64: k=64; wide: n_latents=16384; bt: architecture=batch_topk"
+
+Each ``;``-separated member overrides ``sae.*`` fields (and ``hook``, ``lr``) of the base config;
+its name is the text before ``:`` (or made from its overrides). The base config is member
+``sae`` unless the sweep names it. Every member is initialised from the run's seed alone, so a
+member equals a separate run of the same config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import optax
+
+from jaxinterp.config import ConfigError, as_dict, check_field
+from jaxinterp.sae import Architecture, make_architecture, remove_parallel_decoder_grad
+from jaxinterp.schemas import TRAIN
+
+__all__ = ["Member", "member_configs", "build_members", "learning_rate", "make_optimizer"]
+
+
+class Member(NamedTuple):
+    """The static parts of one SAE of a run (hashable pieces for ``jax.jit``)."""
+
+    name: str
+    hook: str
+    d_sae: int
+    architecture: Architecture
+    optimizer: optax.GradientTransformation
+
+
+def _parse_member(spec: str) -> tuple[str | None, dict[str, str]]:
+    name, _, body = spec.rpartition(":") if ":" in spec else ("", "", spec)
+    overrides = {}
+    for item in body.split(","):
+        if not item.strip():
+            continue
+        field, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"config field 'sweep': expected field=value, got {item.strip()!r}")
+        overrides[field.strip()] = value.strip()
+    return name.strip() or None, overrides
+
+
+def member_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{name: {"hook", "lr", "sae": {...}}}`` for every SAE of the run, validated field by field.
+
+    Raises:
+      ConfigError: naming the sweep field that is unknown or has a bad value, or a repeated name.
+    """
+    base = {"hook": cfg["hook"], "lr": cfg["lr"], "sae": as_dict(cfg["sae"])}
+    specs = [s for s in cfg["sweep"].split(";") if s.strip()]
+    members: dict[str, dict[str, Any]] = {} if specs else {"sae": base}
+    for spec in specs:
+        name, overrides = _parse_member(spec)
+        member = {"hook": base["hook"], "lr": base["lr"], "sae": dict(base["sae"])}
+        for field, value in overrides.items():
+            path = field if field in ("hook", "lr") else f"sae.{field}"
+            if path not in TRAIN.fields:
+                valid = ", ".join(["hook", "lr", *sorted(p[4:] for p in TRAIN.fields if p.startswith("sae."))])
+                raise ConfigError(f"config field 'sweep': unknown member field {field!r}; valid: {valid}")
+            typed = check_field(f"sweep.{field}", TRAIN.fields[path], value)
+            if path.startswith("sae."):
+                member["sae"][field] = typed
+            else:
+                member[path] = typed
+        if member["sae"]["k"] > member["sae"]["n_latents"]:
+            raise ConfigError(f"config field 'sweep': k={member['sae']['k']} exceeds n_latents={member['sae']['n_latents']}")
+        name = name or "_".join(f"{f}{v}" for f, v in overrides.items()) or "sae"
+        if name in members:
+            raise ConfigError(f"config field 'sweep': member name {name!r} is used twice")
+        members[name] = member
+    return members
+
+
+def learning_rate(lr: float, n_latents: int) -> float:
+    """``lr``, or by default 2e-4 / √(n_latents / 2¹⁴) (Gao et al. 2024, §2.3)."""
+    return lr if lr > 0 else 2e-4 / (n_latents / 2**14) ** 0.5
+
+
+def make_optimizer(cfg: Mapping[str, Any], lr: float, unit_norm_decoder: bool = True) -> optax.GradientTransformation:
+    """Clip → (drop decoder-parallel gradient) → Adam with linear warm-up, constant, linear decay.
+
+    ``cfg`` supplies ``steps``, ``warmup_steps``, ``decay_fraction`` and ``grad_clip``.
+    """
+    steps = cfg["steps"]
+    decay_steps = int(round(steps * cfg["decay_fraction"]))
+    flat_until = max(cfg["warmup_steps"], steps - decay_steps)
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, lr, max(cfg["warmup_steps"], 1)),
+            optax.constant_schedule(lr),
+            optax.linear_schedule(lr, 0.0, max(steps - flat_until, 1)),
+        ],
+        boundaries=[cfg["warmup_steps"], flat_until],
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(cfg["grad_clip"]) if cfg["grad_clip"] > 0 else optax.identity(),
+        remove_parallel_decoder_grad() if unit_norm_decoder else optax.identity(),
+        optax.adam(schedule),
+    )
+
+
+def build_members(cfg: Mapping[str, Any]) -> list[Member]:
+    """The run's SAEs with their architectures and optimizers."""
+    members = []
+    for name, member in member_configs(cfg).items():
+        architecture = make_architecture(member["sae"])
+        lr = learning_rate(member["lr"], member["sae"]["n_latents"])
+        members.append(Member(name, member["hook"], member["sae"]["n_latents"], architecture,
+                              make_optimizer(cfg, lr, architecture.unit_norm_decoder)))
+    return members

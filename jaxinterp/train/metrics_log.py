@@ -1,0 +1,73 @@
+"""Training metrics to ``metrics.jsonl``, TensorBoard event files (tensorboardX) and a tqdm bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+__all__ = ["MetricsLog"]
+
+
+class MetricsLog:
+    """Averages per-step metrics over a window and writes one line per member when asked.
+
+    Only process 0 writes files; every process may call it. Metrics arrive as
+    ``{member: {name: scalar}}`` device arrays and are fetched only at write time.
+    """
+
+    def __init__(self, run_dir: Path, start: int, total: int, batch_size: int, progress: bool):
+        self.writing = jax.process_index() == 0
+        self.window: list[dict[str, dict[str, Any]]] = []
+        self.batch_size, self.last_time, self.last_step = batch_size, time.perf_counter(), start
+        self.bar = tqdm(total=(total - start) * batch_size, unit="tok", unit_scale=True, desc="train",
+                        disable=not (progress and self.writing) or start >= total)
+        self.jsonl = open(run_dir / "metrics.jsonl", "a") if self.writing else None
+        self.tensorboard = None
+        if self.writing:
+            from tensorboardX import SummaryWriter
+
+            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def add(self, metrics: dict[str, dict[str, Any]]) -> None:
+        self.window.append(metrics)
+        self.bar.update(self.batch_size)
+
+    def write(self, step: int, extra: dict[str, Any] | None = None) -> None:
+        """Writes the window's means (plus tokens/s since the last write) for every member."""
+        if not self.window:
+            return
+        now = time.perf_counter()
+        tokens_per_s = (step - self.last_step) * self.batch_size / max(now - self.last_time, 1e-9)
+        self.last_time, self.last_step = now, step
+        window = jax.device_get(self.window)
+        self.window = []
+        if not self.writing:
+            return
+        for name in window[0]:
+            line = {key: float(np.mean([m[name][key] for m in window])) for key in window[0][name]}
+            self.record(step, name, {**line, "tokens_per_s": tokens_per_s, **(extra or {})})
+        first = window[-1][next(iter(window[-1]))]
+        self.bar.set_postfix(fvu=f"{float(first['fvu']):.3f}", l0=f"{float(first['l0']):.1f}",
+                             dead=f"{float(first['dead_fraction']):.3f}")
+
+    def record(self, step: int, member: str, values: dict[str, Any], prefix: str = "train") -> None:
+        """One JSONL line ``{"step", "sae", "split", ...}`` and the same scalars in TensorBoard."""
+        if not self.writing:
+            return
+        self.jsonl.write(json.dumps({"step": step, "sae": member, "split": prefix, **values}) + "\n")
+        self.jsonl.flush()
+        for key, value in values.items():
+            if isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"{member}/{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writing:
+            self.jsonl.close()
+            self.tensorboard.close()
