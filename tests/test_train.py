@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxinterp import schemas
-from jaxinterp.config import load_config
+from jaxinterp.config import ConfigError, load_config
 from jaxinterp.export import export_run
 from jaxinterp.mesh import SAE_RULES, make_mesh, tree_shardings
 from jaxinterp.store import open_store
@@ -32,16 +32,43 @@ def train_config(store_url, out, **overrides):
     return load_config("configs/train_topk.py", fields, schemas.TRAIN, "train")
 
 
+SWEEP = "sae: ; batch: architecture=batch_topk; jump: architecture=jumprelu, l0_coefficient=0.05"
+
+
 def test_one_device_equals_eight(store_url, tmp_path):
     assert jax.device_count() == 8
-    one = train(train_config(store_url, tmp_path / "one", **{"mesh.data": 1, "mesh.model": 1}), progress=False)
-    eight = train(train_config(store_url, tmp_path / "eight", **{"mesh.data": 4, "mesh.model": 2}), progress=False)
+    one = train(train_config(store_url, tmp_path / "one", sweep=SWEEP, **{"mesh.data": 1, "mesh.model": 1}), progress=False)
+    eight = train(train_config(store_url, tmp_path / "eight", sweep=SWEEP, **{"mesh.data": 4, "mesh.model": 2}), progress=False)
     assert eight["mesh"] == {"data": 4, "model": 2} and one["mesh"] == {"data": 1, "model": 1}
-    a, b = load_trained(str(tmp_path / "one")), load_trained(str(tmp_path / "eight"))
-    for name in a.state.params:
-        np.testing.assert_allclose(a.state.params[name], b.state.params[name], rtol=2e-4, atol=2e-5)
-    assert one["eval"]["sae"]["fvu"] == pytest.approx(eight["eval"]["sae"]["fvu"], rel=1e-3)
+    for sae in ("sae", "batch", "jump"):
+        a, b = load_trained(str(tmp_path / "one"), sae), load_trained(str(tmp_path / "eight"), sae)
+        for name in a.state.params:
+            np.testing.assert_allclose(a.state.params[name], b.state.params[name], rtol=2e-4, atol=2e-5, err_msg=sae)
+        assert one["eval"][sae]["fvu"] == pytest.approx(eight["eval"][sae]["fvu"], rel=1e-3, abs=1e-5)
     assert one["eval"]["sae"]["fvu"] < 0.5 and one["eval"]["sae"]["l0"] <= 8
+
+
+def test_sweep_equals_separate_runs(store_url, tmp_path):
+    sweep = "k4: k=4; k8: k=8; bt: architecture=batch_topk, n_latents=128"
+    together = train(train_config(store_url, tmp_path / "sweep", sweep=sweep, steps=30), progress=False)
+    separate = {
+        "k4": train(train_config(store_url, tmp_path / "k4", steps=30, **{"sae.k": 4}), progress=False),
+        "k8": train(train_config(store_url, tmp_path / "k8", steps=30), progress=False),
+        "bt": train(train_config(store_url, tmp_path / "bt", steps=30, **{"sae.architecture": "batch_topk",
+                                                                            "sae.n_latents": 128}), progress=False),
+    }
+    for name, summary in separate.items():
+        a, b = load_trained(str(tmp_path / "sweep"), name), load_trained(str(tmp_path / name))
+        for key in a.state.params:
+            np.testing.assert_allclose(a.state.params[key], b.state.params[key], rtol=1e-6, atol=1e-7, err_msg=name)
+        assert together["eval"][name]["fvu"] == pytest.approx(summary["eval"]["sae"]["fvu"], rel=1e-5)
+    with pytest.raises(ConfigError, match="holds 3 SAEs; choose one of bt, k4, k8"):
+        load_trained(str(tmp_path / "sweep"))
+    lines = [json.loads(line) for line in (tmp_path / "sweep" / "metrics.jsonl").read_text().splitlines()]
+    assert {line["sae"] for line in lines} == {"k4", "k8", "bt"}
+    assert {"fvu", "l0", "dead_fraction", "dense_fraction", "tokens_per_s", "loss", "auxk"} <= set(lines[0])
+    assert any(line["split"] == "holdout" for line in lines)
+    assert list((tmp_path / "sweep" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_latents_are_sharded_over_model_axis(store_url):
