@@ -38,3 +38,10 @@ def write_store(url: str, activations: dict[str, np.ndarray], context_size: int 
                     pos=(rows[start:stop] % context_size).astype(np.int32))
         writer.write_shard(shard, data)
     return writer.finish()
+
+
+def small_sparse_store(url: str, hook: str) -> str:
+    """The trainer tests' store: 8,192 tokens of 32-d sparse activations in tiny chunks and shards."""
+    write_store(url, {hook: sparse_activations(8192, 32, n_features=96, active=4)}, context_size=16,
+                chunk_mib=2**-9, shard_mib=2**-6)
+    return url

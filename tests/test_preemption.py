@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxinterp.train.trained import load_trained
-from tests.stores import sparse_activations, write_store
+from tests.stores import small_sparse_store
 
 HOOK = "blocks.0.hook_resid_post"
 STEPS = 300
@@ -22,10 +22,7 @@ STEPS = 300
 
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("store") / "s")
-    write_store(url, {HOOK: sparse_activations(8192, 32, n_features=96, active=4)}, context_size=16,
-                chunk_mib=2**-9, shard_mib=2**-6)
-    return url
+    return small_sparse_store(str(tmp_path_factory.mktemp("store") / "s"), HOOK)
 
 
 def command(store_url, out):

@@ -183,3 +183,11 @@ def test_optimizer_schedule_warms_up_and_decays():
     assert sizes[0] < sizes[9] < sizes[10] * 1.01 and sizes[50] == pytest.approx(1e-3, rel=1e-3) and sizes[99] < 1e-4
     assert learning_rate(0.0, 2**14) == pytest.approx(2e-4)
     assert learning_rate(0.0, 2**16) == pytest.approx(1e-4)
+
+
+def test_kth_largest_by_bits_equals_sorting():
+    from jaxinterp.sae.batch_topk import kth_largest_nonnegative
+
+    values = jax.nn.relu(jax.random.normal(jax.random.key(0), (64, 300)))
+    for m in (1, 7, 64 * 3, 5000):
+        assert float(kth_largest_nonnegative(values, m)) == float(jnp.sort(values.reshape(-1))[-m])

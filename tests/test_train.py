@@ -12,17 +12,14 @@ from jaxinterp.mesh import SAE_RULES, make_mesh, tree_shardings
 from jaxinterp.store import open_store
 from jaxinterp.train import RunExistsError, train
 from jaxinterp.train.trained import load_trained
-from tests.stores import sparse_activations, write_store
+from tests.stores import small_sparse_store, sparse_activations, write_store
 
 HOOK = "blocks.0.hook_resid_post"
 
 
 @pytest.fixture(scope="module")
 def store_url(tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("store") / "s")
-    write_store(url, {HOOK: sparse_activations(8192, 32, n_features=96, active=4)}, context_size=16,
-                chunk_mib=2**-9, shard_mib=2**-6)
-    return url
+    return small_sparse_store(str(tmp_path_factory.mktemp("store") / "s"), HOOK)
 
 
 def train_config(store_url, out, **overrides):

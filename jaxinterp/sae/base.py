@@ -33,6 +33,7 @@ __all__ = [
     "latent_fires",
     "linear_warmup",
     "mean_l0",
+    "pre_activations",
     "total_variance",
 ]
 
@@ -94,6 +95,11 @@ def dense_decode(params: Params, latents: Latents) -> jax.Array:
         values, rows = latents.values, jnp.take(params["W_dec"], latents.indices, axis=0)
         return jnp.einsum("tk,tkd->td", values, rows) + params["b_dec"]
     return latents @ params["W_dec"] + params["b_dec"]
+
+
+def pre_activations(params: Params, x: jax.Array) -> jax.Array:
+    """``(x − b_dec) W_enc + b_enc`` (``b_dec`` subtracted first, SAELens' ``apply_b_dec_to_input``)."""
+    return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
 
 
 def total_variance(x: jax.Array) -> jax.Array:

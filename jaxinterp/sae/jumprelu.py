@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, linear_warmup,
-                                option, total_variance)
+                                option, pre_activations, total_variance)
 
 __all__ = ["make", "jump_relu", "heaviside", "initial_log_threshold"]
 
@@ -68,10 +68,6 @@ def initial_log_threshold(pre: jax.Array, target_l0: int, floor: float = 1e-3) -
     tokens, so training starts near the wanted sparsity instead of with half the latents on."""
     quantile = jnp.quantile(pre, 1.0 - target_l0 / pre.shape[1], axis=0)
     return jnp.log(jnp.maximum(quantile, floor))
-
-
-def pre_activations(params: Params, x: jax.Array) -> jax.Array:
-    return (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
 
 
 def make(cfg: Mapping[str, Any]) -> Architecture:

@@ -13,9 +13,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.sae.base import Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, option, total_variance
-from jaxinterp.sae.batch_topk import batch_topk_activations, dead_latent_selection, update_threshold
-from jaxinterp.sae.topk import aux_k_size, auxk_loss
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, option, pre_activations,
+                                total_variance)
+from jaxinterp.sae.batch_topk import (batch_topk_activations, dense_auxk_loss, init_with_threshold,
+                                      threshold_encode, update_threshold)
 
 __all__ = ["make", "prefix_sizes"]
 
@@ -34,15 +35,11 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
 
     def init(key, d_in, d_sae, sample):
         prefix_sizes(option(cfg, "matryoshka_prefixes", ""), d_sae)  # fail at init, not mid-run
-        return init_tied(key, d_in, d_sae, sample), {"threshold": jnp.zeros((), jnp.float32)}
-
-    def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
-        pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
-        return jax.nn.relu(pre) * (pre > arch_state["threshold"])
+        return init_with_threshold(key, d_in, d_sae, sample)
 
     def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
         d_sae = params["W_dec"].shape[0]
-        pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+        pre = pre_activations(params, x)
         acts, kth = batch_topk_activations(pre, k)
         variance = total_variance(x)
         x_hat, start, prefix_fvus = params["b_dec"], 0, []
@@ -52,11 +49,9 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
             start = stop
         terms = {"fvu": prefix_fvus[-1], "fvu_prefix_mean": jnp.mean(jnp.stack(prefix_fvus))}
         total = terms["fvu_prefix_mean"]
-        k_aux = aux_k_size(cfg, params["W_dec"].shape[1], d_sae)
-        if k_aux:
-            aux = dead_latent_selection(pre, ctx.dead_mask, k_aux)
-            terms["auxk"] = auxk_loss(aux, x - x_hat, params["W_dec"], ctx.dead_mask)
-            total = total + aux_coefficient * terms["auxk"]
+        auxk = dense_auxk_loss(cfg, params, pre, x - x_hat, ctx.dead_mask)
+        if auxk is not None:
+            terms["auxk"], total = auxk, total + aux_coefficient * auxk
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate))
 
-    return Architecture("matryoshka", init, encode, dense_decode, loss, unit_norm_decoder=True)
+    return Architecture("matryoshka", init, threshold_encode, dense_decode, loss, unit_norm_decoder=True)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, linear_warmup,
-                                option, total_variance)
+                                option, pre_activations, total_variance)
 
 __all__ = ["make"]
 
@@ -27,7 +27,7 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         return init_tied(key, d_in, d_sae, sample), {}
 
     def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
-        return jax.nn.relu((x - params["b_dec"]) @ params["W_enc"] + params["b_enc"])
+        return jax.nn.relu(pre_activations(params, x))
 
     def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
         acts = encode(params, arch_state, x)

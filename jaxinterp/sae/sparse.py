@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["SparseLatents", "top_k", "topk_encode", "sparse_decode", "dense_from_sparse"]
+__all__ = ["SparseLatents", "top_k", "dead_top_k", "topk_encode", "sparse_decode", "dense_from_sparse"]
 
 
 class SparseLatents(NamedTuple):
@@ -59,6 +59,22 @@ def top_k(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
                          check_vma=False)(pre)
 
 
+def dead_top_k(pre: jax.Array, dead_mask: jax.Array, k_aux: int) -> tuple[jax.Array, jax.Array]:
+    """Top ``k_aux`` pre-activations among ``dead_mask`` latents (zeros where fewer are dead).
+
+    The second top-k costs as much as the first, so it runs only when some latent is dead.
+    """
+    empty = (jnp.zeros((pre.shape[0], k_aux), pre.dtype), jnp.zeros((pre.shape[0], k_aux), jnp.int32))
+    if not k_aux:
+        return empty
+
+    def select(pre):
+        values, indices = top_k(jnp.where(dead_mask, pre, -jnp.inf), k_aux)
+        return jnp.where(jnp.isfinite(values), values, 0.0), indices
+
+    return jax.lax.cond(jnp.any(dead_mask), select, lambda pre: empty, pre)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def topk_encode(x: jax.Array, W_enc: jax.Array, b_enc: jax.Array, b_dec: jax.Array, aux_mask: jax.Array,
                 k: int, k_aux: int) -> tuple[SparseLatents, SparseLatents]:
@@ -78,28 +94,34 @@ def _encode_forward(x, W_enc, b_enc, b_dec, aux_mask, k, k_aux):
     centred = x - b_dec
     pre = centred @ W_enc + b_enc
     values, indices = top_k(pre, k)
-    if k_aux:
-        aux_values, aux_indices = top_k(jnp.where(aux_mask, pre, -jnp.inf), k_aux)
-        aux_values = jnp.where(jnp.isfinite(aux_values), aux_values, 0.0)  # fewer dead than k_aux
-    else:
-        aux_values = jnp.zeros((x.shape[0], 0), x.dtype)
-        aux_indices = jnp.zeros((x.shape[0], 0), jnp.int32)
+    aux_values, aux_indices = dead_top_k(pre, aux_mask, k_aux)
     out = (SparseLatents(jax.nn.relu(values), indices), SparseLatents(jax.nn.relu(aux_values), aux_indices))
-    selected = jnp.concatenate([values, aux_values], axis=1)
-    return out, (centred, W_enc, jnp.concatenate([indices, aux_indices], axis=1), selected > 0)
+    return out, (centred, W_enc, (indices, values > 0), (aux_indices, aux_values > 0), jnp.any(aux_mask))
 
 
-def _encode_backward(k, k_aux, residuals, cotangents):
-    centred, W_enc, indices, positive = residuals
-    (g_main, _), (g_aux, _) = cotangents
-    g = jnp.concatenate([g_main, g_aux], axis=1) * positive  # relu'
+def _scatter_grads(centred, W_enc, indices, g):
+    """(d W_enc, d b_enc) of selected pre-activations with cotangent ``g``: scatter-adds of tokens·k rows."""
     flat = indices.reshape(-1)
     g_b_enc = jnp.zeros(W_enc.shape[1], g.dtype).at[flat].add(g.reshape(-1))
     contributions = (g[:, :, None] * centred[:, None, :]).reshape(-1, centred.shape[1])
-    g_W_enc = jnp.zeros(W_enc.shape[::-1], g.dtype).at[flat].add(contributions).T
+    return jnp.zeros(W_enc.shape[::-1], g.dtype).at[flat].add(contributions).T, g_b_enc
+
+
+def _encode_backward(k, k_aux, residuals, cotangents):
+    centred, W_enc, (indices, positive), (aux_indices, aux_positive), any_dead = residuals
+    (g_main, _), (g_aux, _) = cotangents
+    g = g_main * positive  # relu'
+    g_W_enc, g_b_enc = _scatter_grads(centred, W_enc, indices, g)
+    if k_aux:  # AuxK's rows only cost a scatter when some latent is dead
+        def add_aux(grads):
+            aux_W_enc, aux_b_enc = _scatter_grads(centred, W_enc, aux_indices, g_aux * aux_positive)
+            return grads[0] + aux_W_enc, grads[1] + aux_b_enc
+
+        g_W_enc, g_b_enc = jax.lax.cond(any_dead, add_aux, lambda grads: grads, (g_W_enc, g_b_enc))
     g_b_dec = -(W_enc @ g_b_enc)
-    # d x: Σ_j g_tj W_enc[:, i_tj]; unused (and so removed by XLA) when x is data.
+    # d x = Σ_j g_tj W_enc[:, i_tj]: unused (and so removed by XLA) when x is data.
     g_x = jnp.einsum("tk,tkd->td", g, jnp.take(W_enc.T, indices, axis=0))
+    g_x = g_x + jnp.einsum("tk,tkd->td", g_aux * aux_positive, jnp.take(W_enc.T, aux_indices, axis=0))
     return g_x, g_W_enc, g_b_enc, g_b_dec, None
 
 

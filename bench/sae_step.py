@@ -1,0 +1,152 @@
+"""TopK SAE training-step speed: jaxinterp vs EleutherAI sparsify vs SAELens vs the floor.
+
+    python bench/sae_step.py [--d-in 576 --n-latents 9216 --k 32 --batch 4096 --steps 5]
+    python bench/sae_step.py --preset gpu      # d 2304, 65,536 latents, k 64, batch 8192, bf16 compute
+
+All rows train on the same float32 batch (Gaussian, or ``--store/--hook`` activations) in one run:
+  floor                  one jitted ``top_k(x @ W_enc)``: the encoder matmul and selection alone
+  jaxinterp topk         our train step (sparse custom-VJP kernels, AuxK, Adam, decoder projection
+                         and renormalisation, latent counters)
+  jaxinterp dense VJP    the same step with plain autodiff through top_k and a row gather: the
+                         alternative the sparse kernels were chosen over, by this measurement
+  sparsify / SAELens     each library's own training step (bench/peers.py), when installed
+                         (``pip install -e ".[bench]"``)
+  sweep                  3 TopK SAEs (k = k/2, k, 2k) trained in one step vs 3 separate steps
+Ratios are against rows of this same run. Results also go to bench/results/sae_step.json.
+Goals (issue 6): jaxinterp ≥ 1.5× sparsify's tokens/s; step ≤ 1.6× the floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PRESETS = {
+    "cpu": {"d_in": 576, "n_latents": 9216, "k": 32, "batch": 4096},
+    "gpu": {"d_in": 2304, "n_latents": 65536, "k": 64, "batch": 8192},
+}
+
+
+def seconds_per_call(fn, *args, steps: int, warmup: int = 2) -> float:
+    """Mean seconds of ``fn(*args)`` (blocked on) over ``steps`` calls after ``warmup``."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    began = time.perf_counter()
+    for _ in range(steps):
+        jax.block_until_ready(fn(*args))
+    return (time.perf_counter() - began) / steps
+
+
+def train_step_seconds(x: jax.Array, sae_overrides: dict, sweep: str, steps: int, dense_vjp: bool = False) -> float:
+    """Seconds per jaxinterp train step (state donated, as in training) on batch ``x``."""
+    from jaxinterp.schemas import sae_config
+    from jaxinterp.train import build_members, init_state, train_step
+
+    sae = sae_config("topk")
+    sae.update(sae_overrides)
+    cfg = {"hook": "x", "lr": 0.0, "sweep": sweep, "steps": 10_000, "warmup_steps": 10, "decay_fraction": 0.2,
+           "grad_clip": 1.0, "sae": sae}
+    members = build_members(cfg)
+    if dense_vjp:
+        members = [m._replace(architecture=m.architecture._replace(loss=dense_vjp_topk_loss(sae["k"])))
+                   for m in members]
+    state = jax.jit(partial(init_state, members=members))(jax.random.key(0), {"x": x[:256]})
+    step = jax.jit(partial(train_step, members=members, dead_tokens=10**9), donate_argnums=0)
+    holder = [state]
+
+    def run():
+        holder[0], metrics = step(holder[0], {"x": x})
+        return metrics
+
+    return seconds_per_call(run, steps=steps)
+
+
+def dense_vjp_topk_loss(k: int):
+    """TopK FVU loss with JAX's own autodiff through ``top_k`` and the row gather (no custom VJP)."""
+    from jaxinterp.sae.base import LossOutput, total_variance
+    from jaxinterp.sae.sparse import SparseLatents
+
+    def loss(params, arch_state, x, ctx):
+        pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+        values, indices = jax.lax.top_k(pre, k)
+        values = jax.nn.relu(values)
+        x_hat = jnp.einsum("tk,tkd->td", values, jnp.take(params["W_dec"], indices, axis=0)) + params["b_dec"]
+        fvu = jnp.sum(jnp.square(x - x_hat)) / total_variance(x)
+        return fvu, LossOutput(SparseLatents(values, indices), {"fvu": fvu}, arch_state)
+
+    return loss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--d-in", type=int)
+    parser.add_argument("--n-latents", type=int)
+    parser.add_argument("--k", type=int)
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--store", help="use activations from this store instead of Gaussian data")
+    parser.add_argument("--hook", default="blocks.12.hook_resid_post")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "sae_step.json"))
+    args = parser.parse_args()
+    shape = {**PRESETS[args.preset], **{k: v for k, v in {"d_in": args.d_in, "n_latents": args.n_latents,
+                                                          "k": args.k, "batch": args.batch}.items() if v}}
+    d_in, n_latents, k, batch = shape["d_in"], shape["n_latents"], shape["k"], shape["batch"]
+    if args.store:
+        from jaxinterp.store import open_store
+
+        x_np = np.asarray(open_store(args.store).read(args.hook, 0, batch), np.float32)
+        d_in = x_np.shape[1]
+    else:
+        x_np = np.random.default_rng(0).normal(size=(batch, d_in)).astype(np.float32)
+    x = jnp.asarray(x_np)
+    sae = {"n_latents": n_latents, "k": k}
+
+    W_enc = jax.random.normal(jax.random.key(1), (d_in, n_latents)) / np.sqrt(d_in)
+    rows = {"floor: top_k(x @ W_enc)": seconds_per_call(jax.jit(lambda x, W: jax.lax.top_k(x @ W, k)), x, W_enc,
+                                                          steps=args.steps)}
+    rows["jaxinterp topk"] = train_step_seconds(x, sae, "", args.steps)
+    rows["jaxinterp topk, dense VJP"] = train_step_seconds(x, sae, "", args.steps, dense_vjp=True)
+    if not args.skip_peers:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from peers import saelens_step_seconds, sparsify_step_seconds
+
+        for name, fn in [("sparsify (signum, its default)", partial(sparsify_step_seconds, optimizer="signum")),
+                         ("sparsify (adam)", partial(sparsify_step_seconds, optimizer="adam")),
+                         ("SAELens", saelens_step_seconds)]:
+            seconds = fn(x_np, n_latents, k, steps=args.steps)
+            if seconds is None:
+                print(f"{name}: not installed (pip install -e '.[bench]')")
+            else:
+                rows[name] = seconds
+    sweep = f"half: k={max(k // 2, 1)}; base: k={k}; double: k={2 * k}"
+    sweep_one = train_step_seconds(x, sae, sweep, args.steps)
+    sweep_three = sum(train_step_seconds(x, {**sae, "k": kk}, "", args.steps) for kk in (max(k // 2, 1), k, 2 * k))
+
+    floor, ours = rows["floor: top_k(x @ W_enc)"], rows["jaxinterp topk"]
+    print(f"TopK SAE step, d_in {d_in}, n_latents {n_latents:,}, k {k}, batch {batch:,}, fp32, "
+          f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})")
+    print(f"{'':34}{'s/step':>9}{'tokens/s':>11}{'÷ floor':>9}{'jaxinterp ×':>13}")
+    for name, seconds in rows.items():
+        print(f"{name:34}{seconds:9.3f}{batch / seconds:11,.0f}{seconds / floor:9.2f}{seconds / ours:13.2f}")
+    print(f"sweep of 3 (k/2, k, 2k): one step {sweep_one:.3f} s vs three steps {sweep_three:.3f} s "
+          f"= {sweep_three / sweep_one:.2f}x")
+    results = {"shape": {"d_in": d_in, "n_latents": n_latents, "k": k, "batch": batch},
+               "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+               "seconds_per_step": rows, "sweep": {"one_step": sweep_one, "three_steps": sweep_three}}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
