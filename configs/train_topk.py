@@ -35,6 +35,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.checkpoint_every = 500
     config.eval_tokens = 8192
     config.sae = sae_config("topk", n_latents=4096, k=32)
+    config.compute_dtype = "float32"  # bfloat16: bf16 matmuls, fp32 master weights and optimizer
     config.sweep = ""  # e.g. "k16: k=16; k64: k=64" trains three SAEs from one read of the data
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1

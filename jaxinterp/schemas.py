@@ -74,6 +74,8 @@ TRAIN = Schema(
         "sae.bandwidth": Field(float, "JumpReLU: straight-through rectangle-kernel width", minimum=1e-9),
         "sae.threshold_rate": Field(float, "BatchTopK/Matryoshka: threshold moving-average rate", minimum=0.0, maximum=1.0),
         "sae.matryoshka_prefixes": Field(str, "Matryoshka: increasing prefix sizes, e.g. 512,2048; empty = d_sae/8,/4,/2"),
+        "compute_dtype": Field(str, "dtype of the SAE forward/backward; params, optimizer state and grads stay float32",
+                               choices=("float32", "bfloat16")),
         "sweep": Field(str, "more SAEs trained on the same batches: 'name: field=value, ...; ...' over sae.* fields, hook, lr"),
         "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1),
         "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1),

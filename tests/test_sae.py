@@ -191,3 +191,18 @@ def test_kth_largest_by_bits_equals_sorting():
     values = jax.nn.relu(jax.random.normal(jax.random.key(0), (64, 300)))
     for m in (1, 7, 64 * 3, 5000):
         assert float(kth_largest_nonnegative(values, m)) == float(jnp.sort(values.reshape(-1))[-m])
+
+
+def test_bfloat16_compute_keeps_float32_master_weights():
+    x = jnp.asarray(sparse_activations(1024, 32, n_features=48, active=3))
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        members = build_members(run_config(sweep="a: k=4; b: architecture=jumprelu"))
+        state = init_state(jax.random.key(0), {"h": x}, members)
+        step = jax.jit(partial(train_step, members=members, dead_tokens=10**6, compute_dtype=dtype))
+        for i in range(20):
+            state, metrics = step(state, {"h": x[(i % 4) * 256: (i % 4 + 1) * 256]})
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.saes) if jnp.issubdtype(leaf.dtype, jnp.floating))
+        results[dtype] = {name: float(m["fvu"]) for name, m in metrics.items()}
+    for name in ("a", "b"):
+        assert results["bfloat16"][name] == pytest.approx(results["float32"][name], rel=0.1, abs=0.02)

@@ -106,6 +106,18 @@ def test_killed_run_resumes_exactly(store_url, tmp_path):
         np.testing.assert_array_equal(a.state.params[name], b.state.params[name])
 
 
+def test_resume_onto_a_different_device_count(store_url, tmp_path):
+    straight = train(train_config(store_url, tmp_path / "straight", **{"mesh.data": 1}), progress=False)
+    train(train_config(store_url, tmp_path / "moved", **{"mesh.data": 1}), progress=False)
+    shutil.rmtree(tmp_path / "moved" / "checkpoints" / "60")  # as if preempted after step 40
+    moved = train(train_config(store_url, tmp_path / "moved", **{"mesh.data": 4, "mesh.model": 2}), progress=False)
+    assert moved["mesh"] == {"data": 4, "model": 2} and moved["steps"] == 60
+    a, b = load_trained(str(tmp_path / "straight")), load_trained(str(tmp_path / "moved"))
+    for name in a.state.params:
+        np.testing.assert_allclose(a.state.params[name], b.state.params[name], rtol=2e-4, atol=2e-5)
+    assert moved["eval"]["sae"]["fvu"] == pytest.approx(straight["eval"]["sae"]["fvu"], rel=1e-3)
+
+
 def test_run_dir_with_other_config_is_refused(store_url, tmp_path):
     train(train_config(store_url, tmp_path / "r", steps=20), progress=False)
     with pytest.raises(RunExistsError, match="train.sae.k: 8 -> 4"):

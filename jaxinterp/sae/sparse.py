@@ -102,9 +102,11 @@ def _encode_forward(x, W_enc, b_enc, b_dec, aux_mask, k, k_aux):
 def _scatter_grads(centred, W_enc, indices, g):
     """(d W_enc, d b_enc) of selected pre-activations with cotangent ``g``: scatter-adds of tokens·k rows."""
     flat = indices.reshape(-1)
-    g_b_enc = jnp.zeros(W_enc.shape[1], g.dtype).at[flat].add(g.reshape(-1))
+    g_b_enc = jnp.zeros(W_enc.shape[1], jnp.float32).at[flat].add(g.reshape(-1).astype(jnp.float32))
     contributions = (g[:, :, None] * centred[:, None, :]).reshape(-1, centred.shape[1])
-    return jnp.zeros(W_enc.shape[::-1], g.dtype).at[flat].add(contributions).T, g_b_enc
+    # Sums of many rows accumulate in float32 whatever the compute dtype.
+    g_W_enc = jnp.zeros(W_enc.shape[::-1], jnp.float32).at[flat].add(contributions.astype(jnp.float32)).T
+    return g_W_enc.astype(W_enc.dtype), g_b_enc.astype(W_enc.dtype)
 
 
 def _encode_backward(k, k_aux, residuals, cotangents):
@@ -143,7 +145,7 @@ def _decode_backward(residuals, g):
     g_values = jnp.einsum("td,tkd->tk", g, jnp.take(W_dec, latents.indices, axis=0))
     flat = latents.indices.reshape(-1)
     contributions = (latents.values[:, :, None] * g[:, None, :]).reshape(-1, g.shape[1])
-    g_W_dec = jnp.zeros_like(W_dec).at[flat].add(contributions)
+    g_W_dec = jnp.zeros(W_dec.shape, jnp.float32).at[flat].add(contributions.astype(jnp.float32)).astype(W_dec.dtype)
     return SparseLatents(g_values, None), g_W_dec
 
 

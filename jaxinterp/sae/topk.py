@@ -38,7 +38,8 @@ def auxk_loss(aux: SparseLatents, residual: jax.Array, W_dec: jax.Array, dead_ma
     def loss(aux: SparseLatents, W_dec: jax.Array) -> jax.Array:
         error_hat = sparse_decode(aux, W_dec)
         scale = jnp.minimum(jnp.sum(dead_mask) / max(k_aux, 1), 1.0)
-        return scale * jnp.sum(jnp.square(error - error_hat)) / jnp.maximum(total_variance(error), 1e-12)
+        loss = scale * jnp.sum(jnp.square(error - error_hat)) / jnp.maximum(total_variance(error), 1e-12)
+        return loss.astype(W_dec.dtype)
 
     # The k_aux-row decode costs several times the main one, so it only runs when some latent is dead.
     return jax.lax.cond(jnp.any(dead_mask), loss, lambda aux, W_dec: jnp.zeros((), W_dec.dtype), aux, W_dec)

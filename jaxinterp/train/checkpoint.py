@@ -26,8 +26,9 @@ __all__ = [
 ]
 
 RUN_CONFIG = "cfg.json"
-# Changing these does not change what a run *is*, so a rerun with new values resumes it.
-_RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens")
+# Changing these does not change what a run *is*, so a rerun with new values resumes it (the mesh
+# included: a run restores onto however many devices the rerun has).
+_RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mesh.data", "mesh.model")
 
 
 class RunExistsError(FileExistsError):

@@ -119,7 +119,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     state, buffer_state, shardings = _start_state(cfg, buffer, out, members, d_in, mesh)
     buffer.scales = buffer_state.scales
     step_fn = jax.jit(
-        partial(train_step, members=members, dead_tokens=cfg["dead_tokens"]),
+        partial(train_step, members=members, dead_tokens=cfg["dead_tokens"], compute_dtype=cfg["compute_dtype"]),
         in_shardings=(shardings, {hook: batch_sharding(mesh) for hook in hooks}),
         out_shardings=(shardings, None),
         donate_argnums=0,

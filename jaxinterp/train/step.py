@@ -19,11 +19,21 @@ _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
 def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, tokens_seen: jax.Array,
-             dead_tokens: int) -> tuple[SAEState, dict[str, jax.Array]]:
+             dead_tokens: int, compute_dtype: str = "float32") -> tuple[SAEState, dict[str, jax.Array]]:
     """Gradient step of one SAE, decoder renormalisation if its architecture wants it, and the
-    latent-firing bookkeeping; returns the new state and its metrics."""
+    latent-firing bookkeeping; returns the new state and its metrics.
+
+    With ``compute_dtype="bfloat16"`` the loss runs on bf16 copies of params and data; the casts'
+    VJPs return float32 gradients to the float32 master weights and optimizer.
+    """
     dead_mask = sae.tokens_since_fired >= dead_tokens
-    grad_fn = jax.value_and_grad(member.architecture.loss, has_aux=True)
+    dtype = jnp.dtype(compute_dtype)
+
+    def loss_fn(params, arch_state, x, ctx):
+        loss, out = member.architecture.loss(_cast(params, dtype), arch_state, x.astype(dtype), ctx)
+        return loss.astype(jnp.float32), out
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, out), grads = grad_fn(sae.params, sae.arch_state, x, LossContext(step, dead_mask))
     updates, opt_state = member.optimizer.update(grads, sae.opt_state, sae.params)
     params = optax.apply_updates(sae.params, updates)
@@ -45,8 +55,13 @@ def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, token
     return new, metrics
 
 
+def _cast(params: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
+    return {name: value.astype(dtype) if jnp.issubdtype(value.dtype, jnp.floating) else value
+            for name, value in params.items()}
+
+
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Sequence[Member],
-               dead_tokens: int) -> tuple[TrainState, dict[str, dict[str, jax.Array]]]:
+               dead_tokens: int, compute_dtype: str = "float32") -> tuple[TrainState, dict[str, dict[str, jax.Array]]]:
     """Steps every member on its hook's rows of ``batch``; metrics are ``{member: {name: value}}``.
 
     Example::
@@ -57,6 +72,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Se
     saes, metrics = {}, {}
     for member in members:
         saes[member.name], metrics[member.name] = sae_step(
-            member, state.saes[member.name], batch[member.hook], state.step, state.tokens_seen, dead_tokens)
+            member, state.saes[member.name], batch[member.hook], state.step, state.tokens_seen, dead_tokens,
+            compute_dtype)
     n_tokens = next(iter(batch.values())).shape[0]
     return TrainState(state.step + 1, state.tokens_seen + n_tokens, saes), metrics
