@@ -51,12 +51,12 @@ def fvu_and_l0(x: np.ndarray, x_hat: np.ndarray, l0: float) -> dict[str, float]:
     return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": l0}
 
 
-def train_jaxinterp(batches, holdout, n_latents: int, k: int) -> dict[str, float]:
+def train_jaxinterp(batches, holdout, n_latents: int, k: int, lr: float = 0.0) -> dict[str, float]:
     from jaxinterp.eval.holdout import evaluate_reconstruction
     from jaxinterp.schemas import sae_config
     from jaxinterp.train import build_members, init_state, train_step
 
-    cfg = {"hook": "x", "lr": 0.0, "sweep": "", "steps": len(batches), "warmup_steps": min(50, len(batches) // 10),
+    cfg = {"hook": "x", "lr": lr, "sweep": "", "steps": len(batches), "warmup_steps": min(50, len(batches) // 10),
            "decay_fraction": 0.2, "grad_clip": 1.0, "sae": sae_config("topk", n_latents, k)}
     members = build_members(cfg)
     state = init_state(jax.random.key(0), {"x": batches[0]}, members)
@@ -113,12 +113,13 @@ def main() -> None:
     parser.add_argument("--n-latents", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=0.0, help="jaxinterp's Adam lr; 0 = its default 2e-4/√(n/2¹⁴)")
     parser.add_argument("--json", default=str(RESULTS / "sae_quality.json"))
     args = parser.parse_args()
 
     batches, holdout = activations(args)
     rows = {}
-    for name, fn in [("jaxinterp topk", train_jaxinterp), ("sparsify topk", train_sparsify)]:
+    for name, fn in [("jaxinterp topk", partial(train_jaxinterp, lr=args.lr)), ("sparsify topk", train_sparsify)]:
         began = time.perf_counter()
         result = fn(batches, holdout, args.n_latents, args.k)
         if result is None:

@@ -176,3 +176,25 @@ def test_store_of_another_width_is_refused_for_an_existing_run(store_url, tmp_pa
     write_store(narrow, {HOOK: sparse_activations(2048, 16)}, context_size=16, chunk_mib=2**-9, shard_mib=2**-6)
     with pytest.raises(RunExistsError, match="saes.sae.d_in: 32 -> 16"):
         train(train_config(narrow, tmp_path / "r", steps=10), progress=False)
+
+
+@pytest.mark.parametrize("architecture", ["batch_topk", "jumprelu", "relu"])
+def test_saelens_export_of_dense_architectures_matches_our_encoding(store_url, tmp_path, architecture):
+    from safetensors.numpy import load_file
+
+    train(train_config(store_url, tmp_path / "r", steps=20, normalize=True, norm_tokens=2048,
+                       **{"sae.architecture": architecture}), progress=False)
+    out = export_run(str(tmp_path / "r"), "saelens", str(tmp_path / "e"))
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert cfg["architecture"] == {"batch_topk": "jumprelu", "jumprelu": "jumprelu", "relu": "standard"}[architecture]
+    weights = load_file(str(out / "sae_weights.safetensors"))
+    x = open_store(store_url).read(HOOK, 0, 64)
+    pre = (x - weights["b_dec"]) @ weights["W_enc"] + weights["b_enc"]
+    # SAELens' encoders in numpy: jumprelu = relu(pre)·1[pre > threshold]; standard = relu(pre)
+    theirs = np.maximum(pre, 0) * (pre > weights["threshold"]) if "threshold" in weights else np.maximum(pre, 0)
+    trained = load_trained(str(tmp_path / "r"))
+    ours = trained.architecture.encode(trained.state.params, trained.state.arch_state, x * trained.input_scale)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(theirs @ weights["W_dec"] + weights["b_dec"],
+                               trained.architecture.decode(trained.state.params, ours) / trained.input_scale,
+                               rtol=1e-4, atol=1e-4)
