@@ -4,6 +4,11 @@
         --config.store=stores/smollm2_pydoc --config.hook=blocks.12.hook_resid_post \
         --config.out=runs/topk --config.sae.n_latents=4096 --config.sae.k=32 --config.steps=2000
 
+Other architectures and sweeps (several SAEs from the same batches) are overrides::
+
+    jaxinterp train --config configs/train_topk.py --config.sae.architecture=jumprelu --config.normalize=true
+    jaxinterp train --config configs/train_topk.py --config.sweep="k16: k=16; k64: k=64; bt: architecture=batch_topk"
+
 Variant ``:quick`` trains 100 steps of a 1024-latent SAE, for a smoke test.
 """
 
