@@ -136,13 +136,21 @@ def sparse_decode(latents: SparseLatents, W_dec: jax.Array) -> jax.Array:
     return jnp.einsum("tk,tkd->td", latents.values, jnp.take(W_dec, latents.indices, axis=0))
 
 
+# Gathered decoder rows are kept for the backward pass (saving a second gather) up to this size.
+_MAX_SAVED_ROWS_BYTES = 2**30
+
+
 def _decode_forward(latents, W_dec):
-    return sparse_decode(latents, W_dec), (latents, W_dec)
+    rows = jnp.take(W_dec, latents.indices, axis=0)
+    out = jnp.einsum("tk,tkd->td", latents.values, rows)
+    saved = rows if rows.size * rows.dtype.itemsize <= _MAX_SAVED_ROWS_BYTES else None
+    return out, (latents, W_dec, saved)
 
 
 def _decode_backward(residuals, g):
-    latents, W_dec = residuals
-    g_values = jnp.einsum("td,tkd->tk", g, jnp.take(W_dec, latents.indices, axis=0))
+    latents, W_dec, rows = residuals
+    rows = jnp.take(W_dec, latents.indices, axis=0) if rows is None else rows
+    g_values = jnp.einsum("td,tkd->tk", g, rows)
     flat = latents.indices.reshape(-1)
     contributions = (latents.values[:, :, None] * g[:, None, :]).reshape(-1, g.shape[1])
     g_W_dec = jnp.zeros(W_dec.shape, jnp.float32).at[flat].add(contributions.astype(jnp.float32)).astype(W_dec.dtype)
