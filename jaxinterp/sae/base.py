@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.sae.sparse import SparseLatents
+from jaxinterp.sae.sparse import SparseLatents, sparse_decode
 
 __all__ = [
     "Architecture",
@@ -92,8 +92,7 @@ def init_tied(key: jax.Array, d_in: int, d_sae: int, sample: np.ndarray | jax.Ar
 def dense_decode(params: Params, latents: Latents) -> jax.Array:
     """``latents @ W_dec + b_dec`` for dense or sparse latents."""
     if isinstance(latents, SparseLatents):
-        values, rows = latents.values, jnp.take(params["W_dec"], latents.indices, axis=0)
-        return jnp.einsum("tk,tkd->td", values, rows) + params["b_dec"]
+        return sparse_decode(latents, params["W_dec"]) + params["b_dec"]
     return latents @ params["W_dec"] + params["b_dec"]
 
 

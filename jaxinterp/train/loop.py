@@ -106,9 +106,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     store = open_store(cfg["store"])
     members = build_members(cfg)
     hooks = list(dict.fromkeys(member.hook for member in members))
-    for hook in hooks:
-        store.array(hook)  # a hook missing from the store fails here, listing the ones it has
-    d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}
+    d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}  # a missing hook lists the store's
     mesh = make_mesh(cfg["mesh"]["data"], cfg["mesh"]["model"])
     buffer = ActivationBuffer(store, hooks, cfg["batch_size"], cfg["seed"], cfg["holdout_fraction"],
                               cfg["mixing_chunks"], cfg["exclude_bos"], on_nonfinite=cfg["on_nonfinite"],
@@ -137,7 +135,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     for member in members:
         values = evaluation[member.name] = _holdout_metrics(member, state, holdout, cfg)
         values.update(train_tokens=int(state.tokens_seen), skipped_nonfinite_rows=buffer.skipped_rows)
-        values["input_scale"] = buffer.scales[values.pop("hook")]
+        values["input_scale"] = buffer.scales[member.hook]
     if jax.process_index() == 0:
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
     return {
@@ -156,7 +154,6 @@ def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np
     result.update(
         dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),
         dense_fraction=float(dense_fraction(sae.fire_count, state.tokens_seen)),
-        hook=member.hook,
     )
     return result
 
@@ -184,9 +181,7 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: P
                 save_checkpoint(manager, done, state, BufferState(cfg["seed"], done, buffer.scales))
                 if done % cfg["checkpoint_every"] == 0 and done < total:
                     for member in members:
-                        values = _holdout_metrics(member, state, holdout, cfg)
-                        values.pop("hook")
-                        log.record(done, member.name, values, prefix="holdout")
+                        log.record(done, member.name, _holdout_metrics(member, state, holdout, cfg), prefix="holdout")
             if preemption.requested:
                 break
         jax.block_until_ready(state)
