@@ -24,9 +24,9 @@ __all__ = ["main", "VERBS"]
 
 class Verb(NamedTuple):
     summary: str
-    default_config: str | None
-    schema: Schema | None
-    run: Callable[[Any], Any] | None
+    default_config: str
+    schema: Schema
+    run: Callable[[Any], Any]
 
 
 def _extract(cfg):
@@ -55,6 +55,12 @@ def _eval(cfg):
     return evaluate_run(cfg)
 
 
+def _probe(cfg):
+    from jaxinterp.probe import run_probe
+
+    return run_probe(cfg)
+
+
 def _demo(cfg):
     from jaxinterp.demo import format_summary, run_demo
 
@@ -69,7 +75,8 @@ VERBS = {
     "train": Verb("train a sparse autoencoder from a store", "configs/train_topk.py", schemas.TRAIN, _train),
     "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
     "export": Verb("export a trained run for other tools (SAELens)", "configs/export.py", schemas.EXPORT, _export),
-    "probe": Verb("train probes (not built yet: arrives with the probe trainer)", None, None, None),
+    "probe": Verb("train probe sweeps (hooks x C x k) on pooled activations or SAE latents",
+                  "configs/probe.py", schemas.PROBE, _probe),
 }
 
 # Problems the user can fix get one line; anything else is a bug and keeps its traceback.
@@ -99,12 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name, verb in VERBS.items():
-        epilog = _fields_help(verb) if verb.schema is not None else None
-        p = sub.add_parser(name, help=verb.summary, description=verb.summary, epilog=epilog,
+        p = sub.add_parser(name, help=verb.summary, description=verb.summary, epilog=_fields_help(verb),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        if verb.default_config:
-            p.add_argument("--config", default=verb.default_config,
-                           help=f"config file, optionally FILE:variant (default: {verb.default_config})")
+        p.add_argument("--config", default=verb.default_config,
+                       help=f"config file, optionally FILE:variant (default: {verb.default_config})")
     return parser
 
 
@@ -114,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = _parser().parse_known_args(argv)
     verb = VERBS[args.verb]
     try:
-        if verb.run is None:
-            raise NotImplementedError(f"`jaxinterp {args.verb}` is not built yet")
         cfg = load_config(args.config, overrides, verb.schema, args.verb)
         result = verb.run(cfg)
     except _USER_ERRORS as error:

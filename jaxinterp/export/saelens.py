@@ -7,9 +7,6 @@ export; an existing target is replaced only with ``overwrite``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from jaxinterp.eval.metrics import log10_firing_frequency
+from jaxinterp.export.atomic import atomic_directory
 from jaxinterp.sae import topk
 from jaxinterp.train.trained import TrainedSAE
 
@@ -78,23 +76,6 @@ def saelens_weights(trained: TrainedSAE) -> dict[str, np.ndarray]:
     return weights
 
 
-def _atomic_directory(out: str, overwrite: bool, write) -> Path:
-    target = Path(out)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} exists; pass --config.overwrite=true to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
 def export_saelens(trained: TrainedSAE, out: str, overwrite: bool = False) -> Path:
     """Writes a SAELens v6 directory that ``sae_lens.SAE.load_from_disk`` reads."""
     weights = saelens_weights(trained)
@@ -105,4 +86,4 @@ def export_saelens(trained: TrainedSAE, out: str, overwrite: bool = False) -> Pa
         save_file(weights, str(directory / "sae_weights.safetensors"))
         save_file({"sparsity": sparsity}, str(directory / "sparsity.safetensors"))
 
-    return _atomic_directory(out, overwrite, write)
+    return atomic_directory(out, overwrite, write)

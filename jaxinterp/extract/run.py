@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 import time
 from typing import Any, NamedTuple
@@ -13,7 +12,8 @@ from tqdm.auto import tqdm
 from jaxinterp.extract.corpus import corpus_hash, load_documents
 from jaxinterp.extract.packing import Packed, pack_documents
 from jaxinterp.config import ConfigError
-from jaxinterp.models import HookPoint, choose_backend, load_hf_config, load_source_model, parse_hooks, resolve_model
+from jaxinterp.models import (HookPoint, choose_backend, load_hf_config, load_source_model, load_tokenizer,
+                              parse_hooks, resolve_model)
 from jaxinterp.store import StoreWriter, plan_layout
 from jaxinterp.store.manifest import WRITER_VERSION
 
@@ -39,14 +39,6 @@ class NonFiniteActivationError(FloatingPointError):
     """NaN/Inf in extracted activations; the message gives hook and token rows."""
 
 
-def _load_tokenizer_and_config(files):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file, local_files_only=True)
-    return tokenizer, load_hf_config(files)
-
-
 def tokenize_corpus(tokenizer, documents: list[str], cfg: Mapping[str, Any]) -> Packed:
     """Tokenises documents (no special tokens) and packs them as the extract config says."""
     ids = tokenizer(documents, add_special_tokens=False)["input_ids"]
@@ -66,7 +58,7 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
     Hook names are checked against the model's depth here, before any weights are loaded.
     """
     files = resolve_model(cfg["model"])
-    tokenizer, model_config = _load_tokenizer_and_config(files)
+    tokenizer, model_config = load_tokenizer(files), load_hf_config(files)
     n_layers = int(getattr(model_config, "num_hidden_layers", getattr(model_config, "n_layer", 0)))
     hooks = parse_hooks(cfg["hooks"], n_layers)
     documents = load_documents(cfg["data"], cfg["text_field"])

@@ -1,7 +1,8 @@
 """Source transformers: hook names, model resolution, JAX-native (flax.nnx) and torch backends."""
 
 from jaxinterp.models.hooks import LAYER_KINDS, HookError, HookPoint, parse_hooks, valid_hook_names
-from jaxinterp.models.source import SMOLLM2, ModelFiles, choose_backend, load_hf_config, load_source_model, resolve_model
+from jaxinterp.models.source import (SMOLLM2, ModelFiles, choose_backend, load_hf_config, load_source_model,
+                                     load_tokenizer, resolve_model)
 
 __all__ = [
     "LAYER_KINDS",
@@ -12,6 +13,7 @@ __all__ = [
     "choose_backend",
     "load_hf_config",
     "load_source_model",
+    "load_tokenizer",
     "parse_hooks",
     "resolve_model",
     "valid_hook_names",

