@@ -80,8 +80,9 @@ def main() -> None:
     print(f"\nprobe sweep: {n_hooks} hooks x {len(grid)} C, {rows} rows (train {len(data.splits.train)}), d={d}; "
           f"features pooled in {features_s:.1f} s")
     print(f"{'':<26}{'seconds':>10}{'vs sklearn':>12}{'mean test acc':>15}{'best-layer acc':>16}")
-    for name, seconds, acc in (("jaxinterp (incl. compile)", ours_s, ours_acc), ("jaxinterp (compiled)", ours_warm_s, ours_acc),
-                               ("scikit-learn", sk_s, sk_acc)):
+    rows_out = (("jaxinterp (incl. compile)", ours_s, ours_acc), ("jaxinterp (compiled)", ours_warm_s, ours_acc),
+                ("scikit-learn", sk_s, sk_acc))
+    for name, seconds, acc in rows_out:
         print(f"{name:<26}{seconds:>10.2f}{sk_s / seconds:>11.1f}x{np.mean(acc):>15.4f}{np.max(acc):>16.4f}")
     gap = float(np.max(np.abs(np.asarray(ours_acc) - np.asarray(sk_acc))))
     print(f"largest per-hook test-accuracy gap: {100 * gap:.2f} points")

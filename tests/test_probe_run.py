@@ -63,7 +63,7 @@ def test_token_level_labels_and_pooling_modes(tiny_llama, tmp_path):
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         labels = [None if i == 0 else int(tokenizer.decode(t).strip().isalpha()) for i, t in enumerate(ids)]
-        rows.append({"text": text, "label": 0, "tokens": labels})
+        rows.append({"text": text, "tokens": labels})
     path = tmp_path / "tokens.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     cfg = probe_config(tmp_path / "t", model=tiny_llama, data=str(path), token_label_field="tokens", pooling="token",
@@ -88,6 +88,9 @@ def test_token_level_labels_and_pooling_modes(tiny_llama, tmp_path):
         got = pooled.features["blocks.1.hook_resid_post"]
         np.testing.assert_allclose(got, np.concatenate(expected) if pooling == "token" else np.stack(expected),
                                    rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="'token_label_field'.*pooling='token'"):
+        probe_features(probe_config(tmp_path / "m", model=tiny_llama, data=str(path), token_label_field="tokens",
+                                    pooling="mean"), progress=False)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "x = 1", "labell": 1}))
     with pytest.raises(ConfigError, match="'label_field'.*row 0"):
@@ -117,14 +120,15 @@ def test_ksparse_on_sae_latents_of_a_trained_run(tiny_llama, tmp_path):
     assert {r["k"] for r in json.loads((tmp_path / "p" / "results.json").read_text())["results"]} == {1, 2, 8}
     assert summary["features"] == "sae"
     tensors, config = read_probe(tmp_path / "p" / "probes" / hook / "ksparse_k8.safetensors")
-    assert tensors["W"].shape == (8, 1) and len(config["latent_ids"]) == 8 and config["sae_run"] == str(tmp_path / "run")
+    assert tensors["W"].shape == (8, 1) and len(config["latent_ids"]) == 8
+    assert config["sae_run"] == str(tmp_path / "run")
     assert not (tmp_path / "p" / "steering").exists()  # latents have no activation-space direction
 
 
 @pytest.mark.real_model
 def test_smollm2_open_bracket_probe_finds_a_layer_well_above_chance(tmp_path):
     layers = (0, 3, 6, 9, 12, 18, 24, 29)
-    cfg = probe_config(tmp_path / "p", n_examples=800, hooks=",".join(f"blocks.{l}.hook_resid_post" for l in layers),
+    cfg = probe_config(tmp_path / "p", n_examples=800, hooks=",".join(f"blocks.{n}.hook_resid_post" for n in layers),
                        C="0.001,0.01,0.1,1,10")
     summary = run_probe(cfg, progress=False)
     results = json.loads((tmp_path / "p" / "results.json").read_text())["results"]

@@ -58,9 +58,8 @@ def test_deterministic_and_seeded(name, n):
 
 def test_deterministic_across_processes(brackets, statements):
     """A fresh interpreter (other hash seed, cold caches) builds the same lists."""
-    script = ("import importlib.util, json, sys\n"
-              f"spec = importlib.util.spec_from_file_location('tasks_copy', {tasks.__file__!r})\n"
-              "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+    script = ("import json\n"
+              "import jaxinterp.probe.tasks as module\n"
               f"print(json.dumps([module.build_task('open_bracket', {N_BRACKET}, seed=3), "
               f"module.build_task('statement_kind', {N_STATEMENT}, seed=3)]))\n")
     env = dict(os.environ, PYTHONHASHSEED="12345")
@@ -168,7 +167,7 @@ def test_too_large_n(name):
 @pytest.mark.parametrize("name", TASKS)
 def test_too_little_material_after_a_scan(name, monkeypatch):
     """Files that cannot be read give no material: the error comes after the scan, with counts."""
-    monkeypatch.setattr(tasks, "_stdlib_files", lambda: tuple(f"missing/file_{i}.py" for i in range(50)))
+    monkeypatch.setattr(tasks, "stdlib_files", lambda: tuple(f"missing/file_{i}.py" for i in range(50)))
     with pytest.raises(ValueError, match="too few examples.*found"):
         build_task(name, 16)
 

@@ -67,9 +67,9 @@ def load_labelled(data: str, text_field: str = "text", label_field: str = "label
         if not path.is_file():
             raise FileNotFoundError(f"config field 'data': no file at {path}")
         rows = _read_rows(path)
-    fields = [("text_field", text_field), ("label_field", label_field)]
-    if token_label_field:
-        fields.append(("token_label_field", token_label_field))
+    # with per-token labels a text-level label column is optional
+    fields = [("text_field", text_field),
+              ("token_label_field", token_label_field) if token_label_field else ("label_field", label_field)]
     for index, row in enumerate(rows):
         for field, column in fields:
             if column not in row:
@@ -79,7 +79,7 @@ def load_labelled(data: str, text_field: str = "text", label_field: str = "label
     if token_label_field:
         token_labels = [row[token_label_field] if isinstance(row[token_label_field], list)
                         else json.loads(row[token_label_field]) for row in rows]
-    return LabelledTexts([str(row[text_field]) for row in rows], [row[label_field] for row in rows], token_labels)
+    return LabelledTexts([str(row[text_field]) for row in rows], [row.get(label_field) for row in rows], token_labels)
 
 
 def _as_float(value: Any) -> float | None:

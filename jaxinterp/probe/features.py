@@ -98,10 +98,12 @@ def pool_activations(model, token_lists: Sequence[np.ndarray], hooks: Sequence[s
     offsets = np.concatenate([[0], np.cumsum(counts)])
     features: dict[str, np.ndarray] = {}
     text_index = np.repeat(np.arange(len(lengths)), counts)
-    position = (np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts) if pooling == "token"
-                else np.full(len(lengths), -1 if pooling in ("mean", "max") else 0))
-    if pooling == "last":
+    if pooling == "token":
+        position = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts)
+    elif pooling == "last":
         position = lengths - 1 - first
+    else:
+        position = np.full(len(lengths), -1)
     bar = tqdm(total=int(lengths.sum()), unit="tok", unit_scale=True, desc="features", disable=not progress)
     for group in _batches(lengths, batch_tokens):
         width = -(-int(lengths[group].max()) // _LENGTH_MULTIPLE) * _LENGTH_MULTIPLE

@@ -95,7 +95,8 @@ def pool_sparse(sparse: SparseRows, group: np.ndarray, n_groups: int, pooling: s
     entry_group = group[_row_of_each_entry(sparse)].astype(np.int64)
     keys, inverse = np.unique(entry_group * sparse.n_cols + sparse.indices, return_inverse=True)
     if pooling == "mean":
-        values = np.bincount(inverse, sparse.values, len(keys)) / np.bincount(group, minlength=n_groups)[keys // sparse.n_cols]
+        rows_per_group = np.bincount(group, minlength=n_groups)
+        values = np.bincount(inverse, sparse.values, len(keys)) / rows_per_group[keys // sparse.n_cols]
     elif pooling == "max":
         values = np.zeros(len(keys))
         np.maximum.at(values, inverse, sparse.values)

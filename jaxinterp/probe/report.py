@@ -20,8 +20,9 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     header = ["hook", "family", "k", "C", "selected by", *(f"test {m}" for m in test_names)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in records:
-        cells = [r["hook"], r["family"], "" if r["k"] is None else str(r["k"]), f"{r['C']:.3g}",
-                 f"{r['select_by']} {r['validation'][r['select_by']]:.3f}", *(f"{r['test'][m]:.3f}" for m in test_names)]
+        selected = f"{r['select_by']} {r['validation'][r['select_by']]:.3f}"
+        cells = [r["hook"], r["family"], "" if r["k"] is None else str(r["k"]), f"{r['C']:.3g}", selected,
+                 *(f"{r['test'][m]:.3f}" for m in test_names)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -78,6 +78,8 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
       cfg: a probe config.
       model: an already loaded source model for ``cfg.model`` (loaded on demand when ``None``).
     """
+    if cfg["token_label_field"] and cfg["pooling"] != "token":
+        raise ConfigError("config field 'token_label_field' labels tokens: it needs pooling='token'")
     data = load_labelled(cfg["data"], cfg["text_field"], cfg["label_field"], cfg["token_label_field"],
                          cfg["n_examples"], cfg["seed"])
     files = resolve_model(cfg["model"])

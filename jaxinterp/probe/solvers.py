@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["Linear", "Mlp", "logits", "fit_logistic_l2", "fit_logistic_elastic", "fit_ridge", "fit_mlp", "lbfgs_logistic_l2",
-           "mlp_logits"]
+__all__ = ["Linear", "Mlp", "logits", "fit_logistic_l2", "fit_logistic_elastic", "fit_ridge", "fit_mlp",
+           "lbfgs_logistic_l2", "mlp_logits"]
 
 
 class Linear(NamedTuple):
@@ -228,6 +228,7 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     masks = jnp.ones((1, d), x.dtype) if column_masks is None else column_masks.astype(x.dtype)
     total = jnp.sum(weight)
     xb = jnp.concatenate([x, jnp.ones((n_hooks, n, 1), x.dtype)], axis=-1)  # the intercept is column d
+    xb_t = jnp.swapaxes(xb, 1, 2)  # once: XLA:CPU's xᵀ·r from [n, d] layout measured 3.7x slower
     # per problem [groups, C]: which columns may move, and the penalty 1/(C·Σw) on all but the intercept
     movable = jnp.concatenate([masks, jnp.ones((masks.shape[0], 1), x.dtype)], -1)[:, None, :, None]
     penalty = (jnp.concatenate([jnp.ones((d,), x.dtype), jnp.zeros((1,), x.dtype)])[:, None]
@@ -240,7 +241,7 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     def value_and_grad(params, z):
         loss, dz = _data_term(z, y)
         value = jnp.einsum("hgcn,n->hgc", loss, weight) / total + 0.5 * jnp.sum(penalty * params**2, (-2, -1))
-        grad = jnp.einsum("hnd,hgcno->hgcdo", xb, dz * weight[:, None]) / total + penalty * params
+        grad = jnp.einsum("hdn,hgcno->hgcdo", xb_t, dz * weight[:, None]) / total + penalty * params
         return value, grad * movable
 
     def dot(a, b):
@@ -282,11 +283,17 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
             loss, _ = _data_term(z + alpha * dz, y)
             return jnp.einsum("hgcn,n->hgc", loss - loss_now, weight) / total + alpha * reg_wd + alpha**2 * reg_dd
 
-        decrease = jax.lax.map(trial, steps)  # [n_steps, hooks, groups, C]
-        armijo = decrease <= 1e-4 * steps[:, None, None, None] * slope
-        pick = jnp.where(armijo.any(0), jnp.argmax(armijo, 0), jnp.argmin(decrease, 0))
-        alpha = steps[pick]
-        improved = jnp.take_along_axis(decrease, pick[None], 0)[0] < 0
+        def backtrack(_):
+            decrease = jax.lax.map(trial, steps)  # [n_steps, hooks, groups, C]
+            armijo = decrease <= 1e-4 * steps[:, None, None, None] * slope
+            pick = jnp.where(armijo.any(0), jnp.argmax(armijo, 0), jnp.argmin(decrease, 0))
+            return steps[pick], jnp.take_along_axis(decrease, pick[None], 0)[0] < 0
+
+        # the full step is usually accepted by every problem; try it alone before backtracking
+        unit = trial(jnp.ones((), x.dtype))
+        alpha, improved = jax.lax.cond(
+            jnp.all(done | (unit <= 1e-4 * slope)),
+            lambda _: (jnp.ones_like(unit), unit < 0), backtrack, None)
         keep = done | ~improved
         new_params = params + alpha[..., None, None] * move
         new_z = z + alpha[..., None, None] * dz

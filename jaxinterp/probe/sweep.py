@@ -93,9 +93,20 @@ def _metrics_over_problems(x, probes: Linear, y, weights, regression: bool):
 
 
 @partial(jax.jit, static_argnames=("n_classes", "max_iter", "tol"))
-def _sweep_l2(x, y, weights, C, column_masks, n_classes, max_iter, tol):
-    probes = lbfgs_logistic_l2(x, y, weights["train"], C, n_classes, column_masks, max_iter, tol)
+def _sweep_l2(x, y, weights, train_rows, train_weight, C, column_masks, n_classes, max_iter, tol):
+    # the solver reads only the training rows (padded with weight-0 rows): less to read per iteration
+    probes = lbfgs_logistic_l2(x[:, train_rows], y[train_rows], train_weight, C, n_classes, column_masks, max_iter,
+                               tol)
     return probes, _metrics_over_problems(x, probes, y, weights, regression=False)
+
+
+def _training_rows(train_weight: jax.Array, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the weighted rows and their weights, padded to a multiple with weight-0 entries."""
+    weight = np.asarray(train_weight)
+    rows = np.flatnonzero(weight > 0)
+    pad = -len(rows) % multiple
+    return (np.concatenate([rows, np.zeros(pad, np.int64)]).astype(np.int32),
+            np.concatenate([weight[rows], np.zeros(pad, weight.dtype)]))
 
 
 @partial(jax.jit, static_argnames=("n_classes", "family", "l1_ratio", "max_iter"))
@@ -128,7 +139,10 @@ def sweep_linear(x: jax.Array, y: jax.Array, weights: dict[str, jax.Array], C: n
     masks = jnp.asarray(np.ones((1, x.shape[-1])) if column_masks is None else column_masks, jnp.float32)
     C = jnp.asarray(C, jnp.float32)
     if family == "l2":
-        probes, metrics = _sweep_l2(x, y, weights, C, masks, n_classes, max_iter, tol)
+        mesh = getattr(x.sharding, "mesh", None)
+        multiple = mesh.shape.get("data", 1) if mesh is not None and not mesh.empty else 1
+        rows, row_weight = _training_rows(weights["train"], multiple)
+        probes, metrics = _sweep_l2(x, y, weights, rows, row_weight, C, masks, n_classes, max_iter, tol)
     else:  # one program per hook, compiled once: vmapping these over hooks too measured slower on CPU
         per_hook = [_sweep_one_hook(x[h], y, weights, C, masks, n_classes, family, l1_ratio, max_iter)
                     for h in range(x.shape[0])]
