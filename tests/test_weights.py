@@ -107,7 +107,7 @@ def test_non_llama_gguf_is_refused(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(NotImplementedError, match="'gpt2'"):
-        load_hf_weights(resolve_model(str(path)))
+        load_hf_weights(resolve_model(str(path), convert_gguf=False))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def smollm2_transformers_model():
     import torch
     from transformers import AutoModelForCausalLM
 
-    files = resolve_model("smollm2")
+    files = resolve_model("smollm2", convert_gguf=False)
     return AutoModelForCausalLM.from_pretrained(
         files.directory, gguf_file=files.gguf_file, dtype=torch.float32, local_files_only=True
     )
@@ -125,7 +125,7 @@ def smollm2_transformers_model():
 @pytest.mark.real_model
 def test_smollm2_gguf_matches_transformers(smollm2_transformers_model):
     model = smollm2_transformers_model
-    config, weights = load_hf_weights(resolve_model("smollm2"))
+    config, weights = load_hf_weights(resolve_model("smollm2", convert_gguf=False))
     assert config.tie_word_embeddings and "lm_head.weight" not in weights
     assert weights["model.layers.0.self_attn.k_proj.weight"].shape == (
         config.num_key_value_heads * config.hidden_size // config.num_attention_heads, config.hidden_size)

@@ -9,6 +9,7 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -79,7 +80,10 @@ def resolve_model(spec: str, convert_gguf: bool = True) -> ModelFiles:
                 f"config field 'model': '{spec}' is not 'smollm2', a .gguf file, or a directory with config.json"
             )
     if convert_gguf and _torch_available():
-        return ModelFiles(files.name, str(gguf_as_hf_directory(files)), None)
+        try:
+            return ModelFiles(files.name, str(gguf_as_hf_directory(files)), None)
+        except Exception as error:  # e.g. no tokenizer in the file: the raw GGUF path gives its own errors
+            warnings.warn(f"reading {files.gguf_file} unconverted: converting it failed ({error})", stacklevel=2)
     return files
 
 
