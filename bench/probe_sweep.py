@@ -24,12 +24,24 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def features(args):
+    """Pooled features (cached in bench/results by size, so reruns time only the sweeps)."""
     from jaxinterp import schemas
     from jaxinterp.config import load_config
-    from jaxinterp.probe import probe_features
+    from jaxinterp.probe import ProbeData, Splits, probe_features
 
     cfg = load_config("configs/probe.py", {"n_examples": args.examples, "hooks": args.hooks}, schemas.PROBE, "probe")
-    return cfg, probe_features(cfg, progress=False)
+    cache = RESULTS / f"probe_features_{args.examples}_{args.hooks.replace(',', '+')}.npz"
+    if cache.exists():
+        saved = np.load(cache, allow_pickle=False)
+        hooks = [str(h) for h in saved["hooks"]]
+        return cfg, ProbeData({h: saved[f"x{i}"] for i, h in enumerate(hooks)}, saved["targets"], "binary", ["0", "1"],
+                              Splits(saved["train"], saved["validation"], saved["test"]), [], "cached")
+    data = probe_features(cfg, progress=False)
+    RESULTS.mkdir(exist_ok=True)
+    np.savez(cache, hooks=np.asarray(list(data.features)), targets=data.targets, train=data.splits.train,
+             validation=data.splits.validation, test=data.splits.test,
+             **{f"x{i}": x for i, x in enumerate(data.features.values())})
+    return cfg, data
 
 
 def sweep_sklearn(x: dict[str, np.ndarray], y, splits, grid) -> tuple[float, list[float]]:
@@ -78,7 +90,7 @@ def main() -> None:
     n_hooks, d = len(data.features), next(iter(data.features.values())).shape[1]
     rows = len(data.targets)
     print(f"\nprobe sweep: {n_hooks} hooks x {len(grid)} C, {rows} rows (train {len(data.splits.train)}), d={d}; "
-          f"features pooled in {features_s:.1f} s")
+          f"features pooled (or read from the cache) in {features_s:.1f} s")
     print(f"{'':<26}{'seconds':>10}{'vs sklearn':>12}{'mean test acc':>15}{'best-layer acc':>16}")
     rows_out = (("jaxinterp (incl. compile)", ours_s, ours_acc), ("jaxinterp (compiled)", ours_warm_s, ours_acc),
                 ("scikit-learn", sk_s, sk_acc))

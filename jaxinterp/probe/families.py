@@ -128,6 +128,8 @@ def fit_probes(features: Mapping[str, np.ndarray | SparseRows], targets: np.ndar
                 record = _record(hook, family, None, C[best[h]], select_by, fit.metrics, (h, 0, best[h]))
                 record["penalty"] = "l2" if family == "ridge" else cfg["penalty"]
                 record["nonzero_weights"] = int(np.count_nonzero(probe.W))
+                if fit.n_iter is not None:
+                    record["n_iter"] = int(fit.n_iter[h, 0, best[h]])
                 fitted.append(FittedProbe(record, {"W": probe.W, "b": probe.b}))
     if "ksparse" in families:
         fitted += _fit_ksparse(features, y, kind, n_classes, splits, weights, C, select_by, cfg, mesh, standardized)

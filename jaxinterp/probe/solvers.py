@@ -203,7 +203,7 @@ def _data_term(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Array, n_classes: int,
                       column_masks: jax.Array | None = None, max_iter: int = 500, tol: float = 1e-6,
-                      memory: int = 10, n_steps: int = 8) -> Linear:
+                      memory: int = 10, n_steps: int = 8) -> tuple[Linear, jax.Array]:
     """L2 logistic regression for every hook × column group × C at once, by batched L-BFGS.
 
     The same optimum as :func:`fit_logistic_l2` (sklearn's ``LogisticRegression(C=C)``), written
@@ -221,7 +221,8 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
       max_iter: iterations at most; a problem stops once every gradient entry is below ``tol``.
 
     Returns:
-      A :class:`Linear` with ``W`` ``[hooks, groups, n_C, d, n_out]`` and ``b`` ``[hooks, groups, n_C, n_out]``.
+      A :class:`Linear` with ``W`` ``[hooks, groups, n_C, d, n_out]`` and ``b`` ``[hooks, groups, n_C, n_out]``,
+      and the iterations each problem ran ``[hooks, groups, n_C]`` (sklearn's ``n_iter_``).
     """
     n_hooks, n, d = x.shape
     n_out = _n_out(n_classes)
@@ -269,7 +270,7 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     steps = 0.5 ** jnp.arange(n_steps, dtype=x.dtype)
 
     def body(state):
-        params, z, value, grad, s_hist, y_hist, rho, k, done = state
+        params, z, value, grad, s_hist, y_hist, rho, k, done, n_iter = state
         move = direction(grad, s_hist, y_hist, rho, k)
         slope = dot(grad, move)
         move = jnp.where((slope < 0)[..., None, None], move, -grad)  # not a descent direction: reset
@@ -310,8 +311,9 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
         z = jnp.where(k4, z, new_z)
         value = jnp.where(keep, value, new_value)
         grad = jnp.where(k4, grad, new_grad)
+        n_iter = n_iter + ~done
         done = keep | (jnp.max(jnp.abs(grad), (-2, -1)) < tol)
-        return params, z, value, grad, s_hist, y_hist, rho, k + 1, done
+        return params, z, value, grad, s_hist, y_hist, rho, k + 1, done, n_iter
 
     def running(state):
         return (state[7] < max_iter) & ~jnp.all(state[8])
@@ -321,6 +323,7 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     value, grad = value_and_grad(params, z)
     history = jnp.zeros((memory, *shape, d + 1, n_out), x.dtype)
     state = (params, z, value, grad, history, history, jnp.zeros((memory, *shape), x.dtype), jnp.zeros((), jnp.int32),
-             jnp.max(jnp.abs(grad), (-2, -1)) < tol)
-    params = jax.lax.while_loop(running, body, state)[0]
-    return Linear(params[..., :d, :], params[..., d, :])
+             jnp.max(jnp.abs(grad), (-2, -1)) < tol, jnp.zeros(shape, jnp.int32))
+    state = jax.lax.while_loop(running, body, state)
+    params, n_iter = state[0], state[-1]
+    return Linear(params[..., :d, :], params[..., d, :]), n_iter

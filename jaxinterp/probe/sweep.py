@@ -38,10 +38,12 @@ class SweepFit(NamedTuple):
       probes: a :class:`Linear` with leaves ``[hooks, groups, C, ...]`` or an :class:`Mlp` with
         leaves ``[hooks, C, ...]``.
       metrics: ``{split: {metric: [hooks, groups, C] or [hooks, C]}}`` as numpy arrays.
+      n_iter: L-BFGS iterations per problem (L2 logistic only), like sklearn's ``n_iter_``.
     """
 
     probes: Any
     metrics: dict[str, dict[str, np.ndarray]]
+    n_iter: np.ndarray | None = None
 
 
 def split_weights(n_rows: int, splits) -> dict[str, np.ndarray]:
@@ -95,9 +97,9 @@ def _metrics_over_problems(x, probes: Linear, y, weights, regression: bool):
 @partial(jax.jit, static_argnames=("n_classes", "max_iter", "tol"))
 def _sweep_l2(x, y, weights, train_rows, train_weight, C, column_masks, n_classes, max_iter, tol):
     # the solver reads only the training rows (padded with weight-0 rows): less to read per iteration
-    probes = lbfgs_logistic_l2(x[:, train_rows], y[train_rows], train_weight, C, n_classes, column_masks, max_iter,
-                               tol)
-    return probes, _metrics_over_problems(x, probes, y, weights, regression=False)
+    probes, n_iter = lbfgs_logistic_l2(x[:, train_rows], y[train_rows], train_weight, C, n_classes, column_masks,
+                                       max_iter, tol)
+    return probes, _metrics_over_problems(x, probes, y, weights, regression=False), n_iter
 
 
 def _training_rows(train_weight: jax.Array, multiple: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +144,8 @@ def sweep_linear(x: jax.Array, y: jax.Array, weights: dict[str, jax.Array], C: n
         mesh = getattr(x.sharding, "mesh", None)
         multiple = mesh.shape.get("data", 1) if mesh is not None and not mesh.empty else 1
         rows, row_weight = _training_rows(weights["train"], multiple)
-        probes, metrics = _sweep_l2(x, y, weights, rows, row_weight, C, masks, n_classes, max_iter, tol)
+        probes, metrics, n_iter = _sweep_l2(x, y, weights, rows, row_weight, C, masks, n_classes, max_iter, tol)
+        return SweepFit(probes, jax.tree.map(np.asarray, metrics), np.asarray(n_iter))
     else:  # one program per hook, compiled once: vmapping these over hooks too measured slower on CPU
         per_hook = [_sweep_one_hook(x[h], y, weights, C, masks, n_classes, family, l1_ratio, max_iter)
                     for h in range(x.shape[0])]
