@@ -1,7 +1,8 @@
 """Probe families over features in memory: logistic (L2 / L1 / elastic net), k-sparse, MLP, ridge.
 
-:func:`fit_probes` runs each family's whole sweep (hooks × C, and × k for k-sparse) as one program
-and keeps, per (hook, family, k), the C with the best validation score. Tests and the benchmark
+:func:`fit_probes` runs each family's whole sweep (hooks × C, and × k for k-sparse) — one batched
+program for L2 logistic and k-sparse, one program per hook for the others — and keeps, per
+(hook, family, k), the C with the best validation score. Tests and the benchmark
 call it on fixed features; :func:`jaxinterp.probe.run_probe` calls it on pooled activations.
 """
 
