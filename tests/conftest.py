@@ -10,6 +10,21 @@ import pytest  # noqa: E402
 
 from tests.tiny_models import build_tiny_model  # noqa: E402
 
+SMOLLM2_HOOK = "blocks.6.hook_resid_post"
+
+# The SmolLM2 sweep every real-model SAE test shares: (overrides, FVU bound, L0 bound, dead-fraction
+# bound) after 200 steps × 512 tokens, 2048 latents (3.6× d_in), k = 32, inputs normalised to mean
+# norm √576. ReLU pays for L1 shrinkage in FVU and L0; JumpReLU's learned thresholds leave some
+# latents dead this early.
+SMOLLM2_SWEEP = {  # measured 2026-11-22: FVU 0.110, 0.112, 0.115, 0.127, 0.136, 0.205
+    "topk": ("", 0.15, 32, 0.05),
+    "topk_multi": ("multi_topk=true", 0.15, 32, 0.05),
+    "batch_topk": ("architecture=batch_topk", 0.15, 48, 0.05),
+    "matryoshka": ("architecture=matryoshka", 0.17, 48, 0.05),
+    "jumprelu": ("architecture=jumprelu, l0_coefficient=0.01", 0.18, 40, 0.35),
+    "relu": ("architecture=relu, l1_coefficient=2", 0.26, 200, 0.05),
+}
+
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
@@ -29,3 +44,34 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "real_model" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory) -> str:
+    """32k tokens of real SmolLM2-135M activations at ``SMOLLM2_HOOK`` (pydoc corpus, context 128)."""
+    from jaxinterp import schemas
+    from jaxinterp.config import load_config
+    from jaxinterp.extract import extract
+
+    out = str(tmp_path_factory.mktemp("smollm2") / "store")
+    fields = {"model": "smollm2", "hooks": SMOLLM2_HOOK, "data": "pydoc", "out": out, "context_size": 128,
+              "max_tokens": 32768, "batch_size": 8}
+    extract(load_config("configs/extract.py", fields, schemas.EXTRACT, "extract"), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_sweep(smollm2_store, tmp_path_factory) -> tuple[str, dict]:
+    """(run dir, train summary) of one run training every architecture of ``SMOLLM2_SWEEP`` together."""
+    from jaxinterp import schemas
+    from jaxinterp.config import load_config
+    from jaxinterp.train import train
+
+    sweep = "; ".join(f"{name}: {overrides}" for name, (overrides, *_) in SMOLLM2_SWEEP.items())
+    run = str(tmp_path_factory.mktemp("smollm2_sweep") / "run")
+    fields = {"store": smollm2_store, "hook": SMOLLM2_HOOK, "out": run, "steps": 200, "batch_size": 512,
+              "mesh.data": 1,  # one device: 8 virtual CPU devices only add collectives on 2 cores
+              "warmup_steps": 20, "sae.n_latents": 2048, "sae.k": 32, "normalize": True, "norm_tokens": 8192,
+              "holdout_fraction": 0.1, "eval_tokens": 4096, "dead_tokens": 50_000, "checkpoint_every": 200,
+              "sweep": sweep}
+    return run, train(load_config("configs/train_topk.py", fields, schemas.TRAIN, "train"), progress=False)
