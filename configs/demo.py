@@ -3,7 +3,8 @@
     jaxinterp demo
     jaxinterp demo --config configs/demo.py:quick --config.out=/tmp/demo   # ~1 minute smoke test
 
-Everything goes under ``out``: store/, run/ (orbax checkpoints), saelens/, summary.json.
+Everything goes under ``out``: store/, run/ (orbax checkpoints), eval/ (metrics, feature density,
+top-activating examples), saelens/, summary.json.
 Sized to finish in a few minutes on 2 CPU cores.
 """
 
@@ -56,6 +57,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.mesh.data = -1
     config.train.mesh.model = 1
 
+    config.eval = ml_collections.ConfigDict()
+    config.eval.eval_tokens = 16384
+    config.eval.batch_size = 4096
+    config.eval.backend = "auto"
+    config.eval.contexts = 64
+    config.eval.ce_contexts = 16  # contexts run clean, SAE-spliced and zero-ablated through the model
+    config.eval.ce_batch_size = 4
+    config.eval.latents = ""
+    config.eval.n_latents = 8
+    config.eval.examples_per_latent = 10
+
     if variant == "quick":
         config.extract.max_tokens = 16384
         config.extract.hooks = "blocks.3.hook_resid_post"
@@ -65,4 +77,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         config.train.holdout_fraction = 0.1
         config.train.eval_tokens = 2048
         config.train.checkpoint_every = 100
+        config.eval.eval_tokens = 2048
+        config.eval.contexts = 16
+        config.eval.ce_contexts = 4
     return config

@@ -1,6 +1,9 @@
-"""Evaluate a trained run on held-out activations (FVU, explained variance, L0, dead/dense fractions).
+"""Evaluate a trained SAE: holdout reconstruction metrics, feature density, the SAE spliced into the
+source model (CE loss clean / spliced / zero-ablated, CE-loss recovered, KL), and top-activating
+examples of a few latents.
 
     jaxinterp eval --config configs/eval.py --config.run=runs/topk
+    jaxinterp eval --config configs/eval.py --config.run=runs/topk --config.latents=12,345 --config.ce_contexts=0
 """
 
 import ml_collections
@@ -13,5 +16,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.store = ""
     config.eval_tokens = 16384
     config.batch_size = 4096
+    config.model = ""  # '' = the model recorded in the store's manifest
+    config.backend = "auto"
+    config.contexts = 64
+    config.ce_contexts = 16
+    config.ce_batch_size = 4
+    config.latents = ""
+    config.n_latents = 8
+    config.examples_per_latent = 10
     config.out = ""
     return config

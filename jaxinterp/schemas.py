@@ -44,6 +44,8 @@ TRAIN = Schema(
         "hook": Field(str, "hook in the store to train on, e.g. blocks.12.hook_resid_post"),
         "out": Field(str, "run directory: orbax checkpoints, cfg.json, metrics.jsonl"),
         "seed": Field(int, "seed for init, shuffling and the holdout split"),
+        "init_from": Field(str, "start from this SAE instead of a fresh init: a run directory, or a SAELens/sparsify "
+                                "directory or Gemma-Scope params.npz; '' = fresh"),
         "steps": Field(int, "optimizer steps", minimum=1),
         "batch_size": Field(int, "tokens per step (global, across data replicas)", minimum=1),
         "lr": Field(float, "peak Adam learning rate; 0 = 2e-4 / sqrt(n_latents / 2**14) (Gao et al. 2024)", minimum=0.0),
@@ -90,20 +92,32 @@ EXPORT = Schema(
     fields={
         "run": Field(str, "run directory written by `jaxinterp train`"),
         "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
-        "format": Field(str, "export format", choices=("saelens",)),
-        "out": Field(str, "directory to create"),
+        "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, or Gemma-Scope "
+                             "params.npz dir", choices=("saelens", "sparsify", "npz")),
+        "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)"),
         "overwrite": Field(bool, "replace an existing export at out"),
     }
 )
 
 EVAL = Schema(
     fields={
-        "run": Field(str, "run directory written by `jaxinterp train`"),
+        "run": Field(str, "run directory written by `jaxinterp train`, or an SAE to import (SAELens or sparsify "
+                          "directory, Gemma-Scope params.npz; then set store)"),
         "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
         "store": Field(str, "store to evaluate on; '' = the run's own store (its holdout chunks)"),
-        "eval_tokens": Field(int, "holdout tokens to evaluate", minimum=1),
+        "eval_tokens": Field(int, "holdout tokens for the reconstruction metrics and feature density", minimum=1),
         "batch_size": Field(int, "tokens per evaluation batch", minimum=1),
-        "out": Field(str, "where to write the metrics JSON; '' = <run>/eval.json"),
+        "model": Field(str, "source model for the spliced CE metrics and token text; '' = the one the store records"),
+        "backend": Field(str, "source-model backend for the spliced forward passes", choices=("auto", "torch", "jax")),
+        "contexts": Field(int, "whole held-out contexts read for top-activating examples", minimum=1),
+        "ce_contexts": Field(int, "of those, contexts run through the model with the SAE spliced in; 0 = skip",
+                             minimum=0),
+        "ce_batch_size": Field(int, "contexts per spliced forward pass", minimum=1),
+        "latents": Field(str, "comma-separated latent ids to show top examples for; '' = n_latents random live ones"),
+        "n_latents": Field(int, "random live latents to show when 'latents' is empty", minimum=0),
+        "examples_per_latent": Field(int, "top-activating examples kept per latent", minimum=1),
+        "out": Field(str, "output directory (eval.json, feature_density.png, top_examples.*); '' = <run>/eval"
+                          " or <export>_eval"),
     }
 )
 
@@ -127,7 +141,7 @@ PROBE = Schema(
         "batch_tokens": Field(int, "padded tokens per forward pass", minimum=1),
         "features": Field(str, "probe the activations, or the latents of a trained SAE (k-sparse)",
                           choices=("activations", "sae")),
-        "sae_run": Field(str, "features=sae: run directory of the SAE"),
+        "sae_run": Field(str, "features=sae: run directory of the SAE, or one to import (SAELens/sparsify dir, params.npz)"),
         "sae_name": Field(str, "features=sae: which SAE of a sweep run; '' = the only one"),
         "families": Field(str, "comma-separated probe families: logistic, ksparse, mlp, ridge (float targets)"),
         "penalty": Field(str, "logistic penalty (sklearn convention, strength 1/C)", choices=("l2", "l1", "elasticnet")),
@@ -160,7 +174,8 @@ PROBE = Schema(
 )
 
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
-_DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"), "train": ("store", "out", "hook")}
+_DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"), "train": ("store", "out", "hook", "init_from"),
+             "eval": ("run", "sae", "store", "model", "out")}
 
 
 def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:
@@ -170,9 +185,10 @@ def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[s
 
 DEMO = Schema(
     fields={
-        "out": Field(str, "directory for everything the demo writes (store/, run/, saelens/, summary.json)"),
+        "out": Field(str, "directory for everything the demo writes (store/, run/, eval/, saelens/, summary.json)"),
         **nested(EXTRACT, "extract", _DEMO_SET["extract"]),
         **nested(TRAIN, "train", _DEMO_SET["train"]),
+        **nested(EVAL, "eval", _DEMO_SET["eval"]),
     },
     constraints=(
         (("train.sae.k", "train.sae.n_latents"), lambda k, n: k <= n, "must not exceed train.sae.n_latents"),

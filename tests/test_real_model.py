@@ -37,12 +37,15 @@ def test_demo_quick_end_to_end(tmp_path):
     assert summary["tokens_extracted"] == 16384 and summary["mesh"] == {"data": 8, "model": 1}
     assert summary["holdout"]["fvu"] < 0.5 and summary["holdout"]["l0"] <= 32
     assert (out / "saelens" / "sae_weights.safetensors").exists()
+    assert summary["eval"]["ce_loss_zero_ablated"] > summary["eval"]["ce_loss_spliced"] > summary["eval"]["ce_loss_clean"]
+    assert (out / "eval" / "top_examples.html").exists() and "CE-loss recovered" in result.stdout
     manifest = json.loads((out / "store" / "manifest.json").read_text())
     assert manifest["model_name"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and manifest["d_in"] == 576
 
-    evaluated = run("eval", "--config", "configs/eval.py", f"--config.run={out / 'run'}", "--config.eval_tokens=1024")
+    evaluated = run("eval", "--config", "configs/eval.py", f"--config.run={out / 'run'}", "--config.eval_tokens=1024",
+                    "--config.contexts=8", "--config.ce_contexts=0")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    metrics = json.loads((out / "run" / "eval.json").read_text())
+    metrics = json.loads((out / "run" / "eval" / "eval.json").read_text())
     assert metrics["fvu"] < 0.5 and metrics["tokens"] == 1024
 
     exported = run("export", "--config", "configs/export.py", f"--config.run={out / 'run'}",

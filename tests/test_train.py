@@ -198,3 +198,17 @@ def test_saelens_export_of_dense_architectures_matches_our_encoding(store_url, t
     np.testing.assert_allclose(theirs @ weights["W_dec"] + weights["b_dec"],
                                trained.architecture.decode(trained.state.params, ours) / trained.input_scale,
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("source", ["run", "saelens"])
+def test_init_from_continues_an_existing_sae(store_url, tmp_path, source):
+    first = train(train_config(store_url, tmp_path / "a", normalize=True, norm_tokens=2048), progress=False)
+    start = str(tmp_path / "a") if source == "run" else str(export_run(str(tmp_path / "a"), "saelens", str(tmp_path / "e")))
+    # lr ~ 0: the warm-started SAE must compute what the one it came from computes
+    frozen = train(train_config(store_url, tmp_path / "b", normalize=True, norm_tokens=2048, init_from=start,
+                                steps=2, warmup_steps=1, lr=1e-12), progress=False)
+    assert frozen["eval"]["sae"]["fvu"] == pytest.approx(first["eval"]["sae"]["fvu"], rel=1e-4)
+    a, b = load_trained(str(tmp_path / "a")), load_trained(str(tmp_path / "b"))
+    np.testing.assert_allclose(b.state.params["W_dec"], a.state.params["W_dec"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="'init_from'.*256.*run trains.*512"):
+        train(train_config(store_url, tmp_path / "c", init_from=start, **{"sae.n_latents": 512}), progress=False)

@@ -1,4 +1,14 @@
-"""``jaxinterp eval``: reconstruction metrics of a trained run on held-out store activations."""
+"""``jaxinterp eval``: a trained SAE measured the way the field measures it.
+
+On held-out store activations: FVU, explained variance, L0, relative reconstruction bias, dead and
+dense fractions, and a feature-density histogram. Through the source model, with the SAE's
+reconstruction spliced in at its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered
+and KL. For chosen latents: top-activating held-out examples (JSON and HTML).
+
+Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
+``top_examples.html`` (``out`` defaults to ``<run>/eval``, or ``<export>_eval`` beside an imported
+SAE; a previous evaluation there is replaced as a whole, never left half-written).
+"""
 
 from __future__ import annotations
 
@@ -8,43 +18,133 @@ from pathlib import Path
 from typing import Any
 
 from jaxinterp.buffer import ActivationBuffer
+from jaxinterp.config import ConfigError
+from jaxinterp.eval.contexts import heldout_context_ids, read_contexts
+from jaxinterp.eval.examples import (choose_latents, latent_activations, top_examples, write_examples_html,
+                                     write_examples_json)
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
-from jaxinterp.store import open_store
+from jaxinterp.eval.plots import plot_feature_density
+from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, zero_ablation
+from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained
+from jaxinterp.export.atomic import atomic_directory
+from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
+from jaxinterp.store import Store, open_store
 from jaxinterp.train.trained import load_trained
 
-__all__ = ["evaluate_run"]
+__all__ = ["evaluate_run", "model_metrics"]
+
+
+def _model_spec(cfg: Mapping[str, Any], store: Store) -> str:
+    spec = cfg["model"] or store.manifest.get("model", "")
+    if not spec:
+        raise ConfigError(f"config field 'model': store {store.url} does not record which model made it; "
+                          "pass --config.model (e.g. smollm2 or an HF directory)")
+    return spec
+
+
+def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_state, keep_first: bool,
+                  batch_size: int) -> dict[str, float]:
+    """CE clean / SAE-spliced / zero-ablated, CE-loss recovered, ΔCE and KL on ``contexts`` [n, seq]."""
+    losses = spliced_losses(model, contexts, {"sae": sae_edit(hook, architecture, params, arch_state, keep_first),
+                                              "zero": zero_ablation(hook, keep_first)}, batch_size)
+    return {
+        "ce_loss_clean": losses["ce_clean"],
+        "ce_loss_spliced": losses["ce_sae"],
+        "ce_loss_zero_ablated": losses["ce_zero"],
+        "ce_loss_recovered": ce_loss_recovered(losses["ce_clean"], losses["ce_sae"], losses["ce_zero"]),
+        "ce_loss_delta": losses["ce_sae"] - losses["ce_clean"],
+        "kl_spliced": losses["kl_sae"],
+        "kl_zero_ablated": losses["kl_zero"],
+        "ce_contexts": int(len(contexts)),
+        "ce_tokens_predicted": int(contexts.shape[0] * (contexts.shape[1] - 1)),
+    }
 
 
 def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Evaluates the newest checkpoint of ``cfg.run`` and writes the metrics JSON.
+    """Evaluates an SAE; returns the metrics (also in ``eval.json``).
 
-    With ``cfg.store`` empty, the run's own store is used and only its holdout chunks (the same
-    seeded split as training) are read; another store is read from its start.
+    ``cfg.run`` is a run directory (its newest checkpoint) or any SAE :func:`load_sae` reads
+    (SAELens, sparsify, Gemma-Scope npz). For a run with ``cfg.store`` empty, the run's own store
+    is used and only its held-out chunks (the same seeded split as training) are read; any other
+    store is read from its start, and an imported SAE needs one.
     """
-    trained = load_trained(cfg["run"], cfg["sae"])
-    train_cfg = trained.run_config["train"]
+    trained = load_trained(cfg["run"], cfg["sae"]) if is_run_directory(cfg["run"]) else None
+    sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])
+    if not (cfg["store"] or trained):
+        raise ConfigError(f"config field 'store': {cfg['run']} is an imported SAE; name the store to evaluate on")
+    train_cfg = trained.run_config["train"] if trained else {}
     store = open_store(cfg["store"] or train_cfg["store"])
     own = not cfg["store"]
-    hook = trained.config["hook_name"]
-    buffer = ActivationBuffer(store, [hook], cfg["batch_size"], train_cfg["seed"],
-                              train_cfg["holdout_fraction"] if own else 0.0, train_cfg["mixing_chunks"],
-                              train_cfg["exclude_bos"], on_nonfinite=train_cfg["on_nonfinite"],
-                              scales={hook: trained.input_scale})
+    hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
+    if hook not in store.hook_names:
+        raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, "
+                          f"not the SAE's hook {hook or '(unknown)'}")
+    if sae.sae.d_in != store.manifest["d_in"]:
+        raise ConfigError(f"config field 'store': its activations are {store.manifest['d_in']}-wide, the SAE's "
+                          f"d_in is {sae.sae.d_in}")
+    architecture, params, arch_state = sae.architecture, sae.params, sae.arch_state
+    # An imported SAE says whether it was trained without BOS; SAELens' default is to exclude it.
+    exclude_bos = train_cfg["exclude_bos"] if trained else bool(sae.sae.metadata.get("exclude_special_tokens", True))
+    buffer = ActivationBuffer(store, [hook], cfg["batch_size"], train_cfg.get("seed", 0),
+                              train_cfg["holdout_fraction"] if own else 0.0, train_cfg.get("mixing_chunks", 16),
+                              exclude_bos, on_nonfinite=train_cfg.get("on_nonfinite", "error"))
     rows = (buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"]))[hook]
-    result = evaluate_reconstruction(trained.architecture, trained.state.params, trained.state.arch_state, rows,
-                                     cfg["batch_size"])
+    result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"])
+    name = trained.name if trained else Path(cfg["run"]).name
+    if trained:
+        result.update(
+            step=trained.step,
+            dead_fraction=float(dead_fraction(trained.state.tokens_since_fired, train_cfg["dead_tokens"])),
+            dense_fraction=float(dense_fraction(trained.state.fire_count, trained.tokens_seen)),
+        )
     result.update(
-        step=trained.step,
-        dead_fraction=float(dead_fraction(trained.state.tokens_since_fired, train_cfg["dead_tokens"])),
-        dense_fraction=float(dense_fraction(trained.state.fire_count, trained.tokens_seen)),
+        holdout_dead_fraction=float((fire_count == 0).mean()),
+        holdout_dense_fraction=float((fire_count / len(rows) > 0.1).mean()),
         store=store.url,
-        hook_name=trained.config["hook_name"],
-        sae=trained.name,
-        architecture=trained.config["architecture"],
+        hook_name=hook,
+        sae=name,
+        format=sae.format,
+        architecture=sae.sae.architecture,
     )
-    out = Path(cfg["out"] or Path(cfg["run"]) / "eval.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    result["written_to"] = str(out)
-    return result
+
+    keep_first = buffer.drop_bos
+    context_ids = heldout_context_ids(store, buffer.split.holdout if own else None)[: cfg["contexts"]]
+    if not len(context_ids):
+        raise ConfigError("config field 'contexts': no whole context lies in the held-out chunks; raise the run's "
+                          "holdout_fraction or evaluate on another store (--config.store)")
+    contexts = read_contexts(store, context_ids, [hook])
+    spec = _model_spec(cfg, store)
+    files = resolve_model(spec)
+    if files.fingerprint() != store.manifest["model_hash"]:
+        raise ConfigError(f"config field 'model': {files.name} is not the model that made store {store.url} "
+                          f"(fingerprint {files.fingerprint()} != {store.manifest['model_hash']})")
+    if cfg["ce_contexts"]:
+        model = load_source_model(spec, backend=cfg["backend"], dtype=store.manifest["model_dtype"])
+        result.update(model_metrics(model, contexts.tokens[: cfg["ce_contexts"]], hook, architecture, params,
+                                    arch_state, keep_first, cfg["ce_batch_size"]))
+        result["backend"] = model.backend
+
+    requested = [int(i) for i in cfg["latents"].split(",") if i.strip()]
+    latent_ids = choose_latents(requested, fire_count, cfg["n_latents"])
+    values = latent_activations(architecture, params, arch_state, contexts.activations[hook], latent_ids, keep_first,
+                                cfg["batch_size"])
+    tokenizer, texts = load_tokenizer(files), {}
+
+    def token_text(token: int) -> str:
+        return texts.setdefault(token, tokenizer.decode([token]))
+
+    records = top_examples(values, contexts.tokens, contexts.first_row, latent_ids, token_text,
+                           cfg["examples_per_latent"])
+    title = f"{name} ({result['architecture']}) at {hook}" + (f", step {trained.step}" if trained else "")
+
+    def write(directory: Path) -> None:
+        (directory / "eval.json").write_text(json.dumps(result, indent=2))
+        plot_feature_density(fire_count, len(rows), directory / "feature_density.png", title)
+        meta = {"sae": name, "hook_name": hook, "store": store.url, "contexts": int(len(context_ids))}
+        write_examples_json(directory / "top_examples.json", records, meta)
+        write_examples_html(directory / "top_examples.html", records, f"Top-activating examples: {title}")
+
+    default_out = Path(cfg["run"]) / "eval" if trained else Path(cfg["run"]).with_name(f"{Path(cfg['run']).stem}_eval")
+    written = atomic_directory(cfg["out"] or str(default_out), True, write)
+    return {**result, "written_to": str(written)}

@@ -1,7 +1,8 @@
-"""SAELens v6 directory export: ``cfg.json``, ``sae_weights.safetensors``, ``sparsity.safetensors``.
+"""SAELens v6 directories: ``cfg.json``, ``sae_weights.safetensors``, ``sparsity.safetensors``.
 
-Written to a temporary sibling directory and renamed into place, so a reader never sees half an
-export; an existing target is replaced only with ``overwrite``.
+Export writes to a temporary sibling directory renamed into place, so a reader never sees half an
+export; an existing target is replaced only with ``overwrite``. Import reads the ``standard``,
+``topk`` and ``jumprelu`` architectures into a :class:`~jaxinterp.export.portable.PortableSAE`.
 """
 
 from __future__ import annotations
@@ -10,35 +11,39 @@ import json
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so bf16 safetensors load)
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-from jaxinterp.eval.metrics import log10_firing_frequency
 from jaxinterp.export.atomic import atomic_directory
-from jaxinterp.sae import topk
-from jaxinterp.train.trained import TrainedSAE
+from jaxinterp.export.portable import PortableSAE, require_format
 
-__all__ = ["export_saelens", "saelens_config", "saelens_weights", "SAELENS_ARCHITECTURE", "SAELENS_VERSION"]
+__all__ = ["export_saelens", "read_saelens", "saelens_config", "saelens_weights", "SAELENS_ARCHITECTURE",
+           "SAELENS_VERSION"]
 
 # The SAELens major version whose on-disk format this writes.
 SAELENS_VERSION = "6.0.0"
-
 
 # Our architecture → SAELens v6's. BatchTopK and Matryoshka run inference as JumpReLU with their
 # learned global threshold (Bussmann et al. 2024), which SAELens' jumprelu computes exactly.
 SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batch_topk": "jumprelu",
                         "matryoshka": "jumprelu"}
 
+# SAELens v6's architecture → ours, for import.
+_FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+_SUPPORTED_NORMALIZATION = (None, "none")
 
-def saelens_config(trained: TrainedSAE) -> dict[str, Any]:
-    """SAELens v6 ``cfg.json`` (any input normalisation is folded into the weights)."""
-    cfg, source = trained.config, trained.run_config["source"]
-    architecture = SAELENS_ARCHITECTURE[cfg["architecture"]]
-    extra = {"k": cfg["k"], "rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}
+
+def saelens_config(sae: PortableSAE) -> dict[str, Any]:
+    """SAELens v6 ``cfg.json`` (any input normalisation is already folded into the weights)."""
+    require_format(sae, "saelens")
+    architecture = SAELENS_ARCHITECTURE[sae.architecture]
+    extra = {"k": sae.k, "rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}
+    own = ("sae_lens_version", "sae_lens_training_version", "model_name", "hook_name", "hook_head_index")
     return {
         "architecture": architecture,
-        "d_in": cfg["d_in"],
-        "d_sae": cfg["d_sae"],
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
         **extra,
         "dtype": "float32",
         "device": "cpu",
@@ -47,43 +52,134 @@ def saelens_config(trained: TrainedSAE) -> dict[str, Any]:
         "reshape_activations": "none",
         "metadata": {
             "sae_lens_version": SAELENS_VERSION,
-            "sae_lens_training_version": None,
-            "model_name": source["model_name"],
-            "hook_name": cfg["hook_name"],
+            "sae_lens_training_version": sae.metadata.get("sae_lens_training_version"),
+            "model_name": sae.metadata.get("model_name"),
+            "hook_name": sae.hook_name,
             "hook_head_index": None,
-            "context_size": source["context_size"],
-            "prepend_bos": source["prepend_bos"],
-            "dataset_path": source["dataset_path"],
-            "model_class_name": source["model_class"],
-            "exclude_special_tokens": trained.run_config["train"]["exclude_bos"],
-            "trained_with": "jaxinterp",
-            "jaxinterp_architecture": cfg["architecture"],
-            "training_steps": trained.step,
-            "training_tokens": int(trained.tokens_seen),
+            **{key: value for key, value in sae.metadata.items() if key not in own},
         },
     }
 
 
-def saelens_weights(trained: TrainedSAE) -> dict[str, np.ndarray]:
-    """The safetensors arrays of a SAELens export, acting on raw (unnormalised) activations."""
-    params = topk.fold_input_scale(trained.state.params, trained.input_scale)
-    weights = {name: np.asarray(params[name], np.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
-    architecture = trained.config["architecture"]
+def saelens_weights(sae: PortableSAE) -> dict[str, np.ndarray]:
+    """The ``sae_weights.safetensors`` arrays: ``threshold`` only for SAELens' jumprelu."""
+    require_format(sae, "saelens")
+    names = ("W_enc", "b_enc", "W_dec", "b_dec")
+    if SAELENS_ARCHITECTURE[sae.architecture] == "jumprelu":
+        names += ("threshold",)
+    return {name: np.ascontiguousarray(sae.params[name], np.float32) for name in names}
+
+
+def export_saelens(sae: PortableSAE, out: str, overwrite: bool = False) -> Path:
+    """Writes a SAELens v6 directory that ``sae_lens.SAE.load_from_disk`` reads; returns ``out``.
+
+    Raises:
+      FileExistsError: ``out`` exists and ``overwrite`` is false.
+    """
+    config, weights = saelens_config(sae), saelens_weights(sae)
+
+    def write(directory: Path) -> None:
+        (directory / "cfg.json").write_text(json.dumps(config, indent=2))
+        save_file(weights, str(directory / "sae_weights.safetensors"))
+        if sae.log10_frequency is not None:
+            sparsity = {"sparsity": np.asarray(sae.log10_frequency, np.float32)}
+            save_file(sparsity, str(directory / "sparsity.safetensors"))
+
+    return atomic_directory(out, overwrite, write)
+
+
+def _refuse(path: Path, field: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"{path / 'cfg.json'}: {field}={value!r} {why}")
+
+
+def _architecture(path: Path, cfg: dict[str, Any]) -> str:
+    architecture = cfg.get("architecture", "standard")
+    if architecture == "standard" and cfg.get("activation_fn") == "topk":  # SAELens < 6 wrote TopK this way
+        architecture = "topk"
+    if architecture not in _FROM_SAELENS:
+        raise _refuse(path, "architecture", architecture,
+                      f"has no jaxinterp equivalent; importable SAELens architectures: {', '.join(_FROM_SAELENS)}")
+    return architecture
+
+
+def _check_options(path: Path, cfg: dict[str, Any], metadata: dict[str, Any]) -> None:
+    normalize = cfg.get("normalize_activations", "none")
+    if normalize not in _SUPPORTED_NORMALIZATION:
+        raise _refuse(path, "normalize_activations", normalize,
+                      "transforms activations at run time, which jaxinterp SAEs do not; only 'none' is "
+                      "importable (fold a constant scale into the weights with SAELens first: "
+                      "sae.fold_activation_norm_scaling_factor(factor), then sae.save_model(dir))")
+    if cfg.get("reshape_activations", "none") not in ("none", None):
+        raise _refuse(path, "reshape_activations", cfg["reshape_activations"],
+                      "reshapes per-head activations; jaxinterp has no hook_z hooks, only 'none' is importable")
+    head = metadata.get("hook_head_index", cfg.get("hook_head_index"))
+    if head is not None:
+        raise _refuse(path, "hook_head_index", head, "selects one attention head; jaxinterp hooks have no heads")
+    if cfg.get("finetuning_scaling_factor"):
+        raise _refuse(path, "finetuning_scaling_factor", True, "scales latents; not importable")
+
+
+def _weights(path: Path, cfg: dict[str, Any], architecture: str) -> dict[str, np.ndarray]:
+    raw = load_file(str(path / "sae_weights.safetensors"))
+    weights = {name: np.asarray(value, np.float32) for name, value in raw.items()}
+    if "log_threshold" in weights:  # older SAELens JumpReLU checkpoints
+        weights["threshold"] = np.exp(weights.pop("log_threshold"))
+    if "scaling_factor" in weights and np.all(weights["scaling_factor"] == 1):
+        del weights["scaling_factor"]  # SAELens itself drops an all-ones scaling factor
+    wanted = {"W_enc": (cfg["d_in"], cfg["d_sae"]), "b_enc": (cfg["d_sae"],), "W_dec": (cfg["d_sae"], cfg["d_in"]),
+              "b_dec": (cfg["d_in"],)}
     if architecture == "jumprelu":
-        weights["threshold"] = np.exp(np.asarray(params["log_threshold"], np.float32))
-    elif SAELENS_ARCHITECTURE[architecture] == "jumprelu":
-        weights["threshold"] = np.full(trained.config["d_sae"], float(trained.state.arch_state["threshold"]), np.float32)
+        wanted["threshold"] = (cfg["d_sae"],)
+    if set(weights) != set(wanted):
+        missing, unexpected = sorted(set(wanted) - set(weights)), sorted(set(weights) - set(wanted))
+        raise ValueError(f"{path / 'sae_weights.safetensors'}: a SAELens {architecture} SAE needs exactly "
+                         f"{', '.join(wanted)}; missing {missing}, unexpected {unexpected}")
+    for name, shape in wanted.items():
+        if weights[name].shape != shape:
+            raise ValueError(f"{path / 'sae_weights.safetensors'}: {name} has shape {weights[name].shape}, "
+                             f"cfg.json's d_in/d_sae say {shape}")
     return weights
 
 
-def export_saelens(trained: TrainedSAE, out: str, overwrite: bool = False) -> Path:
-    """Writes a SAELens v6 directory that ``sae_lens.SAE.load_from_disk`` reads."""
-    weights = saelens_weights(trained)
-    sparsity = np.asarray(log10_firing_frequency(trained.state.fire_count, trained.tokens_seen), np.float32)
+def read_saelens(path: str | Path) -> PortableSAE:
+    """Reads a SAELens v6 directory (``standard`` → ``relu``, ``topk``, ``jumprelu``).
 
-    def write(directory: Path) -> None:
-        (directory / "cfg.json").write_text(json.dumps(saelens_config(trained), indent=2))
-        save_file(weights, str(directory / "sae_weights.safetensors"))
-        save_file({"sparsity": sparsity}, str(directory / "sparsity.safetensors"))
+    Exact conversions, folded into the weights: ``apply_b_dec_to_input=false`` (``b_enc`` gains
+    ``b_dec @ W_enc``), TopK's ``rescale_acts_by_decoder_norm=true`` (as SAELens'
+    ``fold_W_dec_norm``: the same latents and reconstruction, up to float32 rounding), JumpReLU's
+    ``log_threshold`` (older checkpoints). Weights of any float dtype are read as float32.
 
-    return atomic_directory(out, overwrite, write)
+    Raises:
+      ValueError: what jaxinterp cannot represent: other architectures (gated, …),
+        ``normalize_activations`` other than ``none``, ``hook_z`` reshaping, a head index,
+        a fine-tuning scaling factor, or weights that do not match ``cfg.json``.
+    """
+    path = Path(path)
+    cfg = json.loads((path / "cfg.json").read_text())
+    metadata = dict(cfg.get("metadata") or {})
+    architecture = _architecture(path, cfg)
+    _check_options(path, cfg, metadata)
+    weights = _weights(path, cfg, architecture)
+    if not cfg.get("apply_b_dec_to_input", True):
+        weights["b_enc"] = _fold_b_dec(weights)
+    k = int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k") or 0)
+    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        norms = np.maximum(np.linalg.norm(weights["W_dec"].astype(np.float64), axis=-1), 1e-8)
+        weights["W_enc"] = (weights["W_enc"] * norms).astype(np.float32)
+        weights["b_enc"] = (weights["b_enc"] * norms).astype(np.float32)
+        weights["W_dec"] = (weights["W_dec"] / norms[:, None]).astype(np.float32)
+    sparsity = path / "sparsity.safetensors"
+    frequency = load_file(str(sparsity)).get("sparsity") if sparsity.exists() else None
+    hook_name = metadata.pop("hook_name", None) or cfg.get("hook_name") or ""
+    for key in ("model_name", "context_size", "prepend_bos", "dataset_path"):  # SAELens < 6: top level
+        if key not in metadata and key in cfg:
+            metadata[key] = cfg[key]
+    return PortableSAE(_FROM_SAELENS[architecture], weights, int(cfg["d_in"]), int(cfg["d_sae"]), k, hook_name,
+                       metadata, None if frequency is None else np.asarray(frequency, np.float32))
+
+
+def _fold_b_dec(weights: dict[str, np.ndarray]) -> np.ndarray:
+    """``b_enc + b_dec @ W_enc``: the bias that gives the same pre-activations when ``b_dec`` is
+    subtracted from the input first (computed in float64, rounded once)."""
+    b_enc, b_dec, W_enc = (weights[name].astype(np.float64) for name in ("b_enc", "b_dec", "W_enc"))
+    return (b_enc + b_dec @ W_enc).astype(np.float32)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -67,6 +68,7 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
     layout = plan_layout(d_in, _ITEMSIZE[cfg["dtype"]], cfg["context_size"], cfg["chunk_mib"], cfg["shard_mib"])
     architectures = getattr(model_config, "architectures", None)
     manifest = {
+        "model": str(Path(cfg["model"]).resolve()) if Path(cfg["model"]).exists() else cfg["model"],  # for eval
         "model_name": files.name,
         "model_hash": files.fingerprint(),
         "model_class": architectures[0] if architectures else model_config.model_type,

@@ -1,12 +1,13 @@
 """Source transformers: hook names, model resolution, JAX-native (flax.nnx) and torch backends."""
 
-from jaxinterp.models.hooks import LAYER_KINDS, HookError, HookPoint, parse_hooks, valid_hook_names
+from jaxinterp.models.hooks import LAYER_KINDS, HookEdit, HookError, HookPoint, parse_hooks, valid_hook_names
 from jaxinterp.models.source import (SMOLLM2, ModelFiles, choose_backend, load_hf_config, load_source_model,
                                      load_tokenizer, resolve_model)
 
 __all__ = [
     "LAYER_KINDS",
     "SMOLLM2",
+    "HookEdit",
     "HookError",
     "HookPoint",
     "ModelFiles",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-__all__ = ["HookPoint", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError", "LAYER_KINDS"]
+__all__ = ["HookEdit", "HookPoint", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError", "LAYER_KINDS"]
 
 LAYER_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 _PATTERN = re.compile(r"^blocks\.(\d+)\.(hook_\w+)$")
@@ -20,6 +20,19 @@ _PATTERN = re.compile(r"^blocks\.(\d+)\.(hook_\w+)$")
 
 class HookError(ValueError):
     """An unknown hook name; the message lists the valid ones."""
+
+
+class HookEdit(NamedTuple):
+    """Replaces one hook's activation during a forward pass, on either backend.
+
+    ``replace(operand, x)`` is a pure JAX function of ``x`` [batch, seq, d] (float32) returning the
+    new activation; ``operand`` is a pytree of arrays it reads (e.g. SAE params). Keep one
+    ``HookEdit`` per edit: the JAX backend compiles once per ``(hook, replace)`` pair.
+    """
+
+    hook: str
+    replace: Callable[[Any, Any], Any]
+    operand: Any = None
 
 
 class HookPoint(NamedTuple):

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxinterp.mesh import Rules, make_mesh, tree_shardings
-from jaxinterp.models.hooks import HookPoint, as_hook_points, parse_hooks
+from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, parse_hooks
 from jaxinterp.models.source import ModelFiles
 from jaxinterp.models.transformer import Edit, build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
@@ -33,6 +33,11 @@ MODEL_RULES: Rules = (
 
 def _forward(graphdef, state, tokens, capture, edit, logits):
     return hooked_forward(nnx.merge(graphdef, state), tokens, capture, edit=edit, logits=logits)
+
+
+def _edited_logits(graphdef, hook, replace, state, tokens, operand):
+    edit = lambda name, x: replace(operand, x).astype(x.dtype) if name == hook else x
+    return hooked_forward(nnx.merge(graphdef, state), tokens, edit=edit, logits=True)[0]
 
 
 class JaxSourceModel:
@@ -58,6 +63,7 @@ class JaxSourceModel:
         self.n_layers = int(getattr(self.config, "num_hidden_layers", getattr(self.config, "n_layer", 0)))
         self.d_model = int(self.config.hidden_size)
         self._jitted = jax.jit(partial(_forward, graphdef), static_argnames=("capture", "edit", "logits"))
+        self._jitted_edit = jax.jit(partial(_edited_logits, graphdef), static_argnums=(0, 1))
 
     def parse_hooks(self, names: str | Sequence[str]) -> list[HookPoint]:
         """Parses hook names against this model's depth."""
@@ -75,6 +81,13 @@ class JaxSourceModel:
         ``edit`` is a static argument: pass the same function object to reuse the compilation.
         """
         return self._jitted(self.state, self._place(tokens), capture=frozenset(capture), edit=edit, logits=logits)
+
+    def logits(self, tokens: np.ndarray, edit: HookEdit | None = None) -> jax.Array:
+        """Logits [batch, seq, vocab] (float32, on device), with ``edit`` applied during the pass."""
+        if edit is None:
+            return self.forward(tokens)[0].astype(np.float32)
+        operand = jax.device_put(edit.operand, NamedSharding(self.mesh, P()))
+        return self._jitted_edit(edit.hook, edit.replace, self.state, self._place(tokens), operand).astype(np.float32)
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
         """``{hook name: [batch, seq, d] float32 numpy}``; the pass stops after the last hook needed."""

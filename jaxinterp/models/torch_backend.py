@@ -6,11 +6,12 @@ torch is an optional dependency (``pip install jaxinterp[torch]``); it is import
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 
-from jaxinterp.models.hooks import HookPoint, as_hook_points, parse_hooks
+from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, parse_hooks
 from jaxinterp.models.source import ModelFiles
 
 __all__ = ["TorchSourceModel"]
@@ -69,62 +70,91 @@ class TorchSourceModel:
         self.model_class = type(model).__name__
         self.n_layers = len(self._layers)
         self.d_model = int(self.config.hidden_size)
+        self._replace_cache: dict[Callable, Callable] = {}
 
     def parse_hooks(self, names: str | Sequence[str]) -> list[HookPoint]:
         """Parses hook names against this model's depth."""
         return parse_hooks(names, self.n_layers)
+
+    def _attach(self, point: HookPoint, transform: Callable, stop: bool = False):
+        """Registers ``transform(activation) -> replacement or None`` at ``point``; returns the handle.
+
+        ``stop`` ends the forward pass right after the hook fires.
+        """
+        def on_output(module, args, output):
+            new = transform(_first(output))
+            if stop:
+                raise _StopForward
+            if new is not None:
+                return (new, *output[1:]) if isinstance(output, (tuple, list)) else new
+
+        def on_input(module, args, kwargs):
+            new = transform(args[0] if args else kwargs["hidden_states"])
+            if stop:
+                raise _StopForward
+            if new is not None:
+                return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+        if point.kind == "hook_embed":
+            return self._embed.register_forward_hook(on_output)
+        layer = self._layers[point.layer]
+        if point.kind == "hook_resid_pre":
+            return layer.register_forward_pre_hook(on_input, with_kwargs=True)
+        if point.kind == "hook_resid_post":
+            return layer.register_forward_hook(on_output)
+        return getattr(layer, self._attn if point.kind == "hook_attn_out" else self._mlp).register_forward_hook(on_output)
+
+    def _forward(self, tokens: np.ndarray, handles: list):
+        """Runs the model with ``handles`` attached (removed afterwards); ``None`` when a hook stopped it."""
+        torch = self._torch
+        try:
+            with torch.inference_mode():
+                return self.model(input_ids=torch.as_tensor(np.asarray(tokens), dtype=torch.long), use_cache=False)
+        except _StopForward:
+            return None
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
         """Runs ``tokens`` [batch, seq] and returns ``{hook name: [batch, seq, d] float32 array}``.
 
         The forward stops right after the last hook any requested name needs.
         """
-        torch = self._torch
         points = as_hook_points(hooks, self.n_layers)
-        captured: dict[str, torch.Tensor] = {}
+        captured = {}
         last = max(points, key=lambda p: p.order)
 
-        def on_output(name: str | None, stop: bool):
-            def hook(module, args, output):
-                if name is not None:
-                    captured[name] = _first(output).detach()
-                if stop:
-                    raise _StopForward
+        def capture(name: str):
+            return lambda x: captured.__setitem__(name, x.detach())
 
-            return hook
-
-        def on_input(name: str, stop: bool):
-            def hook(module, args, kwargs):
-                captured[name] = (args[0] if args else kwargs["hidden_states"]).detach()
-                if stop:
-                    raise _StopForward
-
-            return hook
-
-        handles = []
-        for point in points:
-            stop = point == last
-            if point.kind == "hook_embed":
-                handles.append(self._embed.register_forward_hook(on_output(point.name, stop)))
-            elif point.kind == "hook_resid_pre":
-                handles.append(
-                    self._layers[point.layer].register_forward_pre_hook(on_input(point.name, stop), with_kwargs=True)
-                )
-            elif point.kind == "hook_resid_post":
-                handles.append(self._layers[point.layer].register_forward_hook(on_output(point.name, stop)))
-            else:
-                sub = self._attn if point.kind == "hook_attn_out" else self._mlp
-                handles.append(getattr(self._layers[point.layer], sub).register_forward_hook(on_output(point.name, False)))
-        if last.kind in ("hook_attn_out", "hook_mlp_out"):
-            # The block's own output hook fires after its attention and MLP hooks.
-            handles.append(self._layers[last.layer].register_forward_hook(on_output(None, True)))
-        try:
-            with torch.inference_mode():
-                self.model(input_ids=torch.as_tensor(np.asarray(tokens), dtype=torch.long), use_cache=False)
-        except _StopForward:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        # A block's attention and MLP hooks fire before its output hook, which then stops the pass.
+        inner = last.kind in ("hook_attn_out", "hook_mlp_out")
+        handles = [self._attach(p, capture(p.name), stop=p == last and not inner) for p in points]
+        if inner:
+            handles.append(self._attach(HookPoint(f"blocks.{last.layer}.hook_resid_post", last.layer,
+                                                  "hook_resid_post"), lambda x: None, stop=True))
+        self._forward(tokens, handles)
         return {name: value.float().numpy() for name, value in captured.items()}
 
+    def logits(self, tokens: np.ndarray, edit: HookEdit | None = None) -> np.ndarray:
+        """Logits [batch, seq, vocab] (float32), with ``edit`` applied during the pass.
+
+        ``edit.replace`` is a JAX function: the activation crosses to JAX and back as float32.
+        """
+        handles = []
+        if edit is not None:
+            (point,) = parse_hooks([edit.hook], self.n_layers)
+            replace = self._jitted_replace(edit.replace)
+
+            def transform(x):
+                new = np.array(replace(edit.operand, x.float().numpy()))  # writable
+                return self._torch.from_numpy(new).to(x.dtype)
+
+            handles.append(self._attach(point, transform))
+        return self._forward(tokens, handles).logits.float().numpy()
+
+    def _jitted_replace(self, replace: Callable) -> Callable:
+        if replace not in self._replace_cache:
+            self._replace_cache[replace] = jax.jit(replace)
+        return self._replace_cache[replace]

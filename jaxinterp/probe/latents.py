@@ -31,17 +31,14 @@ class SparseRows(NamedTuple):
         return len(self.indptr) - 1
 
 
-def encode_sparse(trained, x: np.ndarray, batch_size: int = 1024) -> SparseRows:
-    """Encodes activations ``x`` with a :class:`~jaxinterp.train.TrainedSAE`, batch by batch.
-
-    The SAE's training-time input scale is applied first, as in training.
-    """
-    d_sae = int(trained.config["d_sae"])
+def encode_sparse(sae, x: np.ndarray, batch_size: int = 1024) -> SparseRows:
+    """Encodes raw activations ``x`` with a :class:`~jaxinterp.export.LoadedSAE` (a run's or an
+    imported one), batch by batch, keeping only the non-zero latents."""
+    d_sae = int(sae.sae.d_sae)
 
     @jax.jit
     def encode(batch):
-        latents = trained.architecture.encode(trained.state.params, trained.state.arch_state,
-                                              batch * trained.input_scale)
+        latents = sae.encode(batch)
         return dense_from_sparse(latents, d_sae) if isinstance(latents, SparseLatents) else latents
 
     indptr, indices, values = [np.zeros(1, np.int64)], [], []

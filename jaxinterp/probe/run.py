@@ -84,27 +84,29 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
                          cfg["n_examples"], cfg["seed"])
     files = resolve_model(cfg["model"])
     n_layers = int(load_hf_config(files).num_hidden_layers)
-    trained = None
+    sae = None
     if cfg["features"] == "sae":
-        from jaxinterp.train.trained import load_trained
+        from jaxinterp.export import load_sae
 
-        trained = load_trained(cfg["sae_run"], cfg["sae_name"])
-        hooks = parse_hooks([trained.config["hook_name"]], n_layers)
+        sae = load_sae(cfg["sae_run"], name=cfg["sae_name"])
+        if not sae.sae.hook_name:
+            raise ConfigError(f"config field 'sae_run': {cfg['sae_run']} does not say which hook it reads")
+        hooks = parse_hooks([sae.sae.hook_name], n_layers)
     else:
         hooks = _hooks(cfg, n_layers)
     tokenizer = load_tokenizer(files)
     tokens = tokenize_texts(tokenizer, data.texts, cfg["max_length"], cfg["prepend_bos"])
     model = model or load_source_model(cfg["model"], backend=cfg["backend"], dtype=cfg["model_dtype"])
     # SAEBench pools latents, not activations: SAE features are encoded per token, then pooled
-    pool_tokens = trained is not None and cfg["pooling"] in ("mean", "max")
+    pool_tokens = sae is not None and cfg["pooling"] in ("mean", "max")
     pooled = pool_activations(model, tokens, [h.name for h in hooks], "token" if pool_tokens else cfg["pooling"],
                               skip_first=cfg["prepend_bos"], pad_id=tokenizer.pad_token_id or 0,
                               batch_tokens=cfg["batch_tokens"], progress=progress)
     features: dict[str, np.ndarray | SparseRows] = dict(pooled.features)
     text_index, position = pooled.text_index, pooled.position
-    if trained is not None:
+    if sae is not None:
         hook = hooks[0].name
-        features[hook] = encode_sparse(trained, features[hook])
+        features[hook] = encode_sparse(sae, features[hook])
         if pool_tokens:
             features[hook] = pool_sparse(features[hook], text_index, len(data.texts), cfg["pooling"])
             text_index, position = np.arange(len(data.texts)), np.full(len(data.texts), -1)

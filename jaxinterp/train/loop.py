@@ -32,11 +32,12 @@ from jaxinterp.train.members import Member, build_members, member_configs
 from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.state import TrainState, init_state
 from jaxinterp.train.step import train_step
+from jaxinterp.train.warm_start import warm_start_params
 
 __all__ = ["train", "run_config", "abstract_state"]
 
 # Store-manifest keys copied into the run's cfg.json, so a run describes its data by itself.
-_SOURCE_KEYS = ("model_name", "model_hash", "model_class", "context_size", "prepend_bos", "dataset_path",
+_SOURCE_KEYS = ("model", "model_name", "model_hash", "model_class", "context_size", "prepend_bos", "dataset_path",
                 "dataset_hash", "tokenizer", "dtype", "n_tokens")
 
 
@@ -56,6 +57,18 @@ def abstract_state(members: Sequence[Member], d_in: Mapping[str, int]) -> TrainS
     return jax.eval_shape(partial(init_state, members=members), jax.random.key(0), samples)
 
 
+def _warm_start(cfg, members: Sequence[Member], d_in: Mapping[str, int], scales: Mapping[str, float]):
+    """``{name: (params, arch_state)}`` from ``cfg.init_from`` (one-SAE runs), or ``None``."""
+    if not cfg["init_from"]:
+        return None
+    if len(members) > 1:
+        raise ConfigError("config field 'init_from' starts one SAE; a sweep run trains several")
+    from jaxinterp.export import load_sae
+
+    (member,) = members
+    return {member.name: warm_start_params(load_sae(cfg["init_from"]), member, d_in[member.hook], scales[member.hook])}
+
+
 def _start_state(cfg, buffer: ActivationBuffer, out: Path, members, d_in, mesh):
     """A fresh sharded state and buffer state, or the newest checkpoint's (onto this mesh)."""
     abstract = abstract_state(members, d_in)
@@ -72,9 +85,10 @@ def _start_state(cfg, buffer: ActivationBuffer, out: Path, members, d_in, mesh):
         scales = {hook: 1.0 for hook in d_in}
     buffer.scales = scales  # data-dependent init happens in the units the SAEs will see
     samples = buffer.first_batch()
+    initial = _warm_start(cfg, members, d_in, scales)
     init = jax.jit(partial(init_state, members=members), out_shardings=shardings)
     with jax.set_mesh(mesh):
-        state = init(jax.random.key(cfg["seed"]), samples)
+        state = init(jax.random.key(cfg["seed"]), samples, initial=initial)
     return state, BufferState(cfg["seed"], 0, scales), shardings
 
 
@@ -150,7 +164,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
 
 def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np.ndarray], cfg) -> dict[str, Any]:
     sae = state.saes[member.name]
-    result = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook])
+    result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook])
     result.update(
         dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),
         dense_fraction=float(dense_fraction(sae.fire_count, state.tokens_seen)),

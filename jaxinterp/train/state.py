@@ -34,15 +34,20 @@ class TrainState(NamedTuple):
     saes: dict[str, SAEState]
 
 
-def init_state(key: jax.Array, samples: Mapping[str, jax.Array], members: Sequence[Member]) -> TrainState:
+def init_state(key: jax.Array, samples: Mapping[str, jax.Array], members: Sequence[Member],
+               initial: Mapping[str, tuple[dict, dict]] | None = None) -> TrainState:
     """A fresh state; ``samples[hook]`` is a data batch for data-dependent init (``b_dec``, thresholds).
 
     Every member starts from ``key`` itself, so a sweep member equals a separate run with that seed.
+    ``initial[name]`` = ``(params, arch_state)`` replaces a member's init (warm start).
     """
     saes = {}
     for member in members:
         sample = samples[member.hook]
-        params, arch_state = member.architecture.init(key, sample.shape[1], member.d_sae, sample)
+        if initial and member.name in initial:
+            params, arch_state = initial[member.name]
+        else:
+            params, arch_state = member.architecture.init(key, sample.shape[1], member.d_sae, sample)
         saes[member.name] = SAEState(
             params=params,
             opt_state=member.optimizer.init(params),

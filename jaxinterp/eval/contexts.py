@@ -1,0 +1,57 @@
+"""Whole held-out contexts read back from a store: token ids and hook activations, row-aligned.
+
+The model-based metrics and the top-activating examples need whole contexts (the model must see a
+context from its start). A context qualifies when every one of its rows lies in a held-out chunk,
+so the trained SAE never saw any of its tokens.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxinterp.store import Store
+
+__all__ = ["Contexts", "heldout_context_ids", "read_contexts"]
+
+
+class Contexts(NamedTuple):
+    """``n`` contexts of ``seq`` tokens: ids [n, seq], the store row of each context's first
+    token [n], and activations [n, seq, d] per hook (float32, as stored)."""
+
+    tokens: np.ndarray
+    first_row: np.ndarray
+    activations: dict[str, np.ndarray]
+
+
+def heldout_context_ids(store: Store, holdout_chunks: np.ndarray | None) -> np.ndarray:
+    """Indices of the store's contexts that lie entirely in ``holdout_chunks`` (all when ``None``)."""
+    context = int(store.manifest["context_size"])
+    n_contexts = store.n_tokens // context
+    if holdout_chunks is None:
+        return np.arange(n_contexts)
+    rows_per_chunk = store.layout.rows_per_chunk
+    held = np.zeros(-(-store.n_tokens // rows_per_chunk), bool)
+    held[holdout_chunks] = True
+    first_chunk = np.arange(n_contexts) * context // rows_per_chunk
+    last_chunk = (np.arange(n_contexts) * context + context - 1) // rows_per_chunk
+    # All chunks from first to last are held out iff the count of held chunks in between is full.
+    held_before = np.concatenate([[0], np.cumsum(held)])
+    whole = held_before[last_chunk + 1] - held_before[first_chunk] == last_chunk - first_chunk + 1
+    return np.flatnonzero(whole)
+
+
+def read_contexts(store: Store, context_ids: np.ndarray, hooks: list[str]) -> Contexts:
+    """Reads ``tokens`` and each hook's rows for ``context_ids`` (consecutive ids in one read each)."""
+    context = int(store.manifest["context_size"])
+    ids = np.asarray(context_ids, np.int64)
+    runs = np.split(ids, np.flatnonzero(np.diff(ids) != 1) + 1) if len(ids) else []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ["tokens", *hooks]}
+    for run in runs:
+        start, stop = int(run[0]) * context, (int(run[-1]) + 1) * context
+        for name in parts:
+            parts[name].append(store.read(name, start, stop))
+    joined = {name: np.concatenate(chunks) if chunks else np.zeros((0,), np.float32) for name, chunks in parts.items()}
+    activations = {hook: joined[hook].astype(np.float32).reshape(len(ids), context, -1) for hook in hooks}
+    return Contexts(joined["tokens"].reshape(len(ids), context), ids * context, activations)

@@ -1,0 +1,96 @@
+"""Downstream metrics: the SAE's reconstruction spliced into the source model at its hook.
+
+CE loss is next-token cross-entropy (nats) averaged over every predicted token of the contexts.
+The reconstruction (or, for the ablation baseline, zeros) replaces the activation at every position
+the SAE was trained on: with ``keep_first`` (BOS excluded from training) position 0 keeps its clean
+activation, as SAELens' ``exclude_special_tokens`` and SAEBench do, since an SAE never trained on
+the BOS outlier would otherwise be charged for it.
+
+    CE-loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)       (design.md §6)
+    KL = mean over tokens of KL(p_clean ‖ p_spliced)
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxinterp.models import HookEdit
+from jaxinterp.sae import Architecture
+
+__all__ = ["ce_loss_recovered", "next_token_loss", "kl_divergence", "sae_edit", "zero_ablation", "spliced_losses"]
+
+
+def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
+    """[batch, seq − 1] cross-entropy of predicting ``tokens[:, 1:]`` from ``logits[:, :-1]``."""
+    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+def kl_divergence(clean_logits: jax.Array, logits: jax.Array) -> jax.Array:
+    """[batch, seq − 1] KL(p_clean ‖ p) at every predicting position."""
+    p_log = jax.nn.log_softmax(clean_logits[:, :-1].astype(jnp.float32), axis=-1)
+    q_log = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+    return jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
+
+
+def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
+    """(CE_zero − CE_spliced) / (CE_zero − CE_clean): 1 = as good as the model, 0 = as bad as zeros."""
+    return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
+
+
+def _keep_positions(x: jax.Array, new: jax.Array, keep_first: bool) -> jax.Array:
+    if not keep_first:
+        return new
+    return jnp.where((jnp.arange(x.shape[1]) == 0)[None, :, None], x, new)
+
+
+def _reconstruct(architecture: Architecture, keep_first: bool, operand, x: jax.Array) -> jax.Array:
+    params, arch_state = operand
+    flat = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+    x_hat = architecture.decode(params, architecture.encode(params, arch_state, flat)).reshape(x.shape)
+    return _keep_positions(x, x_hat, keep_first)
+
+
+def _zeros(keep_first: bool, operand, x: jax.Array) -> jax.Array:
+    return _keep_positions(x, jnp.zeros_like(x), keep_first)
+
+
+def sae_edit(hook: str, architecture: Architecture, params: dict[str, jax.Array], arch_state: dict[str, jax.Array],
+             keep_first: bool) -> HookEdit:
+    """Replaces ``hook``'s activation by the SAE's reconstruction (``params`` act on raw activations)."""
+    return HookEdit(hook, partial(_reconstruct, architecture, keep_first), (params, arch_state))
+
+
+def zero_ablation(hook: str, keep_first: bool) -> HookEdit:
+    """Replaces ``hook``'s activation by zeros (the CE-loss-recovered baseline)."""
+    return HookEdit(hook, partial(_zeros, keep_first))
+
+
+@jax.jit
+def _batch_sums(clean_logits, logits, tokens):
+    return jnp.sum(next_token_loss(logits, tokens)), jnp.sum(kl_divergence(clean_logits, logits))
+
+
+def spliced_losses(model: Any, contexts: np.ndarray, edits: dict[str, HookEdit], batch_size: int = 4) -> dict[str, float]:
+    """CE loss of ``model`` on ``contexts`` [n, seq] clean and under each named edit, with KL to clean.
+
+    ``model`` is either backend (``logits(tokens, edit)``). Returns ``ce_clean`` and, per edit
+    name, ``ce_<name>`` and ``kl_<name>`` (means over the ``n·(seq − 1)`` predicted tokens).
+    """
+    sums = {"ce_clean": 0.0, **{f"{kind}_{name}": 0.0 for name in edits for kind in ("ce", "kl")}}
+    for first in range(0, len(contexts), batch_size):
+        tokens = np.asarray(contexts[first: first + batch_size], np.int32)
+        clean = model.logits(tokens)
+        sums["ce_clean"] += float(_batch_sums(clean, clean, tokens)[0])
+        for name, edit in edits.items():
+            ce, kl = _batch_sums(clean, model.logits(tokens, edit), tokens)
+            sums[f"ce_{name}"] += float(ce)
+            sums[f"kl_{name}"] += float(kl)
+    n_predicted = contexts.shape[0] * (contexts.shape[1] - 1)
+    return {key: value / n_predicted for key, value in sums.items()}
+

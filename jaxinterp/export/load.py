@@ -1,0 +1,118 @@
+"""Loading an SAE saved by jaxinterp or a peer tool, whatever its format: :func:`load_sae`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+
+from jaxinterp.export.npz import read_npz
+from jaxinterp.export.portable import PortableSAE, portable_from_trained, to_jaxinterp
+from jaxinterp.export.saelens import read_saelens
+from jaxinterp.export.sparsify import hookpoint_dirs, read_sparsify
+from jaxinterp.sae import Architecture, Latents
+
+if TYPE_CHECKING:
+    from jaxinterp.train.trained import TrainedSAE
+
+__all__ = ["LoadedSAE", "READERS", "detect_format", "is_run_directory", "load_sae", "loaded_from_trained"]
+
+READERS = {"saelens": read_saelens, "sparsify": read_sparsify, "npz": read_npz}
+
+
+class LoadedSAE(NamedTuple):
+    """An imported SAE, ready for jaxinterp.
+
+    Attributes:
+      format: the format it was read from (``run`` for a jaxinterp run directory, ``saelens``, ``sparsify``, ``npz``).
+      sae: its neutral form (numpy weights, hook name, metadata).
+      architecture: the jaxinterp :class:`~jaxinterp.sae.Architecture` (SAELens ``standard`` is
+        ``relu``; sparsify is ``topk``; SAELens ``jumprelu`` and Gemma-Scope npz are ``jumprelu``).
+      params: the params pytree ``architecture.encode`` / ``decode`` take.
+      arch_state: the architecture state pytree ``architecture.encode`` takes.
+    """
+
+    format: str
+    sae: PortableSAE
+    architecture: Architecture
+    params: dict[str, jax.Array]
+    arch_state: dict[str, jax.Array]
+
+    def encode(self, x: Any) -> Latents:
+        """Latents of raw activations ``x`` [tokens, d_in] (sparse for TopK, dense otherwise)."""
+        return self.architecture.encode(self.params, self.arch_state, x)
+
+    def decode(self, latents: Latents) -> jax.Array:
+        """Reconstruction ``x̂`` [tokens, d_in] of ``latents``."""
+        return self.architecture.decode(self.params, latents)
+
+
+def is_run_directory(path: str | Path) -> bool:
+    """Whether ``path`` is a ``jaxinterp train`` run directory (``cfg.json`` listing its SAEs)."""
+    cfg = Path(path) / "cfg.json"
+    return cfg.is_file() and (Path(path) / "checkpoints").is_dir() and "saes" in json.loads(cfg.read_text())
+
+
+def loaded_from_trained(trained: TrainedSAE) -> LoadedSAE:
+    """The :class:`LoadedSAE` of a trained run's SAE (normalisation folded in, raw activations)."""
+    sae = portable_from_trained(trained)
+    return LoadedSAE("run", sae, *to_jaxinterp(sae))
+
+
+def detect_format(path: str | Path) -> str:
+    """``run``, ``saelens``, ``sparsify`` or ``npz``, from the files at ``path``.
+
+    A jaxinterp run directory is ``run``; a ``.npz`` file or a directory with ``params.npz`` is Gemma-Scope style; a directory with
+    ``sae_weights.safetensors`` is SAELens; one with ``sae.safetensors``, or whose subdirectories
+    hold one, is sparsify.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist or holds none of these.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir() and is_run_directory(path):
+        return "run"
+    if path.is_file():
+        if path.suffix == ".npz":
+            return "npz"
+        raise FileNotFoundError(f"{path} is a file but not a .npz; pass an SAE directory")
+    if (path / "params.npz").exists():
+        return "npz"
+    if (path / "sae_weights.safetensors").exists():
+        return "saelens"
+    if (path / "sae.safetensors").exists() or hookpoint_dirs(path):
+        return "sparsify"
+    raise FileNotFoundError(f"{path} is not an SAE export: expected sae_weights.safetensors (SAELens), "
+                            f"sae.safetensors or <hookpoint>/sae.safetensors (sparsify), or params.npz (Gemma Scope)")
+
+
+def load_sae(path: str | Path, fmt: str = "", name: str = "") -> LoadedSAE:
+    """Loads the SAE at ``path`` (format detected by :func:`detect_format` unless ``fmt`` names it).
+
+    A run directory gives SAE ``name`` (default: its only one) at its newest checkpoint, with any
+    input normalisation folded in, so every loaded SAE acts on raw activations.
+
+    Example::
+
+        sae = load_sae("exports/topk_saelens")      # or a run directory, a sparsify dir, params.npz
+        x_hat = sae.decode(sae.encode(x))
+
+    Raises:
+      FileNotFoundError: no SAE at ``path``.
+      ValueError: an unknown ``fmt``, or an SAE jaxinterp cannot represent (the message says why).
+    """
+    fmt = fmt or detect_format(path)
+    if fmt == "run":
+        from jaxinterp.train.trained import load_trained  # the trainer is heavy; imports need none of it
+
+        return loaded_from_trained(load_trained(str(path), name))
+    if fmt in READERS:
+        sae = READERS[fmt](path)
+    else:
+        raise ValueError(f"unknown SAE format {fmt!r}; choose one of run, {', '.join(READERS)}")
+    architecture, params, arch_state = to_jaxinterp(sae)
+    return LoadedSAE(fmt, sae, architecture, params, arch_state)
