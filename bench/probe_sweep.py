@@ -1,6 +1,6 @@
 """Logistic-probe sweep, hooks × C: jaxinterp's one vmapped program vs the same sweep with scikit-learn.
 
-    python bench/probe_sweep.py [--examples 2000 --hooks all --n-C 10]
+    python bench/probe_sweep.py [--examples 2000 --hooks all --n-C 10] [--n-hooks 4 --skip-sklearn]
 
 Features are real SmolLM2-135M activations (last token, every ``blocks.L.hook_resid_post``: 30
 hooks, d = 576) of the built-in ``open_bracket`` task, pooled once and shared by both sides.
@@ -67,11 +67,18 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--hooks", default="all")
     parser.add_argument("--n-C", type=int, default=10)
+    parser.add_argument("--n-hooks", type=int, default=0, help="use this many evenly spaced hooks of --hooks; 0 = all")
+    parser.add_argument("--skip-sklearn", action="store_true", help="time jaxinterp only (scaling curves)")
+    parser.add_argument("--json", default=str(RESULTS / "probe_sweep.json"))
     args = parser.parse_args()
     from jaxinterp.probe import fit_probes
 
     began = time.perf_counter()
     cfg, data = features(args)
+    if args.n_hooks:
+        names = list(data.features)
+        keep = [names[i] for i in np.unique(np.linspace(0, len(names) - 1, args.n_hooks).round().astype(int))]
+        data = data._replace(features={h: data.features[h] for h in keep})
     features_s = time.perf_counter() - began
     grid = np.logspace(-4, 3, args.n_C).tolist()
     cfg = dict(cfg, C=",".join(f"{c:.6g}" for c in grid))
@@ -83,9 +90,12 @@ def main() -> None:
     ours_warm_s = time.perf_counter() - began
     ours_acc = [f.record["test"]["accuracy"] for f in fitted]
     try:
+        if args.skip_sklearn:
+            raise ImportError
         sk_s, sk_acc = sweep_sklearn(data.features, data.targets, data.splits, grid)
     except ImportError:
-        print("scikit-learn is missing: pip install -e '.[bench]'")
+        if not args.skip_sklearn:
+            print("scikit-learn is missing: pip install -e '.[bench]'")
         sk_s, sk_acc = float("nan"), [float("nan")] * len(ours_acc)
     n_hooks, d = len(data.features), next(iter(data.features.values())).shape[1]
     rows = len(data.targets)
@@ -98,8 +108,8 @@ def main() -> None:
         print(f"{name:<26}{seconds:>10.2f}{sk_s / seconds:>11.1f}x{np.mean(acc):>15.4f}{np.max(acc):>16.4f}")
     gap = float(np.max(np.abs(np.asarray(ours_acc) - np.asarray(sk_acc))))
     print(f"largest per-hook test-accuracy gap: {100 * gap:.2f} points")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "probe_sweep.json").write_text(json.dumps({
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({
         "hooks": n_hooks, "C": grid, "rows": rows, "d": d, "features_s": features_s, "jaxinterp_s": ours_s,
         "jaxinterp_compiled_s": ours_warm_s, "sklearn_s": sk_s, "speedup": sk_s / ours_s,
         "jaxinterp_test_accuracy": ours_acc, "sklearn_test_accuracy": sk_acc, "max_gap": gap}, indent=2))

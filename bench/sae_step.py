@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--store", help="use activations from this store instead of Gaussian data")
     parser.add_argument("--hook", default="blocks.12.hook_resid_post")
     parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--core", action="store_true", help="floor and jaxinterp topk only (scaling curves)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "sae_step.json"))
     args = parser.parse_args()
     shape = {**PRESETS[args.preset], **{k: v for k, v in {"d_in": args.d_in, "n_latents": args.n_latents,
@@ -114,8 +115,9 @@ def main() -> None:
     rows = {"floor: top_k(x @ W_enc)": seconds_per_call(jax.jit(lambda x, W: jax.lax.top_k(x @ W, k)), x, W_enc,
                                                           steps=args.steps)}
     rows["jaxinterp topk"] = train_step_seconds(x, sae, "", args.steps)
-    rows["jaxinterp topk, dense VJP"] = train_step_seconds(x, sae, "", args.steps, dense_vjp=True)
-    if not args.skip_peers:
+    if not args.core:
+        rows["jaxinterp topk, dense VJP"] = train_step_seconds(x, sae, "", args.steps, dense_vjp=True)
+    if not (args.skip_peers or args.core):
         import sys
 
         sys.path.insert(0, str(Path(__file__).parent))
@@ -129,9 +131,11 @@ def main() -> None:
                 print(f"{name}: not installed (pip install -e '.[bench]')")
             else:
                 rows[name] = seconds
-    sweep = f"half: k={max(k // 2, 1)}; base: k={k}; double: k={2 * k}"
-    sweep_one = train_step_seconds(x, sae, sweep, args.steps)
-    sweep_three = sum(train_step_seconds(x, {**sae, "k": kk}, "", args.steps) for kk in (max(k // 2, 1), k, 2 * k))
+    sweep_one = sweep_three = float("nan")
+    if not args.core:
+        sweep = f"half: k={max(k // 2, 1)}; base: k={k}; double: k={2 * k}"
+        sweep_one = train_step_seconds(x, sae, sweep, args.steps)
+        sweep_three = sum(train_step_seconds(x, {**sae, "k": kk}, "", args.steps) for kk in (max(k // 2, 1), k, 2 * k))
 
     floor, ours = rows["floor: top_k(x @ W_enc)"], rows["jaxinterp topk"]
     print(f"TopK SAE step, d_in {d_in}, n_latents {n_latents:,}, k {k}, batch {batch:,}, fp32, "
@@ -139,8 +143,9 @@ def main() -> None:
     print(f"{'':34}{'s/step':>9}{'tokens/s':>11}{'÷ floor':>9}{'jaxinterp ×':>13}")
     for name, seconds in rows.items():
         print(f"{name:34}{seconds:9.3f}{batch / seconds:11,.0f}{seconds / floor:9.2f}{seconds / ours:13.2f}")
-    print(f"sweep of 3 (k/2, k, 2k): one step {sweep_one:.3f} s vs three steps {sweep_three:.3f} s "
-          f"= {sweep_three / sweep_one:.2f}x")
+    if not args.core:
+        print(f"sweep of 3 (k/2, k, 2k): one step {sweep_one:.3f} s vs three steps {sweep_three:.3f} s "
+              f"= {sweep_three / sweep_one:.2f}x")
     results = {"shape": {"d_in": d_in, "n_latents": n_latents, "k": k, "batch": batch},
                "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
                "seconds_per_step": rows, "sweep": {"one_step": sweep_one, "three_steps": sweep_three}}
