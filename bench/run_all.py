@@ -80,6 +80,8 @@ def plot(curves: dict, path: Path) -> None:
         panel.plot(xs, [row["jaxinterp_s"] for row in curves[axis]], marker="o", label="jaxinterp TopK step")
         panel.plot(xs, [row["floor_s"] for row in curves[axis]], marker="s", label="floor top_k(x @ W_enc)")
         panel.set(xscale="log", yscale="log", xlabel=label, ylabel="seconds")
+        panel.set_xticks(xs, [f"{x:,}" for x in xs], minor=False)
+        panel.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         panel.legend(fontsize=8)
         panel.grid(alpha=0.3)
     hooks = curves["probe_hooks"]

@@ -65,7 +65,7 @@ def train_jaxinterp(batches, holdout, n_latents: int, k: int, lr: float = 0.0) -
     for batch in batches:
         state, _ = step(state, {"x": batch})
     sae = state.saes["sae"]
-    result = evaluate_reconstruction(members[0].architecture, sae.params, sae.arch_state, holdout)
+    result, _ = evaluate_reconstruction(members[0].architecture, sae.params, sae.arch_state, holdout)
     result["dead_fraction"] = float(np.mean(np.asarray(sae.fire_count) == 0))
     return result
 

@@ -1,7 +1,7 @@
 """TopK SAE training-step speed: jaxinterp vs EleutherAI sparsify vs SAELens vs the floor.
 
     python bench/sae_step.py [--d-in 576 --n-latents 9216 --k 32 --batch 4096 --steps 5]
-    python bench/sae_step.py --preset gpu      # d 2304, 65,536 latents, k 64, batch 8192, bf16 compute
+    python bench/sae_step.py --preset gpu      # d 2304, 65,536 latents, k 64, batch 8192 (fp32; bf16 rows: issue 10)
 
 All rows train on the same float32 batch (Gaussian, or ``--store/--hook`` activations) in one run:
   floor                  one jitted ``top_k(x @ W_enc)``: the encoder matmul and selection alone
