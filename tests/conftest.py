@@ -1,6 +1,7 @@
 """Test setup: 8 forced CPU devices (set before jax is imported), offline hub, tiny real models."""
 
 import os
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -44,6 +45,27 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "real_model" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_run(tiny_llama, tmp_path_factory) -> Path:
+    """A directory with ``store`` (16k tiny-Llama tokens at blocks.1.hook_resid_post, a quarter of the
+    chunks held out) and ``run`` (a 40-step TopK SAE, 128 latents, k 8, trained on it)."""
+    from jaxinterp import schemas
+    from jaxinterp.config import load_config
+    from jaxinterp.extract import extract
+    from jaxinterp.train import train
+
+    root, hook = tmp_path_factory.mktemp("tiny_run"), "blocks.1.hook_resid_post"
+    extract(load_config("configs/extract.py", {"model": tiny_llama, "hooks": hook, "data": "pydoc",
+                                                "out": str(root / "store"), "context_size": 64, "max_tokens": 16384,
+                                                "chunk_mib": 0.05, "shard_mib": 0.5},
+                        schemas.EXTRACT, "extract"), progress=False)
+    train(load_config("configs/train_topk.py", {
+        "store": str(root / "store"), "hook": hook, "out": str(root / "run"), "steps": 40, "batch_size": 256,
+        "sae.n_latents": 128, "sae.k": 8, "warmup_steps": 3, "checkpoint_every": 40, "eval_tokens": 512,
+        "holdout_fraction": 0.25, "mesh.data": 1}, schemas.TRAIN, "train"), progress=False)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -55,27 +55,10 @@ def test_ce_and_kl_definitions():
     assert ce_loss_recovered(2.0, 2.75, 5.0) == pytest.approx(0.75)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_llama, tmp_path_factory):
-    from jaxinterp.extract import extract
-    from jaxinterp.train import train
-
-    root = tmp_path_factory.mktemp("eval")
-    extract(load_config("configs/extract.py", {"model": tiny_llama, "hooks": HOOK, "data": "pydoc",
-                                                "out": str(root / "store"), "context_size": 64, "max_tokens": 16384,
-                                                "chunk_mib": 0.05, "shard_mib": 0.5},
-                        schemas.EXTRACT, "extract"), progress=False)
-    train(load_config("configs/train_topk.py", {
-        "store": str(root / "store"), "hook": HOOK, "out": str(root / "run"), "steps": 40, "batch_size": 256,
-        "sae.n_latents": 128, "sae.k": 8, "warmup_steps": 3, "checkpoint_every": 40, "eval_tokens": 512,
-        "holdout_fraction": 0.25, "mesh.data": 1}, schemas.TRAIN, "train"), progress=False)
-    return root
-
-
-def test_heldout_contexts_lie_in_holdout_chunks(tiny_run):
+def test_heldout_contexts_lie_in_holdout_chunks(tiny_llama_run):
     from jaxinterp.buffer import split_chunks
 
-    store = open_store(str(tiny_run / "store"))
+    store = open_store(str(tiny_llama_run / "store"))
     rows_per_chunk, context = store.layout.rows_per_chunk, store.manifest["context_size"]
     split = split_chunks(-(-store.n_tokens // rows_per_chunk), 0.25, 0)
     ids = heldout_context_ids(store, split.holdout)
@@ -95,10 +78,10 @@ def eval_config(run, **overrides):
     return load_config("configs/eval.py", fields, schemas.EVAL, "eval")
 
 
-def test_eval_writes_every_output_and_backends_agree(tiny_run, tmp_path):
+def test_eval_writes_every_output_and_backends_agree(tiny_llama_run, tmp_path):
     results = {}
     for backend in ("jax", "torch"):
-        results[backend] = evaluate_run(eval_config(tiny_run / "run", backend=backend, out=str(tmp_path / backend)))
+        results[backend] = evaluate_run(eval_config(tiny_llama_run / "run", backend=backend, out=str(tmp_path / backend)))
     jax_result, torch_result = results["jax"], results["torch"]
     for key in ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated", "kl_spliced"):
         assert jax_result[key] == pytest.approx(torch_result[key], rel=1e-4, abs=1e-5), key
@@ -122,25 +105,25 @@ def test_eval_writes_every_output_and_backends_agree(tiny_run, tmp_path):
     assert f"latent {examples[0]['latent']}" in html and "outline" in html
 
 
-def test_eval_chosen_latents_and_errors(tiny_run, tmp_path):
-    result = evaluate_run(eval_config(tiny_run / "run", latents="0,5", ce_contexts=0, out=str(tmp_path / "e")))
+def test_eval_chosen_latents_and_errors(tiny_llama_run, tmp_path):
+    result = evaluate_run(eval_config(tiny_llama_run / "run", latents="0,5", ce_contexts=0, out=str(tmp_path / "e")))
     assert "ce_loss_recovered" not in result
     assert [r["latent"] for r in json.loads((tmp_path / "e" / "top_examples.json").read_text())["latents"]] == [0, 5]
     with pytest.raises(ValueError, match="'latents'.*outside"):
-        evaluate_run(eval_config(tiny_run / "run", latents="999", ce_contexts=0, out=str(tmp_path / "f")))
+        evaluate_run(eval_config(tiny_llama_run / "run", latents="999", ce_contexts=0, out=str(tmp_path / "f")))
     with pytest.raises(ConfigError, match="'model'.*not the model"):
-        evaluate_run(eval_config(tiny_run / "run", model="smollm2", out=str(tmp_path / "g")))
+        evaluate_run(eval_config(tiny_llama_run / "run", model="smollm2", out=str(tmp_path / "g")))
 
 
-def test_an_imported_sae_evaluates_like_its_run(tiny_run, tmp_path):
+def test_an_imported_sae_evaluates_like_its_run(tiny_llama_run, tmp_path):
     from jaxinterp.export import export_run
 
-    store = str(tiny_run / "store")
-    exported = export_run(str(tiny_run / "run"), "saelens", str(tmp_path / "saelens"))
+    store = str(tiny_llama_run / "store")
+    exported = export_run(str(tiny_llama_run / "run"), "saelens", str(tmp_path / "saelens"))
     with pytest.raises(ConfigError, match="'store'.*imported"):
         evaluate_run(eval_config(exported, out=str(tmp_path / "x")))
     fields = dict(store=store, ce_contexts=2, latents="1,2", backend="jax")
-    ours = evaluate_run(eval_config(tiny_run / "run", out=str(tmp_path / "run_eval"), **fields))
+    ours = evaluate_run(eval_config(tiny_llama_run / "run", out=str(tmp_path / "run_eval"), **fields))
     imported = evaluate_run(eval_config(exported, out="", **fields))
     assert imported["format"] == "saelens" and ours["format"] == "run"
     assert imported["written_to"] == str(tmp_path / "saelens_eval")

@@ -97,21 +97,10 @@ def test_token_level_labels_and_pooling_modes(tiny_llama, tmp_path):
         load_labelled(str(bad))
 
 
-def test_ksparse_on_sae_latents_of_a_trained_run(tiny_llama, tmp_path):
-    from jaxinterp.extract import extract
-    from jaxinterp.train import train
-
+def test_ksparse_on_sae_latents_of_a_trained_run(tiny_llama, tiny_llama_run, tmp_path):
     hook = "blocks.1.hook_resid_post"
-    extract(load_config("configs/extract.py", {"model": tiny_llama, "hooks": hook, "data": "pydoc",
-                                                "out": str(tmp_path / "store"), "context_size": 64, "max_tokens": 8192,
-                                                "chunk_mib": 0.05, "shard_mib": 0.5},
-                        schemas.EXTRACT, "extract"), progress=False)
-    train(load_config("configs/train_topk.py", {
-        "store": str(tmp_path / "store"), "hook": hook, "out": str(tmp_path / "run"), "steps": 30, "batch_size": 256,
-        "sae.n_latents": 128, "sae.k": 8, "warmup_steps": 3, "checkpoint_every": 30, "eval_tokens": 256,
-        "mesh.data": 1}, schemas.TRAIN, "train"), progress=False)
-    cfg = probe_config(tmp_path / "p", model=tiny_llama, n_examples=120, features="sae", sae_run=str(tmp_path / "run"),
-                       families="ksparse", k="1,2,8", C="0.1,1", pooling="mean")
+    cfg = probe_config(tmp_path / "p", model=tiny_llama, n_examples=120, features="sae",
+                       sae_run=str(tiny_llama_run / "run"), families="ksparse", k="1,2,8", C="0.1,1", pooling="mean")
     data = probe_features(cfg, progress=False)
     latents = data.features[hook]
     assert latents.n_cols == 128 and latents.n_rows == 120
@@ -121,7 +110,7 @@ def test_ksparse_on_sae_latents_of_a_trained_run(tiny_llama, tmp_path):
     assert summary["features"] == "sae"
     tensors, config = read_probe(tmp_path / "p" / "probes" / hook / "ksparse_k8.safetensors")
     assert tensors["W"].shape == (8, 1) and len(config["latent_ids"]) == 8
-    assert config["sae_run"] == str(tmp_path / "run")
+    assert config["sae_run"] == str(tiny_llama_run / "run")
     assert not (tmp_path / "p" / "steering").exists()  # latents have no activation-space direction
 
 
