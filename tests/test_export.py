@@ -12,7 +12,7 @@ from jaxinterp.config import ConfigError
 from jaxinterp.export import (PortableSAE, detect_format, export_run, load_sae, portable_from_trained, read_npz,
                               to_jaxinterp)
 from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook
-from jaxinterp.sae import SparseLatents, dense_from_sparse
+from jaxinterp.sae import dense_latents
 from jaxinterp.store import open_store
 from jaxinterp.train import train
 from jaxinterp.train.trained import load_trained
@@ -42,7 +42,7 @@ def tiny_run(tmp_path_factory):
 
 
 def dense(latents, d_sae):
-    return np.asarray(dense_from_sparse(latents, d_sae) if isinstance(latents, SparseLatents) else latents)
+    return np.asarray(dense_latents(latents, d_sae))
 
 
 @pytest.mark.parametrize("name,fmt", CASES)

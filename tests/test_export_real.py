@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxinterp.export import export_run, load_sae, portable_from_trained, to_jaxinterp
-from jaxinterp.sae import SparseLatents, dense_from_sparse
+from jaxinterp.sae import dense_latents
 from jaxinterp.store import open_store
 from jaxinterp.train.trained import load_trained
 from tests.conftest import SMOLLM2_HOOK
@@ -38,7 +38,7 @@ def torch():
 
 
 def dense(latents) -> np.ndarray:
-    return np.asarray(dense_from_sparse(latents, D_SAE) if isinstance(latents, SparseLatents) else latents)
+    return np.asarray(dense_latents(latents, D_SAE))
 
 
 def jaxinterp_reference(run: str, name: str, x: np.ndarray):
@@ -53,6 +53,13 @@ def jaxinterp_reference(run: str, name: str, x: np.ndarray):
     else:
         margin = pre - np.maximum(p.get("threshold", 0.0), 0.0)
     return portable, dense(latents), np.asarray(arch.decode(params, latents)), margin
+
+
+def saelens_coding(torch, sae, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(latents, reconstruction) of a SAELens SAE on ``x``, as numpy."""
+    with torch.no_grad():
+        latents = sae.encode(torch.from_numpy(x))
+        return latents.numpy(), sae.decode(latents).numpy()
 
 
 def assert_same_coding(theirs, theirs_decoded, ours, ours_decoded, margin):
@@ -96,10 +103,7 @@ def test_saelens_loads_our_export_and_codes_alike(smollm2_sweep, activations, tm
     assert type(sae).__name__ == architecture and sae.cfg.metadata.hook_name == SMOLLM2_HOOK
     assert sae.cfg.metadata.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
     portable, ours, ours_decoded, margin = jaxinterp_reference(run, name, activations)
-    with torch.no_grad():
-        theirs = sae.encode(torch.from_numpy(activations))
-        theirs_decoded = sae.decode(theirs).numpy()
-    assert_same_coding(theirs.numpy(), theirs_decoded, ours, ours_decoded, margin)
+    assert_same_coding(*saelens_coding(torch, sae, activations), ours, ours_decoded, margin)
     assert_import_round_trips(out, "saelens", portable, ours, activations)
 
 
@@ -134,8 +138,5 @@ def test_npz_export_codes_alike_under_gemma_scopes_convention(smollm2_sweep, act
     sae = sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(d_in=576, d_sae=D_SAE, apply_b_dec_to_input=False))
     sae.load_state_dict(state)  # strict
     portable, ours, ours_decoded, margin = jaxinterp_reference(run, name, activations)
-    with torch.no_grad():
-        theirs = sae.encode(torch.from_numpy(activations))
-        theirs_decoded = sae.decode(theirs).numpy()
-    assert_same_coding(theirs.numpy(), theirs_decoded, ours, ours_decoded, margin)
+    assert_same_coding(*saelens_coding(torch, sae, activations), ours, ours_decoded, margin)
     assert_import_round_trips(out, "npz", portable, ours, activations)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.sae import Architecture, SparseLatents, dense_from_sparse
+from jaxinterp.sae import Architecture, dense_latents
 
 __all__ = ["choose_latents", "latent_activations", "top_examples", "write_examples_html", "write_examples_json"]
 
@@ -35,9 +35,7 @@ def choose_latents(requested: Sequence[int], fire_count: np.ndarray, n_random: i
 
 @partial(jax.jit, static_argnums=(0, 1))
 def _selected(architecture: Architecture, d_sae: int, params, arch_state, x, ids):
-    latents = architecture.encode(params, arch_state, x)
-    dense = dense_from_sparse(latents, d_sae) if isinstance(latents, SparseLatents) else latents
-    return jnp.take(dense, ids, axis=1)
+    return jnp.take(dense_latents(architecture.encode(params, arch_state, x), d_sae), ids, axis=1)
 
 
 def latent_activations(architecture: Architecture, params: dict[str, jax.Array], arch_state: dict[str, jax.Array],

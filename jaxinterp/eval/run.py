@@ -100,7 +100,7 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         )
     result.update(
         holdout_dead_fraction=float((fire_count == 0).mean()),
-        holdout_dense_fraction=float((fire_count / len(rows) > 0.1).mean()),
+        holdout_dense_fraction=float(dense_fraction(fire_count, len(rows))),
         store=store.url,
         hook_name=hook,
         sae=name,

@@ -25,17 +25,26 @@ from jaxinterp.sae import Architecture
 __all__ = ["ce_loss_recovered", "next_token_loss", "kl_divergence", "sae_edit", "zero_ablation", "spliced_losses"]
 
 
+def _next_log_probs(logits: jax.Array) -> jax.Array:
+    return jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+
+
+def _nll(log_probs: jax.Array, tokens: jax.Array) -> jax.Array:
+    return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+
+
+def _kl(p_log: jax.Array, q_log: jax.Array) -> jax.Array:
+    return jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
+
+
 def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """[batch, seq − 1] cross-entropy of predicting ``tokens[:, 1:]`` from ``logits[:, :-1]``."""
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    return _nll(_next_log_probs(logits), tokens)
 
 
 def kl_divergence(clean_logits: jax.Array, logits: jax.Array) -> jax.Array:
     """[batch, seq − 1] KL(p_clean ‖ p) at every predicting position."""
-    p_log = jax.nn.log_softmax(clean_logits[:, :-1].astype(jnp.float32), axis=-1)
-    q_log = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return jnp.sum(jnp.exp(p_log) * (p_log - q_log), axis=-1)
+    return _kl(_next_log_probs(clean_logits), _next_log_probs(logits))
 
 
 def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
@@ -72,8 +81,16 @@ def zero_ablation(hook: str, keep_first: bool) -> HookEdit:
 
 
 @jax.jit
-def _batch_sums(clean_logits, logits, tokens):
-    return jnp.sum(next_token_loss(logits, tokens)), jnp.sum(kl_divergence(clean_logits, logits))
+def _clean_sums(clean_logits, tokens):
+    """The clean log-probabilities (reused for every edit's KL) and the clean CE sum."""
+    log_probs = _next_log_probs(clean_logits)
+    return log_probs, jnp.sum(_nll(log_probs, tokens))
+
+
+@jax.jit
+def _edited_sums(clean_log_probs, logits, tokens):
+    log_probs = _next_log_probs(logits)
+    return jnp.sum(_nll(log_probs, tokens)), jnp.sum(_kl(clean_log_probs, log_probs))
 
 
 def spliced_losses(model: Any, contexts: np.ndarray, edits: dict[str, HookEdit], batch_size: int = 4) -> dict[str, float]:
@@ -85,12 +102,11 @@ def spliced_losses(model: Any, contexts: np.ndarray, edits: dict[str, HookEdit],
     sums = {"ce_clean": 0.0, **{f"{kind}_{name}": 0.0 for name in edits for kind in ("ce", "kl")}}
     for first in range(0, len(contexts), batch_size):
         tokens = np.asarray(contexts[first: first + batch_size], np.int32)
-        clean = model.logits(tokens)
-        sums["ce_clean"] += float(_batch_sums(clean, clean, tokens)[0])
+        clean_log_probs, ce_clean = _clean_sums(model.logits(tokens), tokens)
+        sums["ce_clean"] += float(ce_clean)
         for name, edit in edits.items():
-            ce, kl = _batch_sums(clean, model.logits(tokens, edit), tokens)
+            ce, kl = _edited_sums(clean_log_probs, model.logits(tokens, edit), tokens)
             sums[f"ce_{name}"] += float(ce)
             sums[f"kl_{name}"] += float(kl)
     n_predicted = contexts.shape[0] * (contexts.shape[1] - 1)
     return {key: value / n_predicted for key, value in sums.items()}
-

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.sae import SparseLatents, dense_from_sparse
+from jaxinterp.sae import dense_latents
 
 __all__ = ["SparseRows", "encode_sparse", "mean_difference", "dense_columns", "pool_sparse"]
 
@@ -38,8 +38,7 @@ def encode_sparse(sae, x: np.ndarray, batch_size: int = 1024) -> SparseRows:
 
     @jax.jit
     def encode(batch):
-        latents = sae.encode(batch)
-        return dense_from_sparse(latents, d_sae) if isinstance(latents, SparseLatents) else latents
+        return dense_latents(sae.encode(batch), d_sae)
 
     indptr, indices, values = [np.zeros(1, np.int64)], [], []
     for first in range(0, len(x), batch_size):

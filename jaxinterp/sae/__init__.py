@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxinterp.sae import batch_topk, jumprelu, matryoshka, relu, topk
-from jaxinterp.sae.base import Architecture, Latents, LossContext, LossOutput, latent_fires, mean_l0
+from jaxinterp.sae.base import Architecture, Latents, LossContext, LossOutput, dense_latents, latent_fires, mean_l0
 from jaxinterp.sae.decoder_norm import normalize_decoder, remove_parallel_decoder_grad
 from jaxinterp.sae.sparse import SparseLatents, dense_from_sparse
 
@@ -18,6 +18,7 @@ __all__ = [
     "LossOutput",
     "SparseLatents",
     "dense_from_sparse",
+    "dense_latents",
     "latent_fires",
     "make_architecture",
     "mean_l0",

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.sae.sparse import SparseLatents, sparse_decode
+from jaxinterp.sae.sparse import SparseLatents, dense_from_sparse, sparse_decode
 
 __all__ = [
     "Architecture",
@@ -29,6 +29,7 @@ __all__ = [
     "LossOutput",
     "Params",
     "dense_decode",
+    "dense_latents",
     "init_tied",
     "latent_fires",
     "linear_warmup",
@@ -104,6 +105,13 @@ def pre_activations(params: Params, x: jax.Array) -> jax.Array:
 def total_variance(x: jax.Array) -> jax.Array:
     """``Σ_t ‖x_t − x̄‖²`` over the batch: the denominator of FVU and of every loss."""
     return jnp.sum(jnp.square(x - jnp.mean(x, axis=0)))
+
+
+def dense_latents(latents: Latents, d_sae: int) -> jax.Array:
+    """[tokens, d_sae] activations of sparse (TopK-family) or already dense latents."""
+    if isinstance(latents, SparseLatents):
+        return dense_from_sparse(latents, d_sae)
+    return latents
 
 
 def latent_fires(latents: Latents, d_sae: int) -> jax.Array:
