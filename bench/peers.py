@@ -1,7 +1,8 @@
 """CPU training-step timings of peer PyTorch SAE libraries, to compare with our JAX trainer.
 
 Each function takes the same float32 batch ``x`` ([batch, d_in]) and returns mean seconds per
-training step (fp32, CPU, torch's default thread count) after a few warm-up steps, or ``None``
+training step (on CUDA when torch sees a GPU, else on CPU with torch's default thread count;
+float32 weights) after a few warm-up steps, or ``None``
 when the peer package cannot be imported (the caller prints "not installed"). The peers are an
 optional extra: ``pip install eai-sparsify==1.3.3 "sae-lens>=6,<7"``. Each step mirrors what that
 library's own trainer does in one optimizer step, with its default settings:
@@ -17,6 +18,11 @@ library's own trainer does in one optimizer step, with its default settings:
       rescale_acts_by_decoder_norm=True), firing statistics, backward, clip_grad_norm_(1.0),
       Adam(lr=3e-4, betas=(0.9, 0.999)), zero_grad, constant LR scheduler. No decoder projection
       or renormalisation: SAELens has none for TopK.
+
+On CUDA each library runs with what its trainer does there by default: sparsify wraps its forward
+in bf16 autocast whenever the GPU supports bf16 and its Trainer sets
+``torch.set_float32_matmul_precision("high")`` (TF32), which we set too for its rows only;
+SAELens trains in float32 without autocast unless asked. On CPU both are plain float32.
 
 In both, AuxK's extra decode only runs when some latent is dead, which a short benchmark from a
 fresh init never reaches (sparsify's default auxk_alpha is 0 besides), so it costs nothing here.
@@ -41,17 +47,32 @@ def _time_steps(step: Callable[[], Any], steps: int, warmup: int = WARMUP_STEPS)
 
     The step functions return their loss (detached), which this ignores; tests can patch it in.
     """
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         step()
+    sync()
     began = time.perf_counter()
     for _ in range(steps):
-        step()  # CPU torch runs eagerly and synchronously: nothing left in flight to wait on
+        step()
+    sync()  # CUDA kernels run asynchronously; CPU torch has nothing left in flight
     return (time.perf_counter() - began) / steps
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _release() -> None:
-    """Collect the models and optimizer state a timing left behind."""
+    """Collect the models and optimizer state a timing left behind (and CUDA's cached blocks)."""
+    import torch
+
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sparsify_step_seconds(
@@ -67,13 +88,17 @@ def sparsify_step_seconds(
             from transformers import get_linear_schedule_with_warmup
     except ImportError:
         return None
-    # Without triton (always, on CPU) sparsify decodes with torch's embedding_bag. We do not
-    # copy Trainer.fit's torch.set_float32_matmul_precision("high"): it is process-global and
-    # aimed at CUDA tensor cores; fp32 stays fp32.
+    # Without triton (always, on CPU) sparsify decodes with torch's embedding_bag. Trainer.fit's
+    # torch.set_float32_matmul_precision("high") is process-global and only matters on CUDA
+    # (TF32 tensor cores): we set it there for these rows and restore it after; CPU stays fp32.
+    device = _device()
     train_cfg = TrainConfig(sae=SparseCoderConfig(num_latents=n_latents, k=k), optimizer=optimizer)
     torch.manual_seed(0)  # the trainer seeds with init_seeds[0] = 0 before building each coder
-    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    sae = SparseCoder(batch.shape[1], train_cfg.sae, "cpu", dtype=torch.float32)
+    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    sae = SparseCoder(batch.shape[1], train_cfg.sae, device, dtype=torch.float32)
+    precision = torch.get_float32_matmul_precision()
+    if device == "cuda":
+        torch.set_float32_matmul_precision("high")
     sae.b_dec.data = batch.mean(0)  # the trainer's first-step bias init
     schedulers: list[Any] = []
     if optimizer == "signum":  # the default: schedule-free sign-SGD
@@ -83,8 +108,8 @@ def sparsify_step_seconds(
     else:  # torch.optim.Adam (bitsandbytes' Adam8bit when installed; not here), linear warm-up
         opt = torch.optim.Adam([{"params": sae.parameters(), "lr": 2e-4 / (n_latents / 2**14) ** 0.5}])
         schedulers.append(get_linear_schedule_with_warmup(opt, train_cfg.lr_warmup_steps, 10**6))
-    tokens_since_fired = torch.zeros(n_latents, dtype=torch.long)
-    did_fire = torch.zeros(n_latents, dtype=torch.bool)
+    tokens_since_fired = torch.zeros(n_latents, dtype=torch.long, device=device)
+    did_fire = torch.zeros(n_latents, dtype=torch.bool, device=device)
 
     def step() -> torch.Tensor:
         # In the trainer's forward hook, per step: renormalise W_dec, forward, loss, backward.
@@ -111,6 +136,7 @@ def sparsify_step_seconds(
     try:
         return _time_steps(step, steps)
     finally:
+        torch.set_float32_matmul_precision(precision)
         del sae, opt, schedulers, step
         _release()
 
@@ -124,11 +150,12 @@ def saelens_step_seconds(x: np.ndarray, n_latents: int, k: int, steps: int = 5) 
         from sae_lens.training.sae_trainer import SAETrainer
     except ImportError:
         return None
-    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    device = _device()
+    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     torch.manual_seed(0)
     # Defaults otherwise: use_sparse_activations=False, aux_loss_coefficient=1.0,
     # rescale_acts_by_decoder_norm=True, decoder_init_norm=0.1, normalize_activations="none".
-    sae_cfg = TopKTrainingSAEConfig(d_in=batch.shape[1], d_sae=n_latents, k=k, dtype="float32", device="cpu")
+    sae_cfg = TopKTrainingSAEConfig(d_in=batch.shape[1], d_sae=n_latents, k=k, dtype="float32", device=device)
     sae = TopKTrainingSAE(sae_cfg)
     # The trainer builds the Adam optimizer, LR scheduler and firing statistics itself; its
     # defaults: lr 3e-4, betas (0.9, 0.999), constant schedule, no autocast, no wandb logging.
@@ -158,8 +185,8 @@ def torch_floor_seconds(x: np.ndarray, n_latents: int, k: int, steps: int = 5) -
     except ImportError:
         return None
     torch.manual_seed(0)
-    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    w_enc = torch.randn(batch.shape[1], n_latents) / batch.shape[1] ** 0.5
+    batch = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(_device())
+    w_enc = torch.randn(batch.shape[1], n_latents, device=batch.device) / batch.shape[1] ** 0.5
 
     def step() -> None:
         with torch.no_grad():

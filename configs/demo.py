@@ -10,11 +10,12 @@ Sized to finish in a few minutes on 2 CPU cores.
 
 import ml_collections
 
-from jaxinterp.schemas import sae_config
+from jaxinterp.schemas import distributed_config, sae_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
     config.out = "jaxinterp_demo"
 
     config.extract = ml_collections.ConfigDict()
@@ -42,6 +43,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.grad_clip = 1.0
     config.train.holdout_fraction = 0.05
     config.train.mixing_chunks = 16
+    config.train.streams = -1  # one per process; fix it to get the same batches on any process count
     config.train.exclude_bos = True
     config.train.normalize = False
     config.train.norm_tokens = 65536

@@ -8,9 +8,12 @@ examples of a few latents.
 
 import ml_collections
 
+from jaxinterp.schemas import distributed_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
     config.run = "runs/topk"
     config.sae = ""  # a sweep run names the SAE to use
     config.store = ""

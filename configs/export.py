@@ -17,9 +17,12 @@ A sweep run needs ``--config.sae=<name>``. Load any of them back with
 
 import ml_collections
 
+from jaxinterp.schemas import distributed_config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
     config.run = "runs/topk"
     config.sae = ""  # a sweep run names the SAE to use
     config.format = "saelens"  # saelens | sparsify | npz

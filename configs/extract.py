@@ -9,9 +9,12 @@ Variant ``:quick`` extracts 8k tokens, for a smoke test.
 
 import ml_collections
 
+from jaxinterp.schemas import distributed_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
     config.model = "smollm2"
     config.hooks = "blocks.12.hook_resid_post"
     config.data = "pydoc"

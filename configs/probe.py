@@ -20,9 +20,12 @@ Variant ``:quick`` probes 4 layers on 400 examples, for a smoke test.
 
 import ml_collections
 
+from jaxinterp.schemas import distributed_config
+
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
     config.model = "smollm2"
     config.backend = "auto"
     config.model_dtype = "float32"

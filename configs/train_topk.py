@@ -14,11 +14,12 @@ Variant ``:quick`` trains 100 steps of a 1024-latent SAE, for a smoke test.
 
 import ml_collections
 
-from jaxinterp.schemas import sae_config
+from jaxinterp.schemas import distributed_config, sae_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
     config.store = "stores/smollm2_pydoc"
     config.hook = "blocks.12.hook_resid_post"
     config.out = "runs/topk"
@@ -32,6 +33,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.grad_clip = 1.0
     config.holdout_fraction = 0.05
     config.mixing_chunks = 16
+    config.streams = -1  # one per process; fix it (e.g. 8) to get the same batches on any process count
     config.exclude_bos = True
     config.normalize = False
     config.norm_tokens = 65536

@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     verb = VERBS[args.verb]
     try:
         cfg = load_config(args.config, overrides, verb.schema, args.verb)
+        from jaxinterp.distributed import initialize
+
+        initialize(cfg["distributed"])  # a no-op for one process
         result = verb.run(cfg)
     except _USER_ERRORS as error:
         print(f"jaxinterp {args.verb}: error: {error}", file=sys.stderr)

@@ -10,7 +10,18 @@ import ml_collections
 
 from jaxinterp.config import HOOK_LIST, Field, Schema
 
-__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "nested", "sae_config"]
+__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "nested", "sae_config",
+           "distributed_config"]
+
+# Every verb's ``distributed`` section (jaxinterp.distributed.initialize reads it).
+DISTRIBUTED = {
+    "distributed.coordinator": Field(str, "host:port of process 0's coordinator; '' = from the environment "
+                                          "(launch/local.py, TPU pod, SLURM) or a single process"),
+    "distributed.num_processes": Field(int, "processes in the job; -1 = from the environment", minimum=-1),
+    "distributed.process_id": Field(int, "this process's index; -1 = from the environment", minimum=-1),
+    "distributed.timeout_s": Field(float, "seconds to wait for the other processes (start-up, barriers, a "
+                                          "store's creation) before failing", minimum=1.0),
+}
 
 EXTRACT = Schema(
     fields={
@@ -32,6 +43,7 @@ EXTRACT = Schema(
         "overwrite": Field(bool, "replace an existing store at out that was made with a different config"),
         "process_index": Field(int, "this process's index among process_count writers", minimum=0),
         "process_count": Field(int, "writer processes; -1 = from jax.distributed (1 when not initialised)", minimum=-1),
+        **DISTRIBUTED,
     },
     constraints=(
         (("process_count",), lambda n: n != 0, "must be -1 or >= 1"),
@@ -54,6 +66,9 @@ TRAIN = Schema(
         "grad_clip": Field(float, "global gradient-norm clip; 0 = off", minimum=0.0),
         "holdout_fraction": Field(float, "fraction of store chunks held out for evaluation", minimum=0.0, maximum=0.5),
         "mixing_chunks": Field(int, "inner chunks read and shuffled together", minimum=1),
+        "streams": Field(int, "parts of every batch, each shuffled from its own share of the chunks; -1 = one per "
+                              "process. Set it (e.g. 8) to get the same batches on any process count dividing it",
+                         minimum=-1),
         "exclude_bos": Field(bool, "drop BOS tokens (their norms dwarf the rest) from training and eval"),
         "normalize": Field(bool, "scale inputs to mean norm sqrt(d_in), estimated once; exports fold it back"),
         "norm_tokens": Field(int, "training tokens used to estimate the normalisation", minimum=1),
@@ -81,10 +96,12 @@ TRAIN = Schema(
         "sweep": Field(str, "more SAEs trained on the same batches: 'name: field=value, ...; ...' over sae.* fields, hook, lr"),
         "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1),
         "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1),
+        **DISTRIBUTED,
     },
     constraints=(
         (("sae.k", "sae.n_latents"), lambda k, n: k <= n, "must not exceed sae.n_latents"),
         (("warmup_steps", "steps"), lambda w, s: w < s, "must be smaller than steps"),
+        (("streams",), lambda n: n != 0, "must be -1 or >= 1"),
     ),
 )
 
@@ -96,6 +113,7 @@ EXPORT = Schema(
                              "params.npz dir", choices=("saelens", "sparsify", "npz")),
         "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)"),
         "overwrite": Field(bool, "replace an existing export at out"),
+        **DISTRIBUTED,
     }
 )
 
@@ -118,6 +136,7 @@ EVAL = Schema(
         "examples_per_latent": Field(int, "top-activating examples kept per latent", minimum=1),
         "out": Field(str, "output directory (eval.json, feature_density.png, top_examples.*); '' = <run>/eval"
                           " or <export>_eval"),
+        **DISTRIBUTED,
     }
 )
 
@@ -167,6 +186,7 @@ PROBE = Schema(
         "mesh.data": Field(int, "devices splitting the feature rows; -1 = all", minimum=-1),
         "out": Field(str, "directory to create: results.json/.md, layer_sweep.png, probes/, steering/"),
         "overwrite": Field(bool, "replace an existing out directory"),
+        **DISTRIBUTED,
     },
     constraints=(
         (("validation_fraction", "test_fraction"), lambda v, t: v + t < 1, "must leave rows for training"),
@@ -179,8 +199,9 @@ _DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"), 
 
 
 def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:
-    """A schema's fields under ``prefix.``, minus ``exclude``."""
-    return {f"{prefix}.{name}": field for name, field in schema.fields.items() if name not in exclude}
+    """A schema's fields under ``prefix.``, minus ``exclude`` and the job-wide ``distributed`` section."""
+    return {f"{prefix}.{name}": field for name, field in schema.fields.items()
+            if name not in exclude and name not in DISTRIBUTED}
 
 
 DEMO = Schema(
@@ -189,11 +210,23 @@ DEMO = Schema(
         **nested(EXTRACT, "extract", _DEMO_SET["extract"]),
         **nested(TRAIN, "train", _DEMO_SET["train"]),
         **nested(EVAL, "eval", _DEMO_SET["eval"]),
+        **DISTRIBUTED,
     },
     constraints=(
         (("train.sae.k", "train.sae.n_latents"), lambda k, n: k <= n, "must not exceed train.sae.n_latents"),
     ),
 )
+
+
+def distributed_config() -> ml_collections.ConfigDict:
+    """The ``distributed`` block of a config file, at its defaults (the process layout comes from the
+    environment: ``launch/local.py``, a TPU pod, SLURM; else one process)."""
+    block = ml_collections.ConfigDict()
+    block.coordinator = ""
+    block.num_processes = -1
+    block.process_id = -1
+    block.timeout_s = 300.0
+    return block
 
 
 def sae_config(architecture: str = "topk", n_latents: int = 4096, k: int = 32) -> ml_collections.ConfigDict:

@@ -59,6 +59,28 @@ def test_resume_at_any_step_continues_the_same_sequence(id_store):
         np.testing.assert_array_equal(resumed["row"], straight[step])
 
 
+def test_streams_give_each_token_once_and_the_same_batches_on_any_process_count(id_store, monkeypatch):
+    def process_batches(index, count, steps, start_step=0):
+        monkeypatch.setattr(jax, "process_index", lambda: index)
+        monkeypatch.setattr(jax, "process_count", lambda: count)
+        stream = make_buffer(id_store, streams=4).batches(start_step=start_step)
+        return [next(stream)["row"][:, 0].astype(int) for _ in range(steps)]
+
+    one = process_batches(0, 1, 120)
+    buffer = make_buffer(id_store, streams=4)
+    # Stream s fills rows [16 s, 16 s + 16) of every batch; over its own epoch each of its tokens
+    # comes once, and the streams' tokens together are the training split's.
+    epochs = [np.concatenate([batch[16 * s: 16 * s + 16] for batch in one])[: buffer.epoch_rows(s)] for s in range(4)]
+    assert sorted(np.concatenate(epochs)) == sorted(train_ids(buffer))
+    for count in (2, 4):  # each process reads its streams' parts: together they are the 1-process batches
+        parts = [process_batches(index, count, 120) for index in range(count)]
+        for step in range(120):
+            np.testing.assert_array_equal(np.concatenate([p[step] for p in parts]), one[step])
+    np.testing.assert_array_equal(process_batches(1, 2, 1, start_step=77)[0], one[77][32:])  # resume onto 2
+    with pytest.raises(ValueError, match="'streams' \\(4\\) must be a multiple of the process count \\(3\\)"):
+        process_batches(0, 3, 1)
+
+
 def test_no_holdout_split_is_refused(id_store):
     with pytest.raises(ValueError, match="holdout_fraction"):
         make_buffer(id_store, holdout_fraction=0.0).holdout(10)

@@ -206,3 +206,21 @@ def test_bfloat16_compute_keeps_float32_master_weights():
         results[dtype] = {name: float(m["fvu"]) for name, m in metrics.items()}
     for name in ("a", "b"):
         assert results["bfloat16"][name] == pytest.approx(results["float32"][name], rel=0.1, abs=0.02)
+
+
+def test_bfloat16_topk_selects_on_float32_pre_activations():
+    # bf16 inputs, float32-accumulated pre-activations: the selection equals the float32 one on
+    # the same bf16 values, and the gradients come back in the inputs' dtypes.
+    x, W_enc = (jax.random.normal(jax.random.key(i), shape, jnp.bfloat16) for i, shape in ((0, (64, 16)), (1, (16, 96))))
+    b_enc, b_dec, none_dead = jnp.zeros(96, jnp.bfloat16), jnp.zeros(16, jnp.bfloat16), jnp.zeros(96, bool)
+    latents, _ = topk_encode(x, W_enc, b_enc, b_dec, none_dead, 8, 0)
+    reference = jax.lax.top_k(x.astype(jnp.float32) @ W_enc.astype(jnp.float32), 8)
+    assert latents.values.dtype == jnp.float32
+    np.testing.assert_array_equal(np.sort(latents.indices, 1), np.sort(reference[1], 1))
+
+    def loss(W_enc, x):
+        return jnp.sum(sparse_decode(topk_encode(x, W_enc, b_enc, b_dec, none_dead, 8, 0)[0], W_enc.T) ** 2)
+
+    g_W_enc, g_x = jax.grad(loss, argnums=(0, 1))(W_enc, x)
+    assert g_W_enc.dtype == g_x.dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.isfinite(g_W_enc.astype(jnp.float32))))

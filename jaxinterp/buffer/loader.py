@@ -6,7 +6,11 @@ rows of that group. Epochs are concatenated into one stream and batch ``b`` is r
 ``[b·B, (b+1)·B)`` of it, so the whole position is the step number: resuming at step ``s`` seeks
 straight to the group holding row ``s·B`` (no replay). Several hooks are read with the same
 rows, so one draw feeds SAEs on every hook, or a transcoder. A seeded set of chunks is held out.
-With several processes each reads a disjoint share of every epoch's chunks.
+
+Each batch is the concatenation of ``streams`` equal parts, part ``s`` coming from stream ``s``:
+its own share ``order[s::streams]`` of every epoch's chunks, grouped and shuffled as above. A
+process reads only the streams whose rows land on its devices (disjoint chunk sets), so the
+sequence of global batches depends on ``streams`` alone, not on how many processes read it.
 """
 
 from __future__ import annotations
@@ -54,13 +58,15 @@ class BufferState(NamedTuple):
     seed: int
     step: int
     scales: dict[str, float]  # per-hook input scale (1.0 when not normalising)
+    streams: int = 1  # the batch's parts (see the module docstring)
 
     def to_json(self) -> dict:
         return self._asdict()
 
     @classmethod
     def from_json(cls, data: dict) -> BufferState:
-        return cls(int(data["seed"]), int(data["step"]), {k: float(v) for k, v in data["scales"].items()})
+        return cls(int(data["seed"]), int(data["step"]), {k: float(v) for k, v in data["scales"].items()},
+                   int(data.get("streams", 1)))
 
 
 def split_chunks(n_chunks: int, holdout_fraction: float, seed: int) -> ChunkSplit:
@@ -84,12 +90,15 @@ class ActivationBuffer:
       on_nonfinite: ``"error"`` (name hook, rows and shard file) or ``"skip"`` (drop and count rows).
       scales: per-hook factors applied to every row (see :meth:`estimate_scales`); default 1.
       sharding: a ``NamedSharding`` for batches; ``None`` yields numpy arrays.
+      streams: parts each batch is made of, each read from its own share of the chunks; -1 = one
+        per process. Fix it (to a multiple of every process count you may use) to get the same
+        batches on 1 process and on N, and to resume onto another process count.
     """
 
     def __init__(self, store: Store, hooks: Sequence[str], batch_size: int, seed: int, holdout_fraction: float,
                  mixing_chunks: int, exclude_bos: bool, on_nonfinite: str = "error",
                  scales: dict[str, float] | None = None, sharding: jax.sharding.NamedSharding | None = None,
-                 prefetch: int = 4):
+                 prefetch: int = 4, streams: int = -1):
         self.store, self.hooks, self.seed = store, list(hooks), seed
         self.arrays = {hook: store.array(hook) for hook in self.hooks}
         self.rows_per_chunk = store.layout.rows_per_chunk
@@ -100,9 +109,16 @@ class ActivationBuffer:
         self.scales = {hook: 1.0 for hook in self.hooks} | dict(scales or {})
         self.skipped_rows = 0
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
-        if batch_size % self.process_count:
-            raise ConfigError(f"config field 'batch_size' ({batch_size}) must divide over {self.process_count} processes")
+        self.streams = self.process_count if streams == -1 else streams
+        if self.streams % self.process_count:
+            raise ConfigError(f"config field 'streams' ({self.streams}) must be a multiple of the process count "
+                              f"({self.process_count})")
+        if batch_size % self.streams:
+            raise ConfigError(f"config field 'batch_size' ({batch_size}) must divide over {self.streams} streams")
+        self.stream_batch = batch_size // self.streams  # rows each stream adds to every batch
         self.batch_size = batch_size // self.process_count  # rows this process contributes
+        per_process = self.streams // self.process_count
+        self.local_streams = range(self.process_index * per_process, (self.process_index + 1) * per_process)
         if sharding is not None and batch_size % sharding.mesh.shape["data"]:
             raise ConfigError(f"config field 'batch_size' ({batch_size}) must divide over {sharding.mesh.shape['data']} data replicas")
 
@@ -185,31 +201,32 @@ class ActivationBuffer:
 
     # -- the stream --------------------------------------------------------------------------------
 
-    def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
+    def _epoch_groups(self, epoch: int, stream: int) -> list[np.ndarray]:
         order = np.random.default_rng([self.seed, epoch]).permutation(self.split.train)
-        mine = order[self.process_index:: self.process_count]  # disjoint share per process
+        mine = order[stream:: self.streams]  # disjoint share per stream
         return [mine[i: i + self.mixing_chunks] for i in range(0, len(mine), self.mixing_chunks)]
 
-    def epoch_rows(self) -> int:
-        """Training rows this process reads per epoch (every epoch holds the same chunks)."""
-        return sum(self._kept_rows(c) for group in self._epoch_groups(0) for c in group)
+    def epoch_rows(self, stream: int) -> int:
+        """Training rows ``stream`` reads per epoch (every epoch holds the same chunks)."""
+        return sum(self._kept_rows(c) for group in self._epoch_groups(0, stream) for c in group)
 
-    def _seek(self, step: int) -> tuple[int, int, int]:
-        """(epoch, group, row offset in that group) of the first row of batch ``step``."""
-        epoch_rows = self.epoch_rows()
-        if epoch_rows < self.batch_size:
-            raise ConfigError(f"config field 'batch_size': the training split holds only {epoch_rows} rows per epoch")
-        epoch, position = divmod(step * self.batch_size, epoch_rows)
-        sizes = [sum(self._kept_rows(c) for c in group) for group in self._epoch_groups(epoch)]
+    def _seek(self, step: int, stream: int) -> tuple[int, int, int]:
+        """(epoch, group, row offset in that group) of ``stream``'s first row of batch ``step``."""
+        epoch_rows = self.epoch_rows(stream)
+        if epoch_rows < self.stream_batch:
+            raise ConfigError(f"config field 'batch_size': stream {stream} of {self.streams} holds only {epoch_rows} "
+                              f"training rows per epoch, fewer than its {self.stream_batch} rows of a batch")
+        epoch, position = divmod(step * self.stream_batch, epoch_rows)
+        sizes = [sum(self._kept_rows(c) for c in group) for group in self._epoch_groups(epoch, stream)]
         group = int(np.searchsorted(np.cumsum(sizes), position, side="right"))
         return epoch, group, position - int(np.sum(sizes[:group]))
 
-    def _groups_from(self, epoch0: int, group0: int) -> Iterator[tuple[int, int, Batch]]:
+    def _groups_from(self, epoch0: int, group0: int, stream: int) -> Iterator[tuple[int, int, Batch]]:
         """Shuffled rows of each group from (epoch0, group0) on; the next group's read is in flight
         while the current one is filtered and shuffled."""
         def schedule():
             for epoch in itertools.count(epoch0):
-                for index, chunks in enumerate(self._epoch_groups(epoch)):
+                for index, chunks in enumerate(self._epoch_groups(epoch, stream)):
                     if epoch > epoch0 or index >= group0:
                         yield epoch, index, chunks
 
@@ -218,13 +235,13 @@ class ActivationBuffer:
         pending = self._start_read(chunks)
         for next_epoch, next_index, next_chunks in upcoming:
             next_pending = self._start_read(next_chunks)
-            yield epoch, index, self._finish_read(pending, order_seed=[self.seed, epoch, index])
+            yield epoch, index, self._finish_read(pending, order_seed=[self.seed, epoch, stream, index])
             epoch, index, pending = next_epoch, next_index, next_pending
 
-    def _stream(self, epoch0: int, group0: int, offset: int) -> Iterator[Batch]:
+    def _stream(self, stream: int, epoch0: int, group0: int, offset: int) -> Iterator[Batch]:
         carry: Batch = {hook: np.zeros((0, self.arrays[hook].shape[1]), np.float32) for hook in self.hooks}
-        size = self.batch_size
-        for epoch, index, rows in self._groups_from(epoch0, group0):
+        size = self.stream_batch
+        for epoch, index, rows in self._groups_from(epoch0, group0, stream):
             if (epoch, index) == (epoch0, group0):
                 rows = {hook: values[offset:] for hook, values in rows.items()}
             available = len(rows[self.hooks[0]])
@@ -239,14 +256,23 @@ class ActivationBuffer:
                 yield {hook: rows[hook][first + i * size: first + (i + 1) * size] for hook in self.hooks}
             carry = {hook: rows[hook][first + n_full * size:] for hook in self.hooks}
 
-    def _numpy_batches(self, start_step: int = 0) -> Iterator[Batch]:
+    def _stream_from(self, stream: int, start_step: int) -> Iterator[Batch]:
         if self.on_nonfinite == "skip":  # kept-row counts then depend on the data: replay to the step
-            return itertools.islice(self._stream(0, 0, 0), start_step, None)
-        return self._stream(*self._seek(start_step))
+            return itertools.islice(self._stream(stream, 0, 0, 0), start_step, None)
+        return self._stream(stream, *self._seek(start_step, stream))
+
+    def _numpy_batches(self, start_step: int = 0, streams: Sequence[int] | None = None) -> Iterator[Batch]:
+        """This process's rows of each batch (its streams' parts, concatenated) from ``start_step``."""
+        parts = [self._stream_from(stream, start_step) for stream in (self.local_streams if streams is None else streams)]
+        if len(parts) == 1:
+            return parts[0]
+        return ({hook: np.concatenate([part[hook] for part in batch],
+                                      out=aligned_empty((sum(len(part[hook]) for part in batch), batch[0][hook].shape[1])))
+                 for hook in self.hooks} for batch in zip(*parts))
 
     def first_batch(self) -> Batch:
-        """The first training batch as numpy, for data-dependent initialisation."""
-        return next(self._numpy_batches())
+        """The first global training batch as numpy (the same on every process), for data-dependent init."""
+        return next(self._numpy_batches(streams=range(self.streams)))
 
     def batches(self, start_step: int = 0) -> Iterator[Batch]:
         """Infinite iterator of ``{hook: batch}`` starting at batch ``start_step``."""
@@ -291,8 +317,9 @@ class ActivationBuffer:
 
     def estimate_scales(self, n_tokens: int) -> dict[str, float]:
         """Per-hook ``√d / mean‖x‖`` over training rows, so inputs have mean norm √d (Conerly et al. 2024)."""
-        chunks = self._epoch_groups(0)
-        rows = self._rows_of(np.concatenate(chunks) if chunks else np.zeros(0, int), n_tokens, scaled=False)
+        # The same rows on every process, whatever the streams: the first chunks of epoch 0's order.
+        chunks = np.random.default_rng([self.seed, 0]).permutation(self.split.train)
+        rows = self._rows_of(chunks, n_tokens, scaled=False)
         return {hook: float(np.sqrt(values.shape[1]) / np.mean(np.linalg.norm(values, axis=1)))
                 for hook, values in rows.items()}
 

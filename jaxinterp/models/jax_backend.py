@@ -56,7 +56,9 @@ class JaxSourceModel:
         self.files = files
         self.config, weights = load_hf_weights(files)
         graphdef, state = nnx.split(build_model(self.config, weights, dtype))
-        self.mesh = mesh if mesh is not None else make_mesh(data=-1, model=1)
+        # This process's devices only: with several processes each runs its own contexts (its own
+        # shards, or the same eval contexts), so a forward must not wait on the other processes.
+        self.mesh = mesh if mesh is not None else make_mesh(data=-1, model=1, devices=jax.local_devices())
         self.graphdef = graphdef
         self.state = jax.device_put(state, tree_shardings(state, MODEL_RULES, self.mesh))
         self.model_class = type(nnx.merge(graphdef, state)).__name__

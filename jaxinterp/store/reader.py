@@ -8,7 +8,7 @@ import numpy as np
 import tensorstore as ts
 
 from jaxinterp.store.manifest import read_manifest
-from jaxinterp.store.spec import SIDE_ARRAYS, Layout, array_kvstore, array_shapes
+from jaxinterp.store.spec import SIDE_ARRAYS, Layout, array_kvstore, array_shapes, kvstore_location
 
 __all__ = ["Store", "open_store", "StoreError"]
 
@@ -47,8 +47,7 @@ class Store:
         """The file (or object key) that holds ``row`` of array ``name``, for error messages."""
         shard = row // self.layout.rows_per_shard
         suffix = f"/{shard}/0" if self.arrays[name].ndim == 2 else f"/{shard}"
-        kv = array_kvstore(self.url, name)
-        return (kv if isinstance(kv, str) else kv["path"]) + "c" + suffix
+        return kvstore_location(array_kvstore(self.url, name)) + "c" + suffix
 
     def read_failed(self, name: str, start: int, stop: int, error: Exception) -> StoreError:
         """The error for a failed read of rows ``[start, stop)``, naming the shard file."""

@@ -12,7 +12,8 @@ import os
 from typing import Any, NamedTuple
 
 
-__all__ = ["Layout", "SIDE_ARRAYS", "array_shapes", "plan_layout", "array_spec", "array_kvstore", "kvstore_spec"]
+__all__ = ["Layout", "SIDE_ARRAYS", "array_shapes", "plan_layout", "array_spec", "array_kvstore", "kvstore_spec",
+           "kvstore_location"]
 
 # Per-token side arrays written beside every hook: name -> zarr dtype.
 SIDE_ARRAYS = {"tokens": "int32", "doc": "int64", "pos": "int32"}
@@ -38,7 +39,18 @@ def plan_layout(d: int, itemsize: int, context_size: int, chunk_mib: float, shar
 
 
 def kvstore_spec(url: str) -> dict[str, Any] | str:
-    """A TensorStore kvstore for a local path or a URL (``file://``, ``gs://``, ``s3://``, ``memory://``)."""
+    """A TensorStore kvstore for a local path or a URL (``file://``, ``gs://``, ``s3://``, ``memory://``).
+
+    ``s3://`` takes its endpoint from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` and its region
+    from ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (the AWS SDKs' variables; TensorStore itself reads
+    only the credentials from the environment), so S3-compatible servers (MinIO, moto, R2) work.
+    """
+    if url.startswith("s3://"):
+        bucket, _, path = url[len("s3://"):].partition("/")
+        spec: dict[str, Any] = {"driver": "s3", "bucket": bucket, "path": path.strip("/") + "/" if path.strip("/") else ""}
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        return spec | ({"endpoint": endpoint} if endpoint else {}) | ({"aws_region": region} if region else {})
     if "://" in url:
         return url if url.endswith("/") else url + "/"
     return {"driver": "file", "path": os.path.abspath(url) + "/"}
@@ -50,6 +62,13 @@ def array_kvstore(url: str, name: str) -> dict[str, Any] | str:
     if isinstance(base, str):
         return base + name + "/"
     return {**base, "path": base["path"] + name + "/"}
+
+
+def kvstore_location(spec: dict[str, Any] | str) -> str:
+    """A kvstore spec as the path or URL a user recognises (for error messages)."""
+    if isinstance(spec, str):
+        return spec
+    return f"s3://{spec['bucket']}/{spec['path']}" if spec["driver"] == "s3" else spec["path"]
 
 
 def array_spec(url: str, name: str, shape: tuple[int, ...], dtype: str, layout: Layout) -> dict[str, Any]:

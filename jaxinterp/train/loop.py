@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxinterp.buffer import ActivationBuffer, BufferState
 from jaxinterp.config import ConfigError, as_dict
+from jaxinterp.distributed import host_copy, is_primary
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.mesh import SAE_RULES, batch_sharding, make_mesh, tree_shardings
@@ -78,6 +79,9 @@ def _start_state(cfg, buffer: ActivationBuffer, out: Path, members, d_in, mesh):
         _, state, buffer_state = restore_latest(str(out), target)
         if buffer_state.seed != cfg["seed"]:
             raise ConfigError(f"config field 'seed' ({cfg['seed']}) differs from the checkpoint's ({buffer_state.seed})")
+        if cfg["streams"] not in (-1, buffer_state.streams):
+            raise ConfigError(f"config field 'streams' ({cfg['streams']}) differs from the checkpoint's "
+                              f"({buffer_state.streams}); leave it at -1 to resume with the checkpoint's")
         return state, buffer_state, shardings
     if cfg["normalize"]:
         scales = buffer.estimate_scales(cfg["norm_tokens"])
@@ -89,7 +93,7 @@ def _start_state(cfg, buffer: ActivationBuffer, out: Path, members, d_in, mesh):
     init = jax.jit(partial(init_state, members=members), out_shardings=shardings)
     with jax.set_mesh(mesh):
         state = init(jax.random.key(cfg["seed"]), samples, initial=initial)
-    return state, BufferState(cfg["seed"], 0, scales), shardings
+    return state, BufferState(cfg["seed"], 0, scales, buffer.streams), shardings
 
 
 class _Preemption:
@@ -97,6 +101,15 @@ class _Preemption:
 
     def __init__(self):
         self.requested = False
+
+    def agreed(self) -> bool:
+        """Whether any process got SIGTERM; the same answer on every process, so all of them stop
+        and checkpoint at the same step (one tiny all-gather per step with several processes)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.asarray([self.requested]))))
 
     @contextmanager
     def installed(self):
@@ -122,13 +135,19 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     hooks = list(dict.fromkeys(member.hook for member in members))
     d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}  # a missing hook lists the store's
     mesh = make_mesh(cfg["mesh"]["data"], cfg["mesh"]["model"])
-    buffer = ActivationBuffer(store, hooks, cfg["batch_size"], cfg["seed"], cfg["holdout_fraction"],
-                              cfg["mixing_chunks"], cfg["exclude_bos"], on_nonfinite=cfg["on_nonfinite"],
-                              sharding=batch_sharding(mesh))
+
+    def make_buffer(streams: int) -> ActivationBuffer:
+        return ActivationBuffer(store, hooks, cfg["batch_size"], cfg["seed"], cfg["holdout_fraction"],
+                                cfg["mixing_chunks"], cfg["exclude_bos"], on_nonfinite=cfg["on_nonfinite"],
+                                sharding=batch_sharding(mesh), streams=streams)
+
+    buffer = make_buffer(cfg["streams"])
     out = Path(cfg["out"])
-    if jax.process_index() == 0:
+    if is_primary():
         write_run_config(str(out), run_config(cfg, store.manifest, d_in))
     state, buffer_state, shardings = _start_state(cfg, buffer, out, members, d_in, mesh)
+    if buffer_state.streams != buffer.streams:  # resuming a run whose batches came in other parts
+        buffer = make_buffer(buffer_state.streams)
     buffer.scales = buffer_state.scales
     step_fn = jax.jit(
         partial(train_step, members=members, dead_tokens=cfg["dead_tokens"], compute_dtype=cfg["compute_dtype"]),
@@ -150,7 +169,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         values = evaluation[member.name] = _holdout_metrics(member, state, holdout, cfg)
         values.update(train_tokens=int(state.tokens_seen), skipped_nonfinite_rows=buffer.skipped_rows)
         values["input_scale"] = buffer.scales[member.hook]
-    if jax.process_index() == 0:
+    if is_primary():
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
     return {
         "run": str(out),
@@ -163,7 +182,8 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
 
 
 def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np.ndarray], cfg) -> dict[str, Any]:
-    sae = state.saes[member.name]
+    # Host copies: with several processes the params span them all, the holdout rows are local.
+    sae = host_copy(state.saes[member.name])
     result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook])
     result.update(
         dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),
@@ -189,14 +209,15 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: P
                 jax.block_until_ready(metrics)
             log.add(metrics)
             done = step + 1
-            if done % cfg["log_every"] == 0 or done == total or preemption.requested:
+            stop = preemption.agreed()
+            if done % cfg["log_every"] == 0 or done == total or stop:
                 log.write(done, {"skipped_nonfinite_rows": buffer.skipped_rows})
-            if done % cfg["checkpoint_every"] == 0 or done == total or preemption.requested:
-                save_checkpoint(manager, done, state, BufferState(cfg["seed"], done, buffer.scales))
+            if done % cfg["checkpoint_every"] == 0 or done == total or stop:
+                save_checkpoint(manager, done, state, BufferState(cfg["seed"], done, buffer.scales, buffer.streams))
                 if done % cfg["checkpoint_every"] == 0 and done < total:
                     for member in members:
                         log.record(done, member.name, _holdout_metrics(member, state, holdout, cfg), prefix="holdout")
-            if preemption.requested:
+            if stop:
                 break
         jax.block_until_ready(state)
     finally:

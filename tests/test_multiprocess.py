@@ -1,0 +1,173 @@
+"""Multi-process runs through launch/local.py: 2 processes x 4 CPU devices against 1 process x 8.
+
+Every stage runs as the CLI does, in subprocesses (JAX's multi-controller runtime needs one
+process per controller), with the cross-process collectives over gloo.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxinterp.store import open_store
+from jaxinterp.train.trained import load_trained
+
+LAUNCH = str(Path(__file__).parents[1] / "launch" / "local.py")
+HOOK = "blocks.1.hook_resid_post"
+STEPS = 48
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "jaxinterp.cli", *args]
+
+
+def on_processes(n: int, command: list[str]) -> list[str]:
+    """``command`` on ``n`` processes x (8 / n) devices (one process: plain, with the tests' 8 devices)."""
+    return command if n == 1 else [sys.executable, LAUNCH, "-n", str(n), "-d", str(8 // n), "--", *command]
+
+
+def run(command: list[str], timeout: float = 600) -> str:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def extract_args(model: str, out: Path) -> list[str]:
+    return cli("extract", "--config", "configs/extract.py", f"--config.model={model}", f"--config.hooks={HOOK}",
+               "--config.max_tokens=16384", "--config.context_size=64", "--config.chunk_mib=0.015625",
+               "--config.shard_mib=0.0625", f"--config.out={out}")
+
+
+def train_args(store: Path, out: Path) -> list[str]:
+    # streams=2: the same batches whether one process reads both streams or each reads one.
+    return cli("train", "--config", "configs/train_topk.py", f"--config.store={store}", f"--config.hook={HOOK}",
+               f"--config.steps={STEPS}", "--config.batch_size=256", "--config.sae.n_latents=256", "--config.sae.k=8",
+               "--config.warmup_steps=5", "--config.checkpoint_every=16", "--config.log_every=4",
+               "--config.eval_tokens=512", "--config.mixing_chunks=4", "--config.streams=2", "--config.lr=0.003",
+               f"--config.out={out}")
+
+
+@pytest.fixture(scope="module")
+def pipelines(tiny_llama, tmp_path_factory):
+    """extract → train → export (SAELens) on 1 process x 8 devices and on 2 processes x 4."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    outputs = {}
+    for n in (1, 2):
+        store, runs, export = root / f"store{n}", root / f"run{n}", root / f"export{n}"
+        run(on_processes(n, extract_args(tiny_llama, store)))
+        run(on_processes(n, train_args(store, runs)))
+        printed = run(on_processes(n, cli("export", "--config", "configs/export.py", f"--config.run={runs}",
+                                          "--config.format=saelens", f"--config.out={export}")))
+        outputs[n] = {"store": store, "run": runs, "export": export, "printed": printed}
+    return outputs
+
+
+def test_two_processes_extract_train_and_export_like_one(pipelines):
+    one, two = pipelines[1], pipelines[2]
+    store_one, store_two = open_store(str(one["store"])), open_store(str(two["store"]))
+    assert store_one.manifest == store_two.manifest
+    for name in (HOOK, "tokens", "doc", "pos"):  # the same bytes, each process having written its own shards
+        assert store_one.read(name, 0, store_one.n_tokens).tobytes() == store_two.read(name, 0, store_two.n_tokens).tobytes()
+
+    trained_one, trained_two = load_trained(str(one["run"])), load_trained(str(two["run"]))
+    assert trained_one.step == trained_two.step == STEPS
+    for name, value in trained_one.state.params.items():
+        # gloo's cross-process all-reduce sums in another order than XLA's in-process one: float
+        # noise that TopK selections amplify a little over the steps.
+        difference = np.linalg.norm(np.asarray(trained_two.state.params[name]) - value) / np.linalg.norm(value)
+        assert difference < 1e-4, (name, difference)
+    assert json.loads((two["run"] / "eval.json").read_text())["sae"]["fvu"] == pytest.approx(
+        json.loads((one["run"] / "eval.json").read_text())["sae"]["fvu"], rel=1e-4)
+
+    # One export: both processes report the same directory, process 0 wrote it, nothing else beside it.
+    assert two["printed"].count(f'"exported": "{two["export"]}"') == 2
+    assert sorted(p.name for p in two["export"].parent.iterdir() if p.name.startswith(("export2", ".export2"))) == ["export2"]
+    from safetensors.numpy import load_file
+
+    weights_one = load_file(one["export"] / "sae_weights.safetensors")
+    weights_two = load_file(two["export"] / "sae_weights.safetensors")
+    for name, value in weights_one.items():
+        assert np.linalg.norm(weights_two[name] - value) <= 1e-4 * np.linalg.norm(value), name
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_sigterm_to_one_process_checkpoints_all_and_the_relaunch_resumes(pipelines, tmp_path):
+    store, out = pipelines[2]["store"], tmp_path / "run"
+    command = on_processes(2, train_args(store, out))
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = out / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and launcher.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:  # past step 16, before step 48
+            break
+        time.sleep(0.05)
+    children = _children(launcher.pid)
+    assert len(children) == 2 and launcher.poll() is None
+    os.kill(children[1], signal.SIGTERM)  # only process 1 is told; process 0 learns it at the next step
+    printed, _ = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, printed[-3000:]
+    assert printed.count('"preempted": true') == 2, printed[-3000:]
+    saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert 16 <= saved[-1] < STEPS
+
+    run(command)  # the relaunch resumes from that checkpoint and finishes
+    resumed, straight = load_trained(str(out)), load_trained(str(pipelines[2]["run"]))
+    assert resumed.step == STEPS
+    for name, value in straight.state.params.items():
+        np.testing.assert_array_equal(resumed.state.params[name], value, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3-compatible server (moto) with one bucket; yields the env that points at it."""
+    pytest.importorskip("moto", reason="the test extra installs moto[server]")
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    try:
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        deadline = time.time() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket="jaxinterp-test")
+                break
+            except Exception:  # the server is still starting
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_extract_to_s3_with_two_processes_then_train_from_it(pipelines, s3_server, tiny_llama, tmp_path, monkeypatch):
+    url = "s3://jaxinterp-test/stores/tiny"
+    for command in (on_processes(2, extract_args(tiny_llama, url)), train_args(url, tmp_path / "run")):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=s3_server)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, s3_server[name])
+    remote, local = open_store(url), open_store(str(pipelines[1]["store"]))
+    assert remote.manifest == local.manifest
+    for name in (HOOK, "tokens", "doc", "pos"):  # the bytes the local 1-process extraction wrote
+        assert remote.read(name, 0, remote.n_tokens).tobytes() == local.read(name, 0, local.n_tokens).tobytes()
+    from_s3, from_disk = load_trained(str(tmp_path / "run")), load_trained(str(pipelines[1]["run"]))
+    for name, value in from_disk.state.params.items():  # same data, same devices: the same run
+        np.testing.assert_array_equal(from_s3.state.params[name], value, err_msg=name)
