@@ -4,14 +4,16 @@
 #   export TPU_NAME=my-v5e-64 ZONE=us-west4-a       # an existing TPU VM slice (gcloud compute tpus tpu-vm create ...)
 #   bash launch/tpu_pod.sh setup                   # copy this checkout to every worker, install jax[tpu] + jaxinterp
 #   bash launch/tpu_pod.sh run jaxinterp train --config configs/train_topk.py \
-#       --config.store=gs://BUCKET/stores/smollm2 --config.out=gs://BUCKET/runs/topk --config.streams=64
+#       --config.store=gs://BUCKET/stores/smollm2 --config.out=/mnt/shared/runs/topk --config.streams=64
 #
 # `run` starts the same command on all workers (gcloud ... ssh --worker=all) with
 # JAXINTERP_DISTRIBUTED=auto, so jaxinterp calls jax.distributed.initialize() and JAX finds the
-# slice's coordinator and process ids itself. Stores and runs on gs:// are read and written by
-# TensorStore/orbax with the VM's service account. On a maintenance event or preemption each
-# worker gets SIGTERM: all save a checkpoint at the same step and exit 0; rerun the same `run`
-# line to resume (it also resumes onto a slice of another size).
+# slice's coordinator and process ids itself. Stores on gs:// are read and written by TensorStore
+# with the VM's service account; the run directory must be one path every worker sees (a
+# Filestore NFS share, or a bucket mounted with gcsfuse at the same path on all workers). On a
+# maintenance event or preemption each worker gets SIGTERM: all save a checkpoint at the same
+# step and exit 0; rerun the same `run` line to resume (also onto a slice of another size, when
+# --config.streams is a multiple of both worker counts).
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 REMOTE_DIR=${REMOTE_DIR:-jaxinterp}
@@ -27,5 +29,5 @@ case "${1:-}" in
     shift
     [ $# -gt 0 ] || { echo "usage: $0 run jaxinterp VERB [--config ...]" >&2; exit 2; }
     ssh_all "cd $REMOTE_DIR && JAXINTERP_DISTRIBUTED=auto .venv/bin/$(printf '%q ' "$@")" ;;
-  *) sed -n 2,16p "$0"; exit 2 ;;
+  *) sed -n 2,17p "$0"; exit 2 ;;
 esac

@@ -6,6 +6,7 @@ process per controller), with the cross-process collectives over gloo.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -119,11 +120,41 @@ def test_sigterm_to_one_process_checkpoints_all_and_the_relaunch_resumes(pipelin
     saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
     assert 16 <= saved[-1] < STEPS
 
+    shutil.copytree(out, tmp_path / "elsewhere")
     run(command)  # the relaunch resumes from that checkpoint and finishes
     resumed, straight = load_trained(str(out)), load_trained(str(pipelines[2]["run"]))
     assert resumed.step == STEPS
     for name, value in straight.state.params.items():
         np.testing.assert_array_equal(resumed.state.params[name], value, err_msg=name)
+
+    # The same checkpoint also resumes on 1 process x 8 devices (streams=2 keeps the batches).
+    run(on_processes(1, train_args(store, tmp_path / "elsewhere")))
+    moved = load_trained(str(tmp_path / "elsewhere"))
+    for name, value in straight.state.params.items():
+        assert np.linalg.norm(np.asarray(moved.state.params[name]) - value) < 1e-4 * np.linalg.norm(value), name
+
+
+def test_a_barrier_some_process_never_reaches_fails_with_its_name():
+    script = ("import time, jax; from jaxinterp.distributed import initialize, barrier; initialize(); "
+              "barrier('all-here', timeout_s=3) if jax.process_index() == 0 else time.sleep(8)")
+    result = subprocess.run(on_processes(2, [sys.executable, "-c", script]), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "not every process reached barrier 'all-here' within 3 s" in result.stdout, result.stdout[-3000:]
+
+
+def test_explicit_distributed_config_must_be_complete(monkeypatch):
+    from jaxinterp.config import ConfigError
+    from jaxinterp.distributed import initialize
+
+    for name in ("JAXINTERP_COORDINATOR", "JAXINTERP_NUM_PROCESSES", "JAXINTERP_PROCESS_ID", "SLURM_NTASKS",
+                 "JAX_COORDINATOR_ADDRESS", "JAXINTERP_DISTRIBUTED", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    assert initialize({"coordinator": "", "num_processes": -1, "process_id": -1, "timeout_s": 5}) == 1  # nothing set
+    with pytest.raises(ConfigError, match="distributed.coordinator"):
+        initialize({"coordinator": "127.0.0.1:1", "num_processes": 2, "process_id": 2, "timeout_s": 5})
+    monkeypatch.setenv("JAXINTERP_NUM_PROCESSES", "4")
+    with pytest.raises(ConfigError, match="JAXINTERP_COORDINATOR"):
+        initialize({"coordinator": "", "num_processes": -1, "process_id": -1, "timeout_s": 5})
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +202,38 @@ def test_extract_to_s3_with_two_processes_then_train_from_it(pipelines, s3_serve
     from_s3, from_disk = load_trained(str(tmp_path / "run")), load_trained(str(pipelines[1]["run"]))
     for name, value in from_disk.state.params.items():  # same data, same devices: the same run
         np.testing.assert_array_equal(from_s3.state.params[name], value, err_msg=name)
+
+
+def test_eval_and_probe_on_two_processes_write_one_output_like_one_process(pipelines, tiny_llama, tmp_path):
+    # Both are small next to training: each process computes the whole result, process 0 writes it.
+    run_dir = pipelines[2]["run"]
+    evaluate = ["--config", "configs/eval.py", f"--config.run={run_dir}", "--config.eval_tokens=1024",
+                "--config.contexts=16", "--config.ce_contexts=4", "--config.n_latents=3"]
+    probe = ["--config", "configs/probe.py", f"--config.model={tiny_llama}", "--config.n_examples=120",
+             "--config.C=0.01,1", "--config.families=logistic", "--config.pooling=mean"]
+    results = {}
+    for n in (1, 2):
+        run(on_processes(n, cli("eval", *evaluate, f"--config.out={tmp_path / f'eval{n}'}")))
+        run(on_processes(n, cli("probe", *probe, f"--config.out={tmp_path / f'probe{n}'}")))
+        results[n] = (json.loads((tmp_path / f"eval{n}" / "eval.json").read_text()),
+                      json.loads((tmp_path / f"probe{n}" / "results.json").read_text()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval1", "eval2", "probe1", "probe2"]  # no staging left
+    (eval_one, probe_one), (eval_two, probe_two) = results[1], results[2]
+    for metric in ("fvu", "l0", "ce_loss_clean", "ce_loss_spliced", "ce_loss_recovered"):
+        assert eval_two[metric] == pytest.approx(eval_one[metric], rel=1e-6), metric
+    accuracies = [[r["test"]["accuracy"] for r in probes["results"]] for probes in (probe_one, probe_two)]
+    np.testing.assert_allclose(accuracies[1], accuracies[0], atol=1e-6)
+
+
+def test_slurm_environment_is_detected():
+    # What srun sets for 2 tasks on one node: jaxinterp sees SLURM_NTASKS > 1, JAX derives the rest.
+    script = ("import jax; from jaxinterp.distributed import initialize; n = initialize(); "
+              "print('joined', jax.process_index(), n, jax.device_count())")
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, SLURM_JOB_ID=str(1000 + os.getpid() % 3000), SLURM_NTASKS="2",
+                                       SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="localhost",
+                                       SLURM_NODELIST="localhost", XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+             for i in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    for i, output in enumerate(outputs):
+        assert f"joined {i} 2 4" in output, output[-2000:]

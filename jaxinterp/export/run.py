@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxinterp.config import ConfigError
-from jaxinterp.distributed import barrier, is_primary
 from jaxinterp.export.npz import export_npz
 from jaxinterp.export.portable import portable_from_trained, require_format
 from jaxinterp.export.saelens import export_saelens
-from jaxinterp.export.sparsify import export_sparsify, sparsify_hookpoint
+from jaxinterp.export.sparsify import export_sparsify
 from jaxinterp.train.trained import load_trained
 
 __all__ = ["FORMATS", "export_run"]
@@ -28,11 +27,7 @@ def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str =
     """
     if fmt not in FORMATS:
         raise ConfigError(f"config field 'format' must be one of {', '.join(map(repr, FORMATS))}, got {fmt!r}")
-    portable = portable_from_trained(load_trained(run, sae))  # every process restores (orbax is collective)
+    # Every process restores (orbax restores collectively); process 0 alone writes (atomic_directory).
+    portable = portable_from_trained(load_trained(run, sae))
     require_format(portable, fmt)
-    if not is_primary():  # one export per job: process 0 writes it, the others wait for it
-        barrier(f"export:{out}")
-        return Path(out) / sparsify_hookpoint(portable) if fmt == "sparsify" else Path(out)
-    written = FORMATS[fmt](portable, out, overwrite=overwrite)
-    barrier(f"export:{out}")
-    return written
+    return FORMATS[fmt](portable, out, overwrite=overwrite)

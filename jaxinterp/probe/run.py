@@ -155,9 +155,12 @@ def run_probe(cfg: Mapping[str, Any], model=None, mesh=None, progress: bool = Tr
     if out.exists() and not cfg["overwrite"]:
         raise FileExistsError(f"{out} exists; pass --config.overwrite=true to replace it")
     if mesh is None and cfg["mesh"]["data"] != 1:
+        import jax
+
         from jaxinterp.mesh import make_mesh
 
-        mesh = make_mesh(data=cfg["mesh"]["data"], model=1)
+        # This process's devices: with several processes each fits the (small) sweep itself.
+        mesh = make_mesh(data=cfg["mesh"]["data"], model=1, devices=jax.local_devices())
     began = time.perf_counter()
     data = probe_features(cfg, model, progress)
     features_s = time.perf_counter() - began

@@ -28,7 +28,11 @@ __all__ = [
 RUN_CONFIG = "cfg.json"
 # Changing these does not change what a run *is*, so a rerun with new values resumes it (the mesh
 # included: a run restores onto however many devices the rerun has).
-_RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mesh.data", "mesh.model")
+# Fields a resumed run may change: schedules of logging, the device and process layout (streams is
+# checked against the checkpoint by the loop), and where the run directory now lives (moved or copied).
+_RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mesh.data", "mesh.model", "out", "streams",
+                   "distributed.coordinator", "distributed.num_processes", "distributed.process_id",
+                   "distributed.timeout_s")
 
 
 class RunExistsError(FileExistsError):
