@@ -4,7 +4,8 @@
     python bench/run_all.py --skip-curves    # the five tables only
 
 Each script runs in its own process (one JAX runtime, one device count per script), in this order:
-extract, buffer, sae_step, sae_quality, probe_sweep; their tables stream through unchanged. Then:
+extract, buffer, sae_step (fp32, then bf16 compute), sae_quality, probe_sweep; their tables stream
+through unchanged. Then:
 SAE step time vs n_latents (4k → 64k, batch 4096) and vs batch (1k → 16k, 16k latents), each
 against the floor ``top_k(x @ W_enc)`` measured in the same process, and probe-sweep time vs
 number of hooks (1 → 30). The curves go to ``bench/scaling.png`` and ``bench/results/scaling.json``.
@@ -29,7 +30,8 @@ TABLES = [
     ("extract.py", ["--tokens", "4096"]),
     ("buffer.py", ["--tokens", "131072"]),
     ("sae_step.py", ["--steps", "3"]),
-    ("sae_quality.py", ["--tokens", "65536", "--eval-tokens", "4096"]),
+    ("sae_step.py", ["--steps", "3", "--compute-dtype", "bfloat16", "--json", str(RESULTS / "sae_step_bf16.json")]),
+    ("sae_quality.py", ["--tokens", "131072", "--eval-tokens", "8192"]),
     ("probe_sweep.py", []),
 ]
 N_LATENTS = (4096, 16384, 65536)

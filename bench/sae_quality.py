@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--n-latents", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=0.0, help="jaxinterp's Adam lr; 0 = its default 2e-4/√(n/2¹⁴)")
+    parser.add_argument("--lr", type=float, default=0.0, help="jaxinterp's Adam lr; 0 = its default 2e-3/√(n/2¹⁴)")
     parser.add_argument("--json", default=str(RESULTS / "sae_quality.json"))
     args = parser.parse_args()
 

@@ -32,12 +32,13 @@ _EVAL_KEYS = ("fvu", "l0", "relative_reconstruction_bias", "ce_loss_clean", "ce_
 def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDict, ...]:
     """The validated extract, train and eval configs the demo config implies (paths under ``cfg.out``)."""
     out = Path(cfg["out"])
-    extract_cfg = {**as_dict(cfg["extract"]), "out": str(out / "store"), "overwrite": False,
+    job = {"distributed": as_dict(cfg["distributed"])}  # the process layout is the whole job's
+    extract_cfg = {**as_dict(cfg["extract"]), **job, "out": str(out / "store"), "overwrite": False,
                    "process_index": 0, "process_count": -1}
     first_hook = extract_cfg["hooks"].split(",")[0].strip()
-    train_cfg = {**as_dict(cfg["train"]), "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook,
+    train_cfg = {**as_dict(cfg["train"]), **job, "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook,
                  "init_from": ""}
-    eval_cfg = {**as_dict(cfg["eval"]), "run": str(out / "run"), "sae": "", "store": "", "model": "",
+    eval_cfg = {**as_dict(cfg["eval"]), **job, "run": str(out / "run"), "sae": "", "store": "", "model": "",
                 "out": str(out / "eval")}
     return (validate(ml_collections.ConfigDict(extract_cfg), schemas.EXTRACT, "extract"),
             validate(ml_collections.ConfigDict(train_cfg), schemas.TRAIN, "train"),

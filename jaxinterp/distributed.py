@@ -5,8 +5,8 @@ from the environment, in this order:
 
 1. ``JAXINTERP_COORDINATOR`` / ``JAXINTERP_NUM_PROCESSES`` / ``JAXINTERP_PROCESS_ID`` (set by
    ``launch/local.py``, or by hand);
-2. a cluster JAX detects by itself (``jax.distributed.initialize()`` with no arguments): SLURM
-   with more than one task, ``JAX_COORDINATOR_ADDRESS``, or, when ``JAXINTERP_DISTRIBUTED=auto``
+2. a cluster JAX detects by itself (``jax.distributed.initialize()`` with no arguments): an srun
+   step of more than one task, ``JAX_COORDINATOR_ADDRESS``, or, when ``JAXINTERP_DISTRIBUTED=auto``
    (``launch/tpu_pod.sh`` sets it), whatever JAX finds, e.g. a Cloud TPU pod slice;
 3. otherwise one process, and nothing is initialised.
 
@@ -38,7 +38,8 @@ _ENV = ("JAXINTERP_COORDINATOR", "JAXINTERP_NUM_PROCESSES", "JAXINTERP_PROCESS_I
 def _cluster_detected() -> bool:
     """Whether JAX's own auto-detection would find a multi-process job here."""
     env = os.environ
-    slurm_tasks = int(env.get("SLURM_NTASKS", env.get("SLURM_NPROCS", "1")) or 1)
+    # Set by srun for the tasks of a job step (not in the batch script itself, which is one process).
+    slurm_tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1)
     tpu_workers = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
     return (slurm_tasks > 1 or len(tpu_workers) > 1 or bool(env.get("JAX_COORDINATOR_ADDRESS"))
             or env.get("JAXINTERP_DISTRIBUTED") == "auto")

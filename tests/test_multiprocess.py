@@ -146,7 +146,7 @@ def test_explicit_distributed_config_must_be_complete(monkeypatch):
     from jaxinterp.config import ConfigError
     from jaxinterp.distributed import initialize
 
-    for name in ("JAXINTERP_COORDINATOR", "JAXINTERP_NUM_PROCESSES", "JAXINTERP_PROCESS_ID", "SLURM_NTASKS",
+    for name in ("JAXINTERP_COORDINATOR", "JAXINTERP_NUM_PROCESSES", "JAXINTERP_PROCESS_ID", "SLURM_STEP_NUM_TASKS",
                  "JAX_COORDINATOR_ADDRESS", "JAXINTERP_DISTRIBUTED", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(name, raising=False)
     assert initialize({"coordinator": "", "num_processes": -1, "process_id": -1, "timeout_s": 5}) == 1  # nothing set
@@ -226,11 +226,11 @@ def test_eval_and_probe_on_two_processes_write_one_output_like_one_process(pipel
 
 
 def test_slurm_environment_is_detected():
-    # What srun sets for 2 tasks on one node: jaxinterp sees SLURM_NTASKS > 1, JAX derives the rest.
+    # What srun sets for 2 tasks on one node: jaxinterp sees a step of 2 tasks, JAX derives the rest.
     script = ("import jax; from jaxinterp.distributed import initialize; n = initialize(); "
               "print('joined', jax.process_index(), n, jax.device_count())")
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(os.environ, SLURM_JOB_ID=str(1000 + os.getpid() % 3000), SLURM_NTASKS="2",
+                              env=dict(os.environ, SLURM_JOB_ID=str(1000 + os.getpid() % 3000), SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2",
                                        SLURM_PROCID=str(i), SLURM_LOCALID=str(i), SLURM_STEP_NODELIST="localhost",
                                        SLURM_NODELIST="localhost", XLA_FLAGS="--xla_force_host_platform_device_count=2"))
              for i in range(2)]

@@ -181,8 +181,9 @@ def test_optimizer_schedule_warms_up_and_decays():
         updates, state = optimizer.update(grads, state, params)
         sizes.append(float(jnp.abs(updates["W_enc"]).max()))
     assert sizes[0] < sizes[9] < sizes[10] * 1.01 and sizes[50] == pytest.approx(1e-3, rel=1e-3) and sizes[99] < 1e-4
-    assert learning_rate(0.0, 2**14) == pytest.approx(2e-4)
-    assert learning_rate(0.0, 2**16) == pytest.approx(1e-4)
+    assert learning_rate(0.0, 2**14) == pytest.approx(2e-3)
+    assert learning_rate(0.0, 2**16) == pytest.approx(1e-3)
+    assert learning_rate(0.0, 2**14, "jumprelu") == learning_rate(0.0, 2**14, "relu") == pytest.approx(2e-4)
 
 
 def test_kth_largest_by_bits_equals_sorting():

@@ -132,24 +132,28 @@ def _encode_backward(k, k_aux, residuals, cotangents):
 topk_encode.defvjp(lambda *args: _encode_forward(*args), _encode_backward)
 
 
-@jax.custom_vjp
-def sparse_decode(latents: SparseLatents, W_dec: jax.Array) -> jax.Array:
-    """``Σ_j values_j · W_dec[indices_j]`` per token (no ``b_dec``), gathering only active rows."""
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def sparse_decode(latents: SparseLatents, W_dec: jax.Array, keep_rows: bool = True) -> jax.Array:
+    """``Σ_j values_j · W_dec[indices_j]`` per token (no ``b_dec``), gathering only active rows.
+
+    ``keep_rows`` keeps the gathered rows for the backward pass (saving a second gather, up to
+    1 GiB). Pass False under a ``lax.cond`` (AuxK): a cond's autodiff materialises the residuals
+    of the branch not taken as zeros, and ``tokens·k_aux·d_in`` zeros cost more than the gather.
+    """
     return jnp.einsum("tk,tkd->td", latents.values, jnp.take(W_dec, latents.indices, axis=0))
 
 
-# Gathered decoder rows are kept for the backward pass (saving a second gather) up to this size.
 _MAX_SAVED_ROWS_BYTES = 2**30
 
 
-def _decode_forward(latents, W_dec):
+def _decode_forward(latents, W_dec, keep_rows):
     rows = jnp.take(W_dec, latents.indices, axis=0)
     out = jnp.einsum("tk,tkd->td", latents.values, rows)
-    saved = rows if rows.size * rows.dtype.itemsize <= _MAX_SAVED_ROWS_BYTES else None
+    saved = rows if keep_rows and rows.size * rows.dtype.itemsize <= _MAX_SAVED_ROWS_BYTES else None
     return out, (latents, W_dec, saved)
 
 
-def _decode_backward(residuals, g):
+def _decode_backward(keep_rows, residuals, g):
     latents, W_dec, rows = residuals
     rows = jnp.take(W_dec, latents.indices, axis=0) if rows is None else rows
     g_values = jnp.einsum("td,tkd->tk", g, rows)

@@ -36,7 +36,7 @@ def auxk_loss(aux: SparseLatents, residual: jax.Array, W_dec: jax.Array, dead_ma
     k_aux = aux.values.shape[1]
 
     def loss(aux: SparseLatents, W_dec: jax.Array) -> jax.Array:
-        error_hat = sparse_decode(aux, W_dec)
+        error_hat = sparse_decode(aux, W_dec, False)  # no saved rows: see sparse_decode
         scale = jnp.minimum(jnp.sum(dead_mask) / max(k_aux, 1), 1.0)
         loss = scale * jnp.sum(jnp.square(error - error_hat)) / jnp.maximum(total_variance(error), 1e-12)
         return loss.astype(W_dec.dtype)
