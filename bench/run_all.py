@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--skip-curves", action="store_true")
     args = parser.parse_args()
     began = time.perf_counter()
-    walls = {script: run(script, script_args) for script, script_args in TABLES}
+    walls = {script + (" (bf16)" if "bfloat16" in script_args else ""): run(script, script_args)
+             for script, script_args in TABLES}
     if not args.skip_curves:
         curves = scaling_curves()
         (RESULTS / "scaling.json").write_text(json.dumps(curves, indent=2))

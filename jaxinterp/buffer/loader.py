@@ -206,9 +206,10 @@ class ActivationBuffer:
         mine = order[stream:: self.streams]  # disjoint share per stream
         return [mine[i: i + self.mixing_chunks] for i in range(0, len(mine), self.mixing_chunks)]
 
-    def epoch_rows(self, stream: int) -> int:
-        """Training rows ``stream`` reads per epoch (every epoch holds the same chunks)."""
-        return sum(self._kept_rows(c) for group in self._epoch_groups(0, stream) for c in group)
+    def epoch_rows(self, stream: int | None = None) -> int:
+        """Training rows ``stream`` (default: all of this process's streams) reads per epoch."""
+        streams = self.local_streams if stream is None else [stream]
+        return sum(self._kept_rows(c) for s in streams for group in self._epoch_groups(0, s) for c in group)
 
     def _seek(self, step: int, stream: int) -> tuple[int, int, int]:
         """(epoch, group, row offset in that group) of ``stream``'s first row of batch ``step``."""
