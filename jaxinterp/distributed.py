@@ -1,7 +1,7 @@
 """One code path for 1 and N processes: ``jax.distributed`` from config or environment.
 
-Every verb's config has a ``distributed`` section (``schemas.distributed_config()``). Left at its defaults, the process count comes
-from the environment, in this order:
+Every verb's config has a ``distributed`` section (``schemas.distributed_config()``). Left at its
+defaults, the process layout comes from the environment, in this order:
 
 1. ``JAXINTERP_COORDINATOR`` / ``JAXINTERP_NUM_PROCESSES`` / ``JAXINTERP_PROCESS_ID`` (set by
    ``launch/local.py``, or by hand);
