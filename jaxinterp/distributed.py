@@ -109,12 +109,13 @@ def is_primary() -> bool:
 
 
 def host_copy(tree: Any) -> Any:
-    """Numpy copies of a pytree of (possibly multi-process sharded) arrays, identical on every process.
+    """A pytree this process can compute with on its own: itself with one process; with several,
+    numpy copies of its (possibly multi-process sharded) arrays, identical on every process.
 
     Every process must call it (it is a collective when arrays span processes).
     """
     if jax.process_count() == 1:
-        return jax.device_get(tree)
+        return tree
     from jax.experimental import multihost_utils
 
     return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))

@@ -19,8 +19,8 @@ DISTRIBUTED = {
                                           "(launch/local.py, TPU pod, SLURM) or a single process"),
     "distributed.num_processes": Field(int, "processes in the job; -1 = from the environment", minimum=-1),
     "distributed.process_id": Field(int, "this process's index; -1 = from the environment", minimum=-1),
-    "distributed.timeout_s": Field(float, "seconds to wait for the other processes (start-up, barriers, a "
-                                          "store's creation) before failing", minimum=1.0),
+    "distributed.timeout_s": Field(float, "seconds to wait for the other processes to join at start-up "
+                                          "(jax.distributed) before failing", minimum=1.0),
 }
 
 EXTRACT = Schema(

@@ -201,9 +201,12 @@ class ActivationBuffer:
 
     # -- the stream --------------------------------------------------------------------------------
 
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """Epoch ``epoch``'s seeded order of the training chunks (every stream's and process's)."""
+        return np.random.default_rng([self.seed, epoch]).permutation(self.split.train)
+
     def _epoch_groups(self, epoch: int, stream: int) -> list[np.ndarray]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.split.train)
-        mine = order[stream:: self.streams]  # disjoint share per stream
+        mine = self._epoch_order(epoch)[stream:: self.streams]  # disjoint share per stream
         return [mine[i: i + self.mixing_chunks] for i in range(0, len(mine), self.mixing_chunks)]
 
     def epoch_rows(self, stream: int | None = None) -> int:
@@ -319,8 +322,7 @@ class ActivationBuffer:
     def estimate_scales(self, n_tokens: int) -> dict[str, float]:
         """Per-hook ``√d / mean‖x‖`` over training rows, so inputs have mean norm √d (Conerly et al. 2024)."""
         # The same rows on every process, whatever the streams: the first chunks of epoch 0's order.
-        chunks = np.random.default_rng([self.seed, 0]).permutation(self.split.train)
-        rows = self._rows_of(chunks, n_tokens, scaled=False)
+        rows = self._rows_of(self._epoch_order(0), n_tokens, scaled=False)
         return {hook: float(np.sqrt(values.shape[1]) / np.mean(np.linalg.norm(values, axis=1)))
                 for hook, values in rows.items()}
 

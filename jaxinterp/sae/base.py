@@ -68,6 +68,7 @@ class Architecture(NamedTuple):
       decode: ``(params, latents) -> x̂``.
       loss: ``(params, arch_state, x, LossContext) -> (loss, LossOutput)`` for ``jax.grad``.
       unit_norm_decoder: decoder rows are kept at unit norm (gradient projected, rows renormalised).
+      base_lr: default Adam lr at 2¹⁴ latents, scaled by 1/√(n_latents/2¹⁴) (Gao et al. 2024, §2.3).
     """
 
     name: str
@@ -76,6 +77,7 @@ class Architecture(NamedTuple):
     decode: Callable[[Params, Latents], jax.Array]
     loss: Callable[[Params, dict[str, jax.Array], jax.Array, LossContext], tuple[jax.Array, LossOutput]]
     unit_norm_decoder: bool
+    base_lr: float
 
 
 def init_tied(key: jax.Array, d_in: int, d_sae: int, sample: np.ndarray | jax.Array) -> Params:

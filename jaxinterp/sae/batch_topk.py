@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, option,
                                 pre_activations, total_variance)
 from jaxinterp.sae.sparse import SparseLatents, dead_top_k
-from jaxinterp.sae.topk import aux_k_size, auxk_loss
+from jaxinterp.sae.topk import TOPK_BASE_LR, aux_k_size, auxk_loss
 
 __all__ = ["make", "kth_largest_nonnegative", "batch_topk_activations", "dense_auxk_loss", "threshold_encode",
            "update_threshold"]
@@ -89,4 +89,5 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
             terms["auxk"], total = auxk, total + aux_coefficient * auxk
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate))
 
-    return Architecture("batch_topk", init_with_threshold, threshold_encode, dense_decode, loss, unit_norm_decoder=True)
+    return Architecture("batch_topk", init_with_threshold, threshold_encode, dense_decode, loss, unit_norm_decoder=True,
+                        base_lr=TOPK_BASE_LR)

@@ -17,6 +17,7 @@ from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, d
                                 total_variance)
 from jaxinterp.sae.batch_topk import (batch_topk_activations, dense_auxk_loss, init_with_threshold,
                                       threshold_encode, update_threshold)
+from jaxinterp.sae.topk import TOPK_BASE_LR
 
 __all__ = ["make", "prefix_sizes"]
 
@@ -54,4 +55,5 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
             terms["auxk"], total = auxk, total + aux_coefficient * auxk
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate))
 
-    return Architecture("matryoshka", init, threshold_encode, dense_decode, loss, unit_norm_decoder=True)
+    return Architecture("matryoshka", init, threshold_encode, dense_decode, loss, unit_norm_decoder=True,
+                        base_lr=TOPK_BASE_LR)

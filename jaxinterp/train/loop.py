@@ -182,8 +182,9 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
 
 
 def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np.ndarray], cfg) -> dict[str, Any]:
-    # Host copies: with several processes the params span them all, the holdout rows are local.
-    sae = host_copy(state.saes[member.name])
+    # With several processes the params span them all while the holdout rows are local; the
+    # optimizer state is not needed here, so it is not gathered.
+    sae = host_copy(state.saes[member.name]._replace(opt_state=None))
     result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook])
     result.update(
         dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),

@@ -20,6 +20,7 @@ import optax
 
 from jaxinterp.config import ConfigError, as_dict, check_field
 from jaxinterp.sae import Architecture, make_architecture, remove_parallel_decoder_grad
+from jaxinterp.sae.topk import TOPK_BASE_LR
 from jaxinterp.schemas import TRAIN
 
 __all__ = ["Member", "member_configs", "build_members", "learning_rate", "make_optimizer"]
@@ -79,16 +80,10 @@ def member_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return members
 
 
-# Default lr at 2¹⁴ latents, scaled by 1/√(n_latents/2¹⁴) (Gao et al. 2024, §2.3). For the TopK
-# family 10x Gao et al.'s 2e-4 (which suits 10⁵ steps): for runs of 10²–10³ steps it measured best
-# on SmolLM2 (bench/RESULTS.md, "Learning rate"). The penalty architectures keep 2e-4: their papers
-# train at 5e-5 to 7e-5, and 10x killed 13% (ReLU) to 41% (JumpReLU) of latents in 100k tokens.
-_DEFAULT_LR = {"topk": 2e-3, "batch_topk": 2e-3, "matryoshka": 2e-3, "relu": 2e-4, "jumprelu": 2e-4}
-
-
-def learning_rate(lr: float, n_latents: int, architecture: str = "topk") -> float:
-    """``lr``, or the architecture's default base lr × 1/√(n_latents / 2¹⁴) (see ``_DEFAULT_LR``)."""
-    return lr if lr > 0 else _DEFAULT_LR[architecture] / (n_latents / 2**14) ** 0.5
+def learning_rate(lr: float, n_latents: int, base_lr: float = TOPK_BASE_LR) -> float:
+    """``lr``, or by default ``base_lr`` × 1/√(n_latents / 2¹⁴) (Gao et al. 2024, §2.3); each
+    architecture states its ``base_lr``."""
+    return lr if lr > 0 else base_lr / (n_latents / 2**14) ** 0.5
 
 
 def make_optimizer(cfg: Mapping[str, Any], lr: float, unit_norm_decoder: bool = True) -> optax.GradientTransformation:
@@ -119,7 +114,7 @@ def build_members(cfg: Mapping[str, Any]) -> list[Member]:
     members = []
     for name, member in member_configs(cfg).items():
         architecture = make_architecture(member["sae"])
-        lr = learning_rate(member["lr"], member["sae"]["n_latents"], member["sae"]["architecture"])
+        lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr)
         members.append(Member(name, member["hook"], member["sae"]["n_latents"], architecture,
                               make_optimizer(cfg, lr, architecture.unit_norm_decoder)))
     return members
