@@ -146,6 +146,12 @@ def fit_mlp(key: jax.Array, x: jax.Array, y: jax.Array, weight: jax.Array, C: ja
     return jax.lax.fori_loop(0, steps, body, (probe, optimizer.init(probe)))[0]
 
 
+def _principal_axes(x: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues ``[hooks, d]`` and eigenvectors ``[hooks, d, d]`` of each hook's weighted ``xᵀ diag(w) x``."""
+    eigenvalues, axes = jnp.linalg.eigh(jnp.einsum("hnd,n,hne->hde", x, weight, x))
+    return jnp.maximum(eigenvalues, 0.0), axes
+
+
 def _data_term(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-row log-loss and its gradient in the scores ``z`` ``[..., n, n_out]`` (sigmoid or softmax)."""
     if z.shape[-1] == 1:
@@ -157,7 +163,8 @@ def _data_term(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Array, n_classes: int,
                       column_masks: jax.Array | None = None, max_iter: int = 500, tol: float = 1e-6,
-                      memory: int = 10, n_steps: int = 8) -> tuple[Linear, jax.Array]:
+                      memory: int = 10, n_steps: int = 8, precondition: bool = True
+                      ) -> tuple[Linear, jax.Array]:
     """L2 logistic regression for every hook × column group × C at once, by batched L-BFGS.
 
     Reaches sklearn's ``LogisticRegression(C=C)`` optimum (tested against it), written for
@@ -166,6 +173,13 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     sizes on ``z + α·x·d`` elementwise, so no nested loops run per problem.
     (``optax.lbfgs`` vmapped over a sweep measured 46 ms per iteration per hook on CPU.)
 
+    The batch runs until its slowest problem converges, so the weakly regularised, ill-conditioned
+    problems set the cost. With ``precondition`` (and no column masks) each hook's features are
+    first rotated onto the principal axes of ``xᵀ diag(w) x`` (one ``eigh`` per hook; the L2
+    penalty is rotation-invariant), where the log-loss curvature bound ``λᵢ/4 + 1/(C·Σw)`` is a
+    diagonal initial inverse Hessian for L-BFGS. On 30 SmolLM2 hooks × 10 C this cut the slowest
+    problem from ~200 iterations to ~70. Convergence is still tested in the original coordinates.
+
     Args:
       x: ``[hooks, n, d]`` features.
       y: ``[n]`` class ids; ``weight``: ``[n]`` training-row weights.
@@ -173,6 +187,7 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
       n_classes: 2 (one logit column) or K (softmax).
       column_masks: ``[groups, d]`` 0/1 columns each group may use (default: one group, all).
       max_iter: iterations at most; a problem stops once every gradient entry is below ``tol``.
+      precondition: rotate onto principal axes and precondition (ignored when ``column_masks`` is given).
 
     Returns:
       A :class:`Linear` with ``W`` ``[hooks, groups, n_C, d, n_out]`` and ``b`` ``[hooks, groups, n_C, n_out]``,
@@ -182,16 +197,26 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     n_out = _n_out(n_classes)
     masks = jnp.ones((1, d), x.dtype) if column_masks is None else column_masks.astype(x.dtype)
     total = jnp.sum(weight)
-    xb = jnp.concatenate([x, jnp.ones((n_hooks, n, 1), x.dtype)], axis=-1)  # the intercept is column d
-    xb_t = jnp.swapaxes(xb, 1, 2)  # once: XLA:CPU's xᵀ·r from [n, d] layout measured 3.7x slower
+    precondition = precondition and column_masks is None  # a rotation would mix the masked columns
+    # features as [d, n] (rotated if preconditioning): XLA:CPU's x·p and xᵀ·r ran 2.3x / 3.7x faster so
+    x_t = jnp.swapaxes(x, 1, 2)
+    if precondition:
+        second_moment, axes = _principal_axes(x, weight / total)
+        x_t = jnp.einsum("hde,hdn->hen", axes, x_t)
+    xb_t = jnp.concatenate([x_t, jnp.ones((n_hooks, 1, n), x.dtype)], axis=1)  # the intercept is row d
     # per problem [groups, C]: which columns may move, and the penalty 1/(C·Σw) on all but the intercept
     movable = jnp.concatenate([masks, jnp.ones((masks.shape[0], 1), x.dtype)], -1)[:, None, :, None]
     penalty = (jnp.concatenate([jnp.ones((d,), x.dtype), jnp.zeros((1,), x.dtype)])[:, None]
                / (C[None, :, None, None] * total))
     shape = (n_hooks, masks.shape[0], C.shape[0])
+    if precondition:  # log-loss curvature ≤ 1/4 (sigmoid) or 1/2 (softmax) × the second moment
+        bound = (0.25 if n_out == 1 else 0.5) * jnp.concatenate([second_moment, jnp.ones((n_hooks, 1), x.dtype)], -1)
+        inverse_h0 = 1.0 / (bound[:, None, None, :, None] + penalty[None])  # [hooks, 1, C, d + 1, 1]
+    else:
+        inverse_h0 = None
 
     def scores(params):  # [hooks, groups, C, n, n_out]
-        return jnp.einsum("hnd,hgcdo->hgcno", xb, params)
+        return jnp.einsum("hdn,hgcdo->hgcno", xb_t, params)
 
     def value_and_grad(params, z):
         loss, dz = _data_term(z, y)
@@ -202,20 +227,25 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     def dot(a, b):
         return jnp.sum(a * b, axis=(-2, -1))
 
-    def direction(grad, s_hist, y_hist, rho, k):
+    def direction(grad, s_hist, y_hist, rho, k):  # the two-loop recursion (Nocedal & Wright, Alg. 7.4)
         q = grad
         alphas = []
-        for i in range(memory):  # newest pair first
+        for i in range(memory):  # newest pair first; unrolled: rolled loops measured 1.4x slower
             j = (k - 1 - i) % memory
             a = rho[j] * dot(s_hist[j], q)
             q = q - a[..., None, None] * y_hist[j]
             alphas.append((j, a))
         newest = (k - 1) % memory
-        yy = dot(y_hist[newest], y_hist[newest])
-        gamma = jnp.where((rho[newest] > 0) & (yy > 0), 1.0 / jnp.maximum(rho[newest] * yy, 1e-30), 0.0)
-        first = gamma == 0  # no curvature pair yet: a gradient step of unit length
-        gamma = jnp.where(first, 1.0 / jnp.maximum(jnp.sqrt(dot(grad, grad)), 1e-30), gamma)
-        r = gamma[..., None, None] * q
+        if inverse_h0 is None:
+            yy = dot(y_hist[newest], y_hist[newest])
+            gamma = jnp.where((rho[newest] > 0) & (yy > 0), 1.0 / jnp.maximum(rho[newest] * yy, 1e-30), 0.0)
+            first = gamma == 0  # no curvature pair yet: a gradient step of unit length
+            gamma = jnp.where(first, 1.0 / jnp.maximum(jnp.sqrt(dot(grad, grad)), 1e-30), gamma)
+            r = gamma[..., None, None] * q
+        else:  # the diagonal bound, scaled by sᵀy / yᵀH₀y of the newest pair
+            yhy = dot(y_hist[newest], inverse_h0 * y_hist[newest])
+            gamma = jnp.where((rho[newest] > 0) & (yhy > 0), 1.0 / jnp.maximum(rho[newest] * yhy, 1e-30), 1.0)
+            r = gamma[..., None, None] * inverse_h0 * q
         for j, a in reversed(alphas):
             b = rho[j] * dot(y_hist[j], r)
             r = r + (a - b)[..., None, None] * s_hist[j]
@@ -266,8 +296,13 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
         value = jnp.where(keep, value, new_value)
         grad = jnp.where(k4, grad, new_grad)
         n_iter = n_iter + ~done
-        done = keep | (jnp.max(jnp.abs(grad), (-2, -1)) < tol)
+        done = keep | converged(grad)
         return params, z, value, grad, s_hist, y_hist, rho, k + 1, done, n_iter
+
+    def converged(grad):  # sklearn's test, max |∂f/∂w| < tol, in the original coordinates
+        if precondition:
+            grad = jnp.concatenate([jnp.einsum("hde,hgceo->hgcdo", axes, grad[..., :d, :]), grad[..., d:, :]], -2)
+        return jnp.max(jnp.abs(grad), (-2, -1)) < tol
 
     def running(state):
         return (state[7] < max_iter) & ~jnp.all(state[8])
@@ -277,7 +312,9 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     value, grad = value_and_grad(params, z)
     history = jnp.zeros((memory, *shape, d + 1, n_out), x.dtype)
     state = (params, z, value, grad, history, history, jnp.zeros((memory, *shape), x.dtype), jnp.zeros((), jnp.int32),
-             jnp.max(jnp.abs(grad), (-2, -1)) < tol, jnp.zeros(shape, jnp.int32))
+             converged(grad), jnp.zeros(shape, jnp.int32))
     state = jax.lax.while_loop(running, body, state)
     params, n_iter = state[0], state[-1]
+    if precondition:
+        params = params.at[..., :d, :].set(jnp.einsum("hde,hgceo->hgcdo", axes, params[..., :d, :]))
     return Linear(params[..., :d, :], params[..., d, :]), n_iter
