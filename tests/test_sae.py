@@ -11,7 +11,7 @@ from jaxinterp.sae import dense_from_sparse, make_architecture, mean_l0, normali
 from jaxinterp.sae.batch_topk import batch_topk_activations
 from jaxinterp.sae.jumprelu import heaviside, jump_relu
 from jaxinterp.sae.matryoshka import prefix_sizes
-from jaxinterp.sae.sparse import sparse_decode, top_k, topk_encode
+from jaxinterp.sae.sparse import aux_widths, dead_decode, sparse_decode, top_k, topk_encode
 from jaxinterp.train import build_members, init_state, learning_rate, make_optimizer, member_configs, train_step
 from tests.stores import sparse_activations
 
@@ -47,18 +47,20 @@ def test_topk_encode_decode_are_consistent_with_dense_math():
     np.testing.assert_allclose(jnp.linalg.norm(params["W_dec"], axis=-1), 1.0, atol=1e-6)
 
 
-def test_sparse_kernels_give_the_gradients_of_dense_autodiff():
-    B, d, n, k, k_aux = 64, 16, 96, 5, 7
+@pytest.mark.parametrize("n_dead", [0, 1, 3, 5, 30])
+def test_sparse_kernels_give_the_gradients_of_dense_autodiff(n_dead):
+    B, d, n, k, k_aux = 64, 16, 96, 5, 16
+    assert aux_widths(k_aux) == (1, 4, 16)  # so the dead counts above use every width, and none
     keys = jax.random.split(jax.random.key(0), 6)
     x = jax.random.normal(keys[0], (B, d))
     W_enc, b_enc = jax.random.normal(keys[1], (d, n)), 0.1 * jax.random.normal(keys[2], (n,))
     b_dec, W_dec = 0.1 * jax.random.normal(keys[3], (d,)), jax.random.normal(keys[4], (n, d))
-    dead = jax.random.bernoulli(keys[5], 0.3, (n,))
+    dead = jnp.zeros(n, bool).at[jax.random.permutation(keys[5], n)[:n_dead]].set(True)
 
     def ours(W_enc, b_enc, b_dec, W_dec):
         main, aux = topk_encode(x, W_enc, b_enc, b_dec, dead, k, k_aux)
         x_hat = sparse_decode(main, W_dec) + b_dec
-        return jnp.sum((x - x_hat) ** 2) + jnp.sum((0.3 * x - sparse_decode(aux, W_dec)) ** 2)
+        return jnp.sum((x - x_hat) ** 2) + jnp.sum((0.3 * x - dead_decode(aux, W_dec, dead)) ** 2)
 
     def reference(W_enc, b_enc, b_dec, W_dec):
         pre = (x - b_dec) @ W_enc + b_enc

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.sae.base import Architecture, LossContext, LossOutput, Params, init_tied, option, total_variance
-from jaxinterp.sae.sparse import SparseLatents, sparse_decode, topk_encode
+from jaxinterp.sae.sparse import SparseLatents, dead_decode, sparse_decode, topk_encode
 
 __all__ = ["make", "auxk_loss", "aux_k_size", "fold_input_scale", "TOPK_BASE_LR"]
 
@@ -40,7 +40,7 @@ def auxk_loss(aux: SparseLatents, residual: jax.Array, W_dec: jax.Array, dead_ma
     k_aux = aux.values.shape[1]
 
     def loss(aux: SparseLatents, W_dec: jax.Array) -> jax.Array:
-        error_hat = sparse_decode(aux, W_dec, False)  # no saved rows: see sparse_decode
+        error_hat = dead_decode(aux, W_dec, dead_mask)
         scale = jnp.minimum(jnp.sum(dead_mask) / max(k_aux, 1), 1.0)
         loss = scale * jnp.sum(jnp.square(error - error_hat)) / jnp.maximum(total_variance(error), 1e-12)
         return loss.astype(W_dec.dtype)
