@@ -61,12 +61,18 @@ def standardize(x: np.ndarray, train_weight: np.ndarray) -> tuple[np.ndarray, np
 
     Returns (standardised x, mean ``[hooks, d]``, std ``[hooks, d]``); constant columns keep std 1.
     """
-    total = train_weight.sum()
-    mean = np.einsum("n,hnd->hd", train_weight, x, dtype=np.float64) / total
-    var = np.einsum("n,hnd->hd", train_weight, (x - mean[:, None].astype(np.float32)) ** 2, dtype=np.float64) / total
-    std = np.sqrt(var)
-    std = np.where(std > 1e-6 * max(std.max(), 1e-30), std, 1.0)
-    return ((x - mean[:, None]) / std[:, None]).astype(np.float32), mean.astype(np.float32), std.astype(np.float32)
+    # jitted: numpy's single-threaded passes over a 30-hook sweep's features took longer than its fits
+    return tuple(np.asarray(a) for a in _standardize(jnp.asarray(x, jnp.float32), jnp.asarray(train_weight, jnp.float32)))
+
+
+@jax.jit
+def _standardize(x: jax.Array, train_weight: jax.Array):
+    total = jnp.sum(train_weight)
+    mean = jnp.einsum("n,hnd->hd", train_weight, x) / total
+    centred = x - mean[:, None]
+    std = jnp.sqrt(jnp.einsum("n,hnd->hd", train_weight, centred**2) / total)  # two passes: no cancellation
+    std = jnp.where(std > 1e-6 * jnp.maximum(jnp.max(std), 1e-30), std, 1.0)
+    return centred / std[:, None], mean, std
 
 
 def place_rows(x: np.ndarray, y: np.ndarray, weights: dict[str, np.ndarray], mesh: Mesh | None):
@@ -144,7 +150,9 @@ def sweep_linear(x: jax.Array, y: jax.Array, weights: dict[str, jax.Array], C: n
         mesh = getattr(x.sharding, "mesh", None)
         multiple = mesh.shape.get("data", 1) if mesh is not None and not mesh.empty else 1
         rows, row_weight = _training_rows(weights["train"], multiple)
-        probes, metrics, n_iter = _sweep_l2(x, y, weights, rows, row_weight, C, masks, n_classes, max_iter, tol)
+        # no masks when every column is free: the solver then preconditions on principal axes
+        probes, metrics, n_iter = _sweep_l2(x, y, weights, rows, row_weight, C, None if column_masks is None else masks,
+                                            n_classes, max_iter, tol)
         return SweepFit(probes, jax.tree.map(np.asarray, metrics), np.asarray(n_iter))
     else:  # one program per hook, compiled once: vmapping these over hooks too measured slower on CPU
         per_hook = [_sweep_one_hook(x[h], y, weights, C, masks, n_classes, family, l1_ratio, max_iter)
