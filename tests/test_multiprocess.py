@@ -158,22 +158,23 @@ def test_explicit_distributed_config_must_be_complete(monkeypatch):
 
 
 def test_extract_to_s3_with_two_processes_then_train_from_it(pipelines, s3_env, tiny_llama):
-    # The store and the run directory both on S3: checkpoints, cfg.json, metrics and eval.json.
+    # The store and the run directory both on S3: both processes write their checkpoint shards there,
+    # process 0 cfg.json, metrics and eval.json.
     url, run_url = "s3://jaxinterp-test/stores/tiny", "s3://jaxinterp-test/runs/from-s3"
-    for command in (on_processes(2, extract_args(tiny_llama, url)), train_args(url, run_url)):
+    for command in (on_processes(2, extract_args(tiny_llama, url)), on_processes(2, train_args(url, run_url))):
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=s3_env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     remote, local = open_store(url), open_store(str(pipelines[1]["store"]))
     assert remote.manifest == local.manifest
     for name in (HOOK, "tokens", "doc", "pos"):  # the bytes the local 1-process extraction wrote
         assert remote.read(name, 0, remote.n_tokens).tobytes() == local.read(name, 0, local.n_tokens).tobytes()
-    from_s3, from_disk = load_trained(run_url), load_trained(str(pipelines[1]["run"]))
-    for name, value in from_disk.state.params.items():  # same data, same devices: the same run
+    from_s3, from_disk = load_trained(run_url), load_trained(str(pipelines[2]["run"]))
+    for name, value in from_disk.state.params.items():  # same data, same processes and devices: the same run
         np.testing.assert_array_equal(from_s3.state.params[name], value, err_msg=name)
     run_dir = location(run_url)
-    assert json.loads((run_dir / "eval.json").read_text()) == json.loads((pipelines[1]["run"] / "eval.json").read_text())
+    assert json.loads((run_dir / "eval.json").read_text()) == json.loads((pipelines[2]["run"] / "eval.json").read_text())
     logged = [[json.loads(line)["step"] for line in (where / "metrics.jsonl").read_text().splitlines()]
-              for where in (run_dir, pipelines[1]["run"])]
+              for where in (run_dir, pipelines[2]["run"])]
     assert logged[0] == logged[1] and logged[0][-1] == STEPS  # metrics uploaded from the local mirror
 
 
