@@ -216,10 +216,10 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: e
                 log.write(done, {"skipped_nonfinite_rows": buffer.skipped_rows})
             if done % cfg["checkpoint_every"] == 0 or done == total or stop:
                 save_checkpoint(manager, done, state, BufferState(cfg["seed"], done, buffer.scales, buffer.streams))
-                log.sync()  # metrics reach an object-store run directory with each checkpoint
                 if done % cfg["checkpoint_every"] == 0 and done < total:
                     for member in members:
                         log.record(done, member.name, _holdout_metrics(member, state, holdout, cfg), prefix="holdout")
+                log.sync()  # metrics reach an object-store run directory with each checkpoint
             if stop:
                 break
         jax.block_until_ready(state)
