@@ -75,6 +75,9 @@ def test_s3_run_resumes_and_exports_like_a_local_run(store_url, bucket, tmp_path
                                np.asarray(expected.decode(expected.encode(x))), rtol=1e-5, atol=1e-5)
     with pytest.raises(FileExistsError, match=f"{bucket}/export exists"):
         export_run(run, "saelens", f"{bucket}/export")
+    (location(f"{bucket}/export") / "stale.txt").write_text("from before")
+    export_run(run, "saelens", f"{bucket}/export", overwrite=True)  # replaced as a whole
+    assert "stale.txt" not in [p.name for p in location(f"{bucket}/export").iterdir()]
 
 
 def test_eval_writes_its_output_to_s3(tiny_llama_run, bucket):
