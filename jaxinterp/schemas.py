@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxinterp.config import HOOK_LIST, Field, Schema
+from jaxinterp.store.paths import PATH_OR_URL
 
 __all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "nested", "sae_config",
            "distributed_config"]
@@ -54,10 +55,10 @@ TRAIN = Schema(
     fields={
         "store": Field(str, "activation store written by `jaxinterp extract`"),
         "hook": Field(str, "hook in the store to train on, e.g. blocks.12.hook_resid_post"),
-        "out": Field(str, "run directory: orbax checkpoints, cfg.json, metrics.jsonl"),
+        "out": Field(str, "run directory: orbax checkpoints, cfg.json, metrics.jsonl", check=PATH_OR_URL),
         "seed": Field(int, "seed for init, shuffling and the holdout split"),
         "init_from": Field(str, "start from this SAE instead of a fresh init: a run directory, or a SAELens/sparsify "
-                                "directory or Gemma-Scope params.npz; '' = fresh"),
+                                "directory or Gemma-Scope params.npz; '' = fresh", check=PATH_OR_URL),
         "steps": Field(int, "optimizer steps", minimum=1),
         "batch_size": Field(int, "tokens per step (global, across data replicas)", minimum=1),
         "lr": Field(float, "peak Adam learning rate; 0 = base / sqrt(n_latents / 2**14), base 2e-3 for the TopK family, "
@@ -108,11 +109,12 @@ TRAIN = Schema(
 
 EXPORT = Schema(
     fields={
-        "run": Field(str, "run directory written by `jaxinterp train`"),
+        "run": Field(str, "run directory written by `jaxinterp train`", check=PATH_OR_URL),
         "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
         "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, or Gemma-Scope "
                              "params.npz dir", choices=("saelens", "sparsify", "npz")),
-        "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)"),
+        "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)",
+                     check=PATH_OR_URL),
         "overwrite": Field(bool, "replace an existing export at out"),
         **DISTRIBUTED,
     }
@@ -121,7 +123,7 @@ EXPORT = Schema(
 EVAL = Schema(
     fields={
         "run": Field(str, "run directory written by `jaxinterp train`, or an SAE to import (SAELens or sparsify "
-                          "directory, Gemma-Scope params.npz; then set store)"),
+                          "directory, Gemma-Scope params.npz; then set store)", check=PATH_OR_URL),
         "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
         "store": Field(str, "store to evaluate on; '' = the run's own store (its holdout chunks)"),
         "eval_tokens": Field(int, "holdout tokens for the reconstruction metrics and feature density", minimum=1),
@@ -136,7 +138,7 @@ EVAL = Schema(
         "n_latents": Field(int, "random live latents to show when 'latents' is empty", minimum=0),
         "examples_per_latent": Field(int, "top-activating examples kept per latent", minimum=1),
         "out": Field(str, "output directory (eval.json, feature_density.png, top_examples.*); '' = <run>/eval"
-                          " or <export>_eval"),
+                          " or <export>_eval", check=PATH_OR_URL),
         **DISTRIBUTED,
     }
 )
@@ -161,7 +163,8 @@ PROBE = Schema(
         "batch_tokens": Field(int, "padded tokens per forward pass", minimum=1),
         "features": Field(str, "probe the activations, or the latents of a trained SAE (k-sparse)",
                           choices=("activations", "sae")),
-        "sae_run": Field(str, "features=sae: run directory of the SAE, or one to import (SAELens/sparsify dir, params.npz)"),
+        "sae_run": Field(str, "features=sae: run directory of the SAE, or one to import (SAELens/sparsify dir, params.npz)",
+                         check=PATH_OR_URL),
         "sae_name": Field(str, "features=sae: which SAE of a sweep run; '' = the only one"),
         "families": Field(str, "comma-separated probe families: logistic, ksparse, mlp, ridge (float targets)"),
         "penalty": Field(str, "logistic penalty (sklearn convention, strength 1/C)", choices=("l2", "l1", "elasticnet")),
@@ -185,7 +188,8 @@ PROBE = Schema(
         "mlp.steps": Field(int, "MLP probe full-batch Adam steps", minimum=1),
         "mlp.learning_rate": Field(float, "MLP probe Adam learning rate", minimum=0.0),
         "mesh.data": Field(int, "devices splitting the feature rows; -1 = all", minimum=-1),
-        "out": Field(str, "directory to create: results.json/.md, layer_sweep.png, probes/, steering/"),
+        "out": Field(str, "directory to create: results.json/.md, layer_sweep.png, probes/, steering/",
+                     check=PATH_OR_URL),
         "overwrite": Field(bool, "replace an existing out directory"),
         **DISTRIBUTED,
     },
@@ -207,7 +211,8 @@ def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[s
 
 DEMO = Schema(
     fields={
-        "out": Field(str, "directory for everything the demo writes (store/, run/, eval/, saelens/, summary.json)"),
+        "out": Field(str, "directory for everything the demo writes (store/, run/, eval/, saelens/, summary.json)",
+                     check=PATH_OR_URL),
         **nested(EXTRACT, "extract", _DEMO_SET["extract"]),
         **nested(TRAIN, "train", _DEMO_SET["train"]),
         **nested(EVAL, "eval", _DEMO_SET["eval"]),

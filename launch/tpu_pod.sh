@@ -4,13 +4,13 @@
 #   export TPU_NAME=my-v5e-64 ZONE=us-west4-a       # an existing TPU VM slice (gcloud compute tpus tpu-vm create ...)
 #   bash launch/tpu_pod.sh setup                   # copy this checkout to every worker, install jax[tpu] + jaxinterp
 #   bash launch/tpu_pod.sh run jaxinterp train --config configs/train_topk.py \
-#       --config.store=gs://BUCKET/stores/smollm2 --config.out=/mnt/shared/runs/topk --config.streams=64
+#       --config.store=gs://BUCKET/stores/smollm2 --config.out=gs://BUCKET/runs/topk --config.streams=64
 #
 # `run` starts the same command on all workers (gcloud ... ssh --worker=all) with
 # JAXINTERP_DISTRIBUTED=auto, so jaxinterp calls jax.distributed.initialize() and JAX finds the
 # slice's coordinator and process ids itself. Stores on gs:// are read and written by TensorStore
-# with the VM's service account; the run directory must be one path every worker sees (a
-# Filestore NFS share, or a bucket mounted with gcsfuse at the same path on all workers). On a
+# with the VM's service account; the run directory is a gs:// URL (orbax writes each worker's
+# shards there; gcsfs from the cloud extra) or one path every worker sees (a Filestore NFS share). On a
 # maintenance event or preemption each worker gets SIGTERM: all save a checkpoint at the same
 # step and exit 0; rerun the same `run` line to resume (also onto a slice of another size, when
 # --config.streams is a multiple of both worker counts).
@@ -24,7 +24,7 @@ case "${1:-}" in
     gcloud compute tpus tpu-vm scp --zone "$ZONE" --worker=all --recurse \
       pyproject.toml README.md jaxinterp configs launch "$TPU_NAME":"$REMOTE_DIR"
     ssh_all "cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q -U pip \
-      && .venv/bin/pip install -q 'jax[tpu]==0.10.2' -e '.[data]'" ;;
+      && .venv/bin/pip install -q 'jax[tpu]==0.10.2' -e '.[data,cloud]'" ;;
   run)
     shift
     [ $# -gt 0 ] || { echo "usage: $0 run jaxinterp VERB [--config ...]" >&2; exit 2; }

@@ -1,6 +1,10 @@
 """Test setup: 8 forced CPU devices (set before jax is imported), offline hub, tiny real models."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -98,3 +102,45 @@ def smollm2_sweep(smollm2_store, tmp_path_factory) -> tuple[str, dict]:
               "holdout_fraction": 0.1, "eval_tokens": 4096, "dead_tokens": 50_000, "checkpoint_every": 200,
               "sweep": sweep}
     return run, train(load_config("configs/train_topk.py", fields, schemas.TRAIN, "train"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto) with one bucket, ``jaxinterp-test``; yields the env that points at it.
+
+    One per session: s3fs (through etils.epath) keeps its client, so the endpoint must not change.
+    """
+    pytest.importorskip("moto", reason="the test extra installs moto[server]")
+    import boto3
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
+               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
+    try:
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")
+        deadline = time.time() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket="jaxinterp-test")
+                break
+            except Exception:  # the server is still starting
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """``s3_server``'s variables in this process's environment too (s3fs and TensorStore read them there)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.setenv(name, s3_server[name])
+    return s3_server

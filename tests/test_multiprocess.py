@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxinterp.store import open_store
+from jaxinterp.store.paths import location
 from jaxinterp.train.trained import load_trained
 
 LAUNCH = str(Path(__file__).parents[1] / "launch" / "local.py")
@@ -157,51 +157,25 @@ def test_explicit_distributed_config_must_be_complete(monkeypatch):
         initialize({"coordinator": "", "num_processes": -1, "process_id": -1, "timeout_s": 5})
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    """A local S3-compatible server (moto) with one bucket; yields the env that points at it."""
-    pytest.importorskip("moto", reason="the test extra installs moto[server]")
-    import boto3
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1",
-               AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}")
-    try:
-        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                              aws_access_key_id="testing", aws_secret_access_key="testing")
-        deadline = time.time() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket="jaxinterp-test")
-                break
-            except Exception:  # the server is still starting
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.2)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def test_extract_to_s3_with_two_processes_then_train_from_it(pipelines, s3_server, tiny_llama, tmp_path, monkeypatch):
-    url = "s3://jaxinterp-test/stores/tiny"
-    for command in (on_processes(2, extract_args(tiny_llama, url)), train_args(url, tmp_path / "run")):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=s3_server)
+def test_extract_to_s3_with_two_processes_then_train_from_it(pipelines, s3_env, tiny_llama):
+    # The store and the run directory both on S3: both processes write their checkpoint shards there,
+    # process 0 cfg.json, metrics and eval.json.
+    url, run_url = "s3://jaxinterp-test/stores/tiny", "s3://jaxinterp-test/runs/from-s3"
+    for command in (on_processes(2, extract_args(tiny_llama, url)), on_processes(2, train_args(url, run_url))):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=s3_env)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"):
-        monkeypatch.setenv(name, s3_server[name])
     remote, local = open_store(url), open_store(str(pipelines[1]["store"]))
     assert remote.manifest == local.manifest
     for name in (HOOK, "tokens", "doc", "pos"):  # the bytes the local 1-process extraction wrote
         assert remote.read(name, 0, remote.n_tokens).tobytes() == local.read(name, 0, local.n_tokens).tobytes()
-    from_s3, from_disk = load_trained(str(tmp_path / "run")), load_trained(str(pipelines[1]["run"]))
-    for name, value in from_disk.state.params.items():  # same data, same devices: the same run
+    from_s3, from_disk = load_trained(run_url), load_trained(str(pipelines[2]["run"]))
+    for name, value in from_disk.state.params.items():  # same data, same processes and devices: the same run
         np.testing.assert_array_equal(from_s3.state.params[name], value, err_msg=name)
+    run_dir = location(run_url)
+    assert json.loads((run_dir / "eval.json").read_text()) == json.loads((pipelines[2]["run"] / "eval.json").read_text())
+    logged = [[json.loads(line)["step"] for line in (where / "metrics.jsonl").read_text().splitlines()]
+              for where in (run_dir, pipelines[2]["run"])]
+    assert logged[0] == logged[1] and logged[0][-1] == STEPS  # metrics uploaded from the local mirror
 
 
 def test_eval_and_probe_on_two_processes_write_one_output_like_one_process(pipelines, tiny_llama, tmp_path):

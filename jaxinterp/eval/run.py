@@ -7,7 +7,8 @@ and KL. For chosen latents: top-activating held-out examples (JSON and HTML).
 
 Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
 ``top_examples.html`` (``out`` defaults to ``<run>/eval``, or ``<export>_eval`` beside an imported
-SAE; a previous evaluation there is replaced as a whole, never left half-written).
+SAE; a previous evaluation there is replaced as a whole, never left half-written). Runs, imports and
+outputs may be URLs (``file://``, ``gs://``, ``s3://``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained
 from jaxinterp.export.atomic import atomic_directory
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.store import Store, open_store
+from jaxinterp.store.paths import location
 from jaxinterp.train.trained import load_trained
 
 __all__ = ["evaluate_run", "model_metrics"]
@@ -91,7 +93,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                               exclude_bos, on_nonfinite=train_cfg.get("on_nonfinite", "error"))
     rows = (buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"]))[hook]
     result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"])
-    name = trained.name if trained else Path(cfg["run"]).name
+    run = location(cfg["run"])
+    name = trained.name if trained else run.name
     if trained:
         result.update(
             step=trained.step,
@@ -145,6 +148,6 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         write_examples_json(directory / "top_examples.json", records, meta)
         write_examples_html(directory / "top_examples.html", records, f"Top-activating examples: {title}")
 
-    default_out = Path(cfg["run"]) / "eval" if trained else Path(cfg["run"]).with_name(f"{Path(cfg['run']).stem}_eval")
+    default_out = run / "eval" if trained else run.with_name(f"{run.stem}_eval")
     written = atomic_directory(cfg["out"] or str(default_out), True, write)
     return {**result, "written_to": str(written)}

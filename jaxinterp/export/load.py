@@ -1,4 +1,8 @@
-"""Loading an SAE saved by jaxinterp or a peer tool, whatever its format: :func:`load_sae`."""
+"""Loading an SAE saved by jaxinterp or a peer tool, whatever its format: :func:`load_sae`.
+
+Paths may be URLs (``file://``, ``gs://``, ``s3://``): a run directory is restored by orbax from
+where it is; an export is read from a temporary local copy.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
+from etils import epath
 
 from jaxinterp.export.npz import read_npz
 from jaxinterp.export.portable import PortableSAE, portable_from_trained, to_jaxinterp
 from jaxinterp.export.saelens import read_saelens
 from jaxinterp.export.sparsify import hookpoint_dirs, read_sparsify
 from jaxinterp.sae import Architecture, Latents
+from jaxinterp.store.paths import local_copy, location
 
 if TYPE_CHECKING:
     from jaxinterp.train.trained import TrainedSAE
@@ -49,10 +55,11 @@ class LoadedSAE(NamedTuple):
         return self.architecture.decode(self.params, latents)
 
 
-def is_run_directory(path: str | Path) -> bool:
+def is_run_directory(path: str | Path | epath.Path) -> bool:
     """Whether ``path`` is a ``jaxinterp train`` run directory (``cfg.json`` listing its SAEs)."""
-    cfg = Path(path) / "cfg.json"
-    return cfg.is_file() and (Path(path) / "checkpoints").is_dir() and "saes" in json.loads(cfg.read_text())
+    run = location(path)
+    cfg = run / "cfg.json"
+    return cfg.is_file() and (run / "checkpoints").is_dir() and "saes" in json.loads(cfg.read_text())
 
 
 def loaded_from_trained(trained: TrainedSAE) -> LoadedSAE:
@@ -61,7 +68,7 @@ def loaded_from_trained(trained: TrainedSAE) -> LoadedSAE:
     return LoadedSAE("run", sae, *to_jaxinterp(sae))
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | Path | epath.Path) -> str:
     """``run``, ``saelens``, ``sparsify`` or ``npz``, from the files at ``path``.
 
     A jaxinterp run directory is ``run``; a ``.npz`` file or a directory with ``params.npz`` is Gemma-Scope style; a directory with
@@ -71,7 +78,7 @@ def detect_format(path: str | Path) -> str:
     Raises:
       FileNotFoundError: ``path`` does not exist or holds none of these.
     """
-    path = Path(path)
+    path = location(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.is_dir() and is_run_directory(path):
@@ -90,7 +97,7 @@ def detect_format(path: str | Path) -> str:
                             f"sae.safetensors or <hookpoint>/sae.safetensors (sparsify), or params.npz (Gemma Scope)")
 
 
-def load_sae(path: str | Path, fmt: str = "", name: str = "") -> LoadedSAE:
+def load_sae(path: str | Path | epath.Path, fmt: str = "", name: str = "") -> LoadedSAE:
     """Loads the SAE at ``path`` (format detected by :func:`detect_format` unless ``fmt`` names it).
 
     A run directory gives SAE ``name`` (default: its only one) at its newest checkpoint, with any
@@ -98,7 +105,7 @@ def load_sae(path: str | Path, fmt: str = "", name: str = "") -> LoadedSAE:
 
     Example::
 
-        sae = load_sae("exports/topk_saelens")      # or a run directory, a sparsify dir, params.npz
+        sae = load_sae("exports/topk_saelens")      # or a run directory, a sparsify dir, params.npz, a URL
         x_hat = sae.decode(sae.encode(x))
 
     Raises:
@@ -110,9 +117,9 @@ def load_sae(path: str | Path, fmt: str = "", name: str = "") -> LoadedSAE:
         from jaxinterp.train.trained import load_trained  # the trainer is heavy; imports need none of it
 
         return loaded_from_trained(load_trained(str(path), name))
-    if fmt in READERS:
-        sae = READERS[fmt](path)
-    else:
+    if fmt not in READERS:
         raise ValueError(f"unknown SAE format {fmt!r}; choose one of run, {', '.join(READERS)}")
+    with local_copy(location(path)) as local:  # the readers read local files
+        sae = READERS[fmt](local)
     architecture, params, arch_state = to_jaxinterp(sae)
     return LoadedSAE(fmt, sae, architecture, params, arch_state)

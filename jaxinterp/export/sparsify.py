@@ -21,11 +21,13 @@ from typing import Any
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so bf16 safetensors load)
 import numpy as np
+from etils import epath
 from safetensors.numpy import load_file, save_file
 
 from jaxinterp.export.atomic import atomic_directory
 from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook
 from jaxinterp.export.portable import PortableSAE, require_format
+from jaxinterp.store.paths import location
 
 __all__ = ["export_sparsify", "read_sparsify", "sparsify_config", "sparsify_hookpoint", "sparsify_weights",
            "hookpoint_dirs"]
@@ -79,7 +81,8 @@ def export_sparsify(sae: PortableSAE, out: str, overwrite: bool = False) -> Path
         itself an SAE directory (holds a ``cfg.json``).
     """
     config, weights, hookpoint = sparsify_config(sae), sparsify_weights(sae), sparsify_hookpoint(sae)
-    if (Path(out) / "cfg.json").exists():
+    root = location(out, "out")
+    if (root / "cfg.json").exists():
         raise FileExistsError(f"{out} holds a cfg.json, so it is an SAE directory, not a sparsify export root; "
                               f"choose another --config.out")
 
@@ -87,12 +90,12 @@ def export_sparsify(sae: PortableSAE, out: str, overwrite: bool = False) -> Path
         (directory / "cfg.json").write_text(json.dumps(config, indent=2))
         save_file(weights, str(directory / "sae.safetensors"))
 
-    return atomic_directory(str(Path(out) / hookpoint), overwrite, write)
+    return atomic_directory(str(root / hookpoint), overwrite, write)
 
 
-def hookpoint_dirs(path: str | Path) -> list[Path]:
+def hookpoint_dirs(path: str | Path | epath.Path) -> list[epath.Path]:
     """The hookpoint directories under a sparsify export root (those holding ``sae.safetensors``)."""
-    return sorted(p.parent for p in Path(path).glob("*/sae.safetensors"))
+    return sorted(p.parent for p in location(path).glob("*/sae.safetensors"))
 
 
 def _hookpoint_dir(path: Path) -> Path:

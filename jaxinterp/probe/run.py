@@ -24,6 +24,7 @@ from jaxinterp.probe.families import FittedProbe, fit_probes
 from jaxinterp.probe.features import pool_activations, tokenize_texts
 from jaxinterp.probe.latents import SparseRows, encode_sparse, pool_sparse
 from jaxinterp.probe.report import format_table, plot_layer_sweep
+from jaxinterp.store.paths import location
 
 __all__ = ["ProbeData", "probe_features", "run_probe"]
 
@@ -151,7 +152,7 @@ def run_probe(cfg: Mapping[str, Any], model=None, mesh=None, progress: bool = Tr
     Raises:
       FileExistsError: ``cfg.out`` exists and ``cfg.overwrite`` is false (checked before any work).
     """
-    out = Path(cfg["out"])
+    out = location(cfg["out"], "out")  # a local path or a file://, gs:// or s3:// URL
     if out.exists() and not cfg["overwrite"]:
         raise FileExistsError(f"{out} exists; pass --config.overwrite=true to replace it")
     if mesh is None and cfg["mesh"]["data"] != 1:

@@ -1,7 +1,9 @@
 """Run directories: orbax checkpoints of the train state plus a self-describing ``cfg.json``.
 
 Layout of ``<run>/``: ``cfg.json`` (train config, d_in, source-model metadata from the store),
-``checkpoints/<step>/`` (orbax), ``metrics.jsonl``, ``eval.json``.
+``checkpoints/<step>/`` (orbax), ``metrics.jsonl``, ``tensorboard/``, ``eval.json``. A run directory is
+a local path or a URL (:func:`jaxinterp.store.paths.location`); orbax writes checkpoints straight to
+``gs://`` / ``s3://``, marking each finished step with a commit file (object stores cannot rename).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import orbax.checkpoint as ocp
 
 from jaxinterp.buffer import BufferState
 from jaxinterp.config import flatten
+from jaxinterp.store.paths import location, on_object_store
+from jaxinterp.train.orbax_s3 import enable_s3_checkpoints
 
 __all__ = [
     "RUN_CONFIG",
@@ -45,13 +49,23 @@ def checkpoint_manager(run_dir: str, keep: int = 2, async_save: bool = False) ->
     With ``async_save`` a save returns once the arrays are copied off the devices and the files are
     written in the background (call ``wait_until_finished`` before exiting).
     """
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
+    run = location(run_dir)
+    atomicity = None
+    if on_object_store(run):
+        if str(run).startswith("s3://"):
+            enable_s3_checkpoints()
+        # No rename on object stores: a step is complete once its commit_success.txt is written.
+        atomicity = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
+    else:
+        run = Path(run).absolute()  # orbax wants absolute local paths
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+                                           atomicity_options=atomicity)
+    return ocp.CheckpointManager(run / "checkpoints", options=options)
 
 
 def read_run_config(run_dir: str) -> dict[str, Any]:
     """The ``cfg.json`` of a run directory."""
-    path = Path(run_dir) / RUN_CONFIG
+    path = location(run_dir) / RUN_CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a jaxinterp run directory (no {RUN_CONFIG})")
     return json.loads(path.read_text())
@@ -64,7 +78,7 @@ def write_run_config(run_dir: str, run_config: dict[str, Any]) -> None:
       RunExistsError: when ``run_dir`` holds a run with a different configuration (the message
         names the differing fields, e.g. ``d_in`` when the store's width changed).
     """
-    path = Path(run_dir) / RUN_CONFIG
+    path = location(run_dir, "out") / RUN_CONFIG
     if path.exists():
         old, new = flatten(json.loads(path.read_text())), flatten(run_config)
         differing = sorted(k for k in set(old) | set(new)

@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
 from jaxinterp.buffer import ActivationBuffer, BufferState
 from jaxinterp.config import ConfigError, as_dict
@@ -28,6 +28,7 @@ from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.mesh import SAE_RULES, batch_sharding, make_mesh, tree_shardings
 from jaxinterp.store import open_store
+from jaxinterp.store.paths import location
 from jaxinterp.train.checkpoint import checkpoint_manager, restore_latest, save_checkpoint, write_run_config
 from jaxinterp.train.members import Member, build_members, member_configs
 from jaxinterp.train.metrics_log import MetricsLog
@@ -70,7 +71,7 @@ def _warm_start(cfg, members: Sequence[Member], d_in: Mapping[str, int], scales:
     return {member.name: warm_start_params(load_sae(cfg["init_from"]), member, d_in[member.hook], scales[member.hook])}
 
 
-def _start_state(cfg, buffer: ActivationBuffer, out: Path, members, d_in, mesh):
+def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, mesh):
     """A fresh sharded state and buffer state, or the newest checkpoint's (onto this mesh)."""
     abstract = abstract_state(members, d_in)
     shardings = tree_shardings(abstract, SAE_RULES, mesh)
@@ -130,6 +131,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     sequence from the saved buffer state; a finished run only re-evaluates. On SIGTERM the run
     saves a checkpoint at the current step and returns with ``"preempted": True``.
     """
+    out = location(cfg["out"], "out")  # a local path or URL; checked before any work
     store = open_store(cfg["store"])
     members = build_members(cfg)
     hooks = list(dict.fromkeys(member.hook for member in members))
@@ -142,7 +144,6 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
                                 sharding=batch_sharding(mesh), streams=streams)
 
     buffer = make_buffer(cfg["streams"])
-    out = Path(cfg["out"])
     if is_primary():
         write_run_config(str(out), run_config(cfg, store.manifest, d_in))
     state, buffer_state, shardings = _start_state(cfg, buffer, out, members, d_in, mesh)
@@ -193,7 +194,7 @@ def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np
     return result
 
 
-def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: Path, start: int, members,
+def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: epath.Path, start: int, members,
                holdout, progress: bool, preemption: _Preemption, serialize: bool) -> TrainState:
     """The step loop: metrics every ``log_every`` steps, a checkpoint (and holdout metrics) every
     ``checkpoint_every``, and a checkpoint on SIGTERM."""
@@ -218,6 +219,7 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: P
                 if done % cfg["checkpoint_every"] == 0 and done < total:
                     for member in members:
                         log.record(done, member.name, _holdout_metrics(member, state, holdout, cfg), prefix="holdout")
+                log.sync()  # metrics reach an object-store run directory with each checkpoint
             if stop:
                 break
         jax.block_until_ready(state)

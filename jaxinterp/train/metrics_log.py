@@ -1,38 +1,57 @@
-"""Training metrics to ``metrics.jsonl``, TensorBoard event files (tensorboardX) and a tqdm bar."""
+"""Training metrics to ``metrics.jsonl``, TensorBoard event files (tensorboardX) and a tqdm bar.
+
+Both files are appended to as training goes, which object stores cannot do: for a ``gs://`` or
+``s3://`` run directory they are written in a local mirror directory and uploaded whole at every
+checkpoint and at the end (a resumed run first downloads ``metrics.jsonl`` to append to it).
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm.auto import tqdm
 
+from jaxinterp.store.paths import copy_file, on_object_store, upload_tree
+
 __all__ = ["MetricsLog"]
+
+_METRICS = "metrics.jsonl"
 
 
 class MetricsLog:
     """Averages per-step metrics over a window and writes one line per member when asked.
 
     Only process 0 writes files; every process may call it. Metrics arrive as
-    ``{member: {name: scalar}}`` device arrays and are fetched only at write time.
+    ``{member: {name: scalar}}`` device arrays and are fetched only at write time. On an object
+    store the files live in a local mirror until :meth:`sync` or :meth:`close` uploads them.
     """
 
-    def __init__(self, run_dir: Path, start: int, total: int, batch_size: int, progress: bool):
+    def __init__(self, run_dir: epath.Path, start: int, total: int, batch_size: int, progress: bool):
         self.writing = jax.process_index() == 0
+        self.run_dir, self.mirror = run_dir, None
+        directory = Path(run_dir)
+        if self.writing and on_object_store(run_dir):
+            directory = self.mirror = Path(tempfile.mkdtemp(prefix="jaxinterp-metrics-"))
+            if (run_dir / _METRICS).exists():  # a resumed run appends to what is there
+                copy_file(run_dir / _METRICS, directory / _METRICS)
         self.window: list[dict[str, dict[str, Any]]] = []
         self.batch_size, self.last_time, self.last_step = batch_size, time.perf_counter(), start
         self.bar = tqdm(total=(total - start) * batch_size, unit="tok", unit_scale=True, desc="train",
                         disable=not (progress and self.writing) or start >= total)
-        self.jsonl = open(run_dir / "metrics.jsonl", "a") if self.writing else None
+        self.jsonl = open(directory / _METRICS, "a") if self.writing else None
         self.tensorboard = None
         if self.writing:
             from tensorboardX import SummaryWriter
 
-            self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tensorboard = SummaryWriter(str(directory / "tensorboard"))
 
     def add(self, metrics: dict[str, dict[str, Any]]) -> None:
         self.window.append(metrics)
@@ -66,8 +85,18 @@ class MetricsLog:
             if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"{member}/{prefix}/{key}", value, step)
 
+    def sync(self) -> None:
+        """Uploads the mirrored files to an object-store run directory (a local one is always current)."""
+        if self.mirror is not None:
+            self.tensorboard.flush()
+            upload_tree(self.mirror, self.run_dir)
+
     def close(self) -> None:
+        """Closes the files (uploading them a last time) and the progress bar."""
         self.bar.close()
         if self.writing:
             self.jsonl.close()
             self.tensorboard.close()
+        if self.mirror is not None:
+            upload_tree(self.mirror, self.run_dir)
+            shutil.rmtree(self.mirror, ignore_errors=True)
