@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 __all__ = ["Linear", "Mlp", "logits", "fit_logistic_elastic", "fit_ridge", "fit_mlp",
-           "lbfgs_logistic_l2", "mlp_logits"]
+           "lbfgs_logistic_l2", "mlp_logits", "principal_axes"]
 
 
 class Linear(NamedTuple):
@@ -146,9 +146,27 @@ def fit_mlp(key: jax.Array, x: jax.Array, y: jax.Array, weight: jax.Array, C: ja
     return jax.lax.fori_loop(0, steps, body, (probe, optimizer.init(probe)))[0]
 
 
-def _principal_axes(x: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Eigenvalues ``[hooks, d]`` and eigenvectors ``[hooks, d, d]`` of each hook's weighted ``xᵀ diag(w) x``."""
-    eigenvalues, axes = jnp.linalg.eigh(jnp.einsum("hnd,n,hne->hde", x, weight, x))
+def principal_axes(x: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigenvalues ``[hooks, d]`` and eigenvectors ``[hooks, d, d]`` of each hook's ``xᵀ diag(w) x / Σw``.
+
+    For :func:`lbfgs_logistic_l2`'s preconditioner. The Gram matrices may be computed over a mesh;
+    the ``eigh`` runs once, on one device, and its result is an input to the sharded solve. Inside
+    the sharded program (``eigh`` on every device) the 8-device sweep test hung: every device's
+    L-BFGS loop must stop at the same iteration, which needs bitwise-equal inputs on every device.
+    """
+    gram = jax.device_get(_weighted_gram(x, weight))
+    eigenvalues, axes = _eigh(jax.device_put(gram, jax.devices()[0]))
+    return jax.device_get(eigenvalues), jax.device_get(axes)
+
+
+@jax.jit
+def _weighted_gram(x: jax.Array, weight: jax.Array) -> jax.Array:
+    return jnp.einsum("hnd,n,hne->hde", x, weight / jnp.sum(weight), x)
+
+
+@jax.jit
+def _eigh(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+    eigenvalues, axes = jnp.linalg.eigh(gram)
     return jnp.maximum(eigenvalues, 0.0), axes
 
 
@@ -163,7 +181,8 @@ def _data_term(z: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Array, n_classes: int,
                       column_masks: jax.Array | None = None, max_iter: int = 500, tol: float = 1e-6,
-                      memory: int = 10, n_steps: int = 8, precondition: bool = True
+                      memory: int = 10, n_steps: int = 8,
+                      axes: tuple[jax.Array, jax.Array] | None = None
                       ) -> tuple[Linear, jax.Array]:
     """L2 logistic regression for every hook × column group × C at once, by batched L-BFGS.
 
@@ -174,11 +193,11 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     (``optax.lbfgs`` vmapped over a sweep measured 46 ms per iteration per hook on CPU.)
 
     The batch runs until its slowest problem converges, so the weakly regularised, ill-conditioned
-    problems set the cost. With ``precondition`` (and no column masks) each hook's features are
-    first rotated onto the principal axes of ``xᵀ diag(w) x`` (one ``eigh`` per hook; the L2
-    penalty is rotation-invariant), where the log-loss curvature bound ``λᵢ/4 + 1/(C·Σw)`` is a
-    diagonal initial inverse Hessian for L-BFGS. On 30 SmolLM2 hooks × 10 C this cut the slowest
-    problem from ~200 iterations to ~70. Convergence is still tested in the original coordinates.
+    problems set the cost. Given ``axes`` (:func:`principal_axes` of the same rows, no column
+    masks), each hook's features are first rotated onto their principal axes (the L2 penalty is
+    rotation-invariant), where the log-loss curvature bound ``λᵢ/4 + 1/(C·Σw)`` is a diagonal
+    initial inverse Hessian for L-BFGS. On 30 SmolLM2 hooks × 10 C this cut the slowest problem
+    from ~200 iterations to ~70. Convergence is still tested in the original coordinates.
 
     Args:
       x: ``[hooks, n, d]`` features.
@@ -187,7 +206,8 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
       n_classes: 2 (one logit column) or K (softmax).
       column_masks: ``[groups, d]`` 0/1 columns each group may use (default: one group, all).
       max_iter: iterations at most; a problem stops once every gradient entry is below ``tol``.
-      precondition: rotate onto principal axes and precondition (ignored when ``column_masks`` is given).
+      axes: ``(eigenvalues, eigenvectors)`` from :func:`principal_axes` to precondition with
+        (not with ``column_masks``: a rotation would mix the masked columns).
 
     Returns:
       A :class:`Linear` with ``W`` ``[hooks, groups, n_C, d, n_out]`` and ``b`` ``[hooks, groups, n_C, n_out]``,
@@ -197,11 +217,13 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     n_out = _n_out(n_classes)
     masks = jnp.ones((1, d), x.dtype) if column_masks is None else column_masks.astype(x.dtype)
     total = jnp.sum(weight)
-    precondition = precondition and column_masks is None  # a rotation would mix the masked columns
+    precondition = axes is not None
+    if precondition and column_masks is not None:
+        raise ValueError("lbfgs_logistic_l2: axes (a rotation) cannot be combined with column_masks")
     # features as [d, n] (rotated if preconditioning): XLA:CPU's x·p and xᵀ·r ran 2.3x / 3.7x faster so
     x_t = jnp.swapaxes(x, 1, 2)
     if precondition:
-        second_moment, axes = _principal_axes(x, weight / total)
+        second_moment, axes = axes
         x_t = jnp.einsum("hde,hdn->hen", axes, x_t)
     xb_t = jnp.concatenate([x_t, jnp.ones((n_hooks, 1, n), x.dtype)], axis=1)  # the intercept is row d
     # per problem [groups, C]: which columns may move, and the penalty 1/(C·Σw) on all but the intercept

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxinterp.probe.metrics import classification_metrics, regression_metrics
 from jaxinterp.probe.solvers import (Linear, Mlp, fit_logistic_elastic, fit_mlp, fit_ridge, lbfgs_logistic_l2,
-                                     mlp_logits)
+                                     mlp_logits, principal_axes)
 
 __all__ = ["SPLITS", "SweepFit", "split_weights", "standardize", "place_rows", "sweep_linear", "sweep_mlp", "select",
            "unstandardize", "unstandardize_mlp"]
@@ -101,10 +101,10 @@ def _metrics_over_problems(x, probes: Linear, y, weights, regression: bool):
 
 
 @partial(jax.jit, static_argnames=("n_classes", "max_iter", "tol"))
-def _sweep_l2(x, y, weights, train_rows, train_weight, C, column_masks, n_classes, max_iter, tol):
+def _sweep_l2(x, y, weights, train_rows, train_weight, C, column_masks, axes, n_classes, max_iter, tol):
     # the solver reads only the training rows (padded with weight-0 rows): less to read per iteration
     probes, n_iter = lbfgs_logistic_l2(x[:, train_rows], y[train_rows], train_weight, C, n_classes, column_masks,
-                                       max_iter, tol)
+                                       max_iter, tol, axes=axes)
     return probes, _metrics_over_problems(x, probes, y, weights, regression=False), n_iter
 
 
@@ -150,9 +150,10 @@ def sweep_linear(x: jax.Array, y: jax.Array, weights: dict[str, jax.Array], C: n
         mesh = getattr(x.sharding, "mesh", None)
         multiple = mesh.shape.get("data", 1) if mesh is not None and not mesh.empty else 1
         rows, row_weight = _training_rows(weights["train"], multiple)
-        # no masks when every column is free: the solver then preconditions on principal axes
+        # when every column is free the solver preconditions on the training rows' principal axes
+        axes = principal_axes(x[:, rows], jnp.asarray(row_weight)) if column_masks is None else None
         probes, metrics, n_iter = _sweep_l2(x, y, weights, rows, row_weight, C, None if column_masks is None else masks,
-                                            n_classes, max_iter, tol)
+                                            axes, n_classes, max_iter, tol)
         return SweepFit(probes, jax.tree.map(np.asarray, metrics), np.asarray(n_iter))
     else:  # one program per hook, compiled once: vmapping these over hooks too measured slower on CPU
         per_hook = [_sweep_one_hook(x[h], y, weights, C, masks, n_classes, family, l1_ratio, max_iter)
