@@ -155,7 +155,7 @@ def principal_axes(x: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Arra
     L-BFGS loop must stop at the same iteration, which needs bitwise-equal inputs on every device.
     """
     gram = jax.device_get(_weighted_gram(x, weight))
-    eigenvalues, axes = _eigh(jax.device_put(gram, jax.devices()[0]))
+    eigenvalues, axes = _eigh(jax.device_put(gram, jax.local_devices()[0]))
     return jax.device_get(eigenvalues), jax.device_get(axes)
 
 
