@@ -220,11 +220,11 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     precondition = axes is not None
     if precondition and column_masks is not None:
         raise ValueError("lbfgs_logistic_l2: axes (a rotation) cannot be combined with column_masks")
-    # features as [d, n] (rotated if preconditioning): XLA:CPU's x·p and xᵀ·r ran 2.3x / 3.7x faster so
+    # features as [d, n], rotated when preconditioning: XLA:CPU ran x·p and xᵀ·r 2.3x / 3.7x faster in this layout
     x_t = jnp.swapaxes(x, 1, 2)
     if precondition:
-        second_moment, axes = axes
-        x_t = jnp.einsum("hde,hdn->hen", axes, x_t)
+        second_moment, rotation = axes
+        x_t = jnp.einsum("hde,hdn->hen", rotation, x_t)
     xb_t = jnp.concatenate([x_t, jnp.ones((n_hooks, 1, n), x.dtype)], axis=1)  # the intercept is row d
     # per problem [groups, C]: which columns may move, and the penalty 1/(C·Σw) on all but the intercept
     movable = jnp.concatenate([masks, jnp.ones((masks.shape[0], 1), x.dtype)], -1)[:, None, :, None]
@@ -323,7 +323,7 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
 
     def converged(grad):  # sklearn's test, max |∂f/∂w| < tol, in the original coordinates
         if precondition:
-            grad = jnp.concatenate([jnp.einsum("hde,hgceo->hgcdo", axes, grad[..., :d, :]), grad[..., d:, :]], -2)
+            grad = jnp.concatenate([jnp.einsum("hde,hgceo->hgcdo", rotation, grad[..., :d, :]), grad[..., d:, :]], -2)
         return jnp.max(jnp.abs(grad), (-2, -1)) < tol
 
     def running(state):
@@ -338,5 +338,5 @@ def lbfgs_logistic_l2(x: jax.Array, y: jax.Array, weight: jax.Array, C: jax.Arra
     state = jax.lax.while_loop(running, body, state)
     params, n_iter = state[0], state[-1]
     if precondition:
-        params = params.at[..., :d, :].set(jnp.einsum("hde,hgceo->hgcdo", axes, params[..., :d, :]))
+        params = params.at[..., :d, :].set(jnp.einsum("hde,hgceo->hgcdo", rotation, params[..., :d, :]))
     return Linear(params[..., :d, :], params[..., d, :]), n_iter
