@@ -22,7 +22,9 @@ library's own trainer does in one optimizer step, with its default settings:
 On CUDA each library runs with what its trainer does there by default: sparsify wraps its forward
 in bf16 autocast whenever the GPU supports bf16 and its Trainer sets
 ``torch.set_float32_matmul_precision("high")`` (TF32), which we set too for its rows only;
-SAELens trains in float32 without autocast unless asked. On CPU both are plain float32.
+SAELens trains in float32 without autocast unless asked. On CPU both are plain float32; with
+``cpu_bf16`` sparsify's forward runs in CPU bf16 autocast (the like-for-like row for jaxinterp's
+bf16 compute).
 
 In both, AuxK's extra decode only runs when some latent is dead, which a short benchmark from a
 fresh init never reaches (sparsify's default auxk_alpha is 0 besides), so it costs nothing here.
@@ -76,9 +78,14 @@ def _release() -> None:
 
 
 def sparsify_step_seconds(
-    x: np.ndarray, n_latents: int, k: int, steps: int = 5, optimizer: Literal["signum", "adam"] = "signum"
+    x: np.ndarray, n_latents: int, k: int, steps: int = 5, optimizer: Literal["signum", "adam"] = "signum",
+    cpu_bf16: bool = False,
 ) -> float | None:
-    """Seconds per training step of EleutherAI sparsify's TopK ``SparseCoder``, or None if absent."""
+    """Seconds per training step of EleutherAI sparsify's TopK ``SparseCoder``, or None if absent.
+
+    ``cpu_bf16`` runs its forward in CPU bf16 autocast: what sparsify does on CUDA (its forward is
+    decorated with CUDA bf16 autocast), applied on CPU to compare with jaxinterp's bf16 compute.
+    """
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it prints "Triton not installed, ..."
             import torch
@@ -116,7 +123,8 @@ def sparsify_step_seconds(
         sae.set_decoder_norm_to_unit_norm()
         dead_mask = tokens_since_fired > train_cfg.dead_feature_threshold if train_cfg.auxk_alpha > 0 else None
         total_variance = (batch - batch.mean(0)).pow(2).sum()
-        out = sae(x=batch, y=batch, dead_mask=dead_mask, total_variance=total_variance)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16 and device == "cpu"):
+            out = sae(x=batch, y=batch, dead_mask=dead_mask, total_variance=total_variance)
         did_fire[out.latent_indices.flatten()] = True
         float(out.fvu.detach())  # the trainer accumulates it for logging every step
         loss = out.fvu + train_cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8

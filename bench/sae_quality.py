@@ -1,6 +1,7 @@
 """TopK SAE quality at equal k, width and tokens: jaxinterp vs EleutherAI sparsify on SmolLM2.
 
     python bench/sae_quality.py [--tokens 262144 --n-latents 4096 --k 32 --batch 1024]
+    python bench/sae_quality.py --compute-dtypes float32,bfloat16   # also a row with bf16 compute
 
 Extracts SmolLM2-135M activations at ``--hook`` from the embedded pydoc corpus (once, into
 bench/results/quality_store; or pass ``--store``), draws one shuffled sequence of training batches
@@ -51,7 +52,8 @@ def fvu_and_l0(x: np.ndarray, x_hat: np.ndarray, l0: float) -> dict[str, float]:
     return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": l0}
 
 
-def train_jaxinterp(batches, holdout, n_latents: int, k: int, lr: float = 0.0) -> dict[str, float]:
+def train_jaxinterp(batches, holdout, n_latents: int, k: int, lr: float = 0.0,
+                    compute_dtype: str = "float32") -> dict[str, float]:
     from jaxinterp.eval.holdout import evaluate_reconstruction
     from jaxinterp.schemas import sae_config
     from jaxinterp.train import build_members, init_state, train_step
@@ -60,8 +62,8 @@ def train_jaxinterp(batches, holdout, n_latents: int, k: int, lr: float = 0.0) -
            "decay_fraction": 0.2, "grad_clip": 1.0, "sae": sae_config("topk", n_latents, k)}
     members = build_members(cfg)
     state = init_state(jax.random.key(0), {"x": batches[0]}, members)
-    step = jax.jit(partial(train_step, members=members, dead_tokens=len(batches) * len(batches[0]) // 4),
-                   donate_argnums=0)
+    step = jax.jit(partial(train_step, members=members, dead_tokens=len(batches) * len(batches[0]) // 4,
+                           compute_dtype=compute_dtype), donate_argnums=0)
     for batch in batches:
         state, _ = step(state, {"x": batch})
     sae = state.saes["sae"]
@@ -114,12 +116,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=0.0, help="jaxinterp's Adam lr; 0 = its default 2e-3/√(n/2¹⁴)")
+    parser.add_argument("--compute-dtypes", default="float32",
+                        help="comma-separated jaxinterp compute dtypes, one row each (e.g. float32,bfloat16)")
     parser.add_argument("--json", default=str(RESULTS / "sae_quality.json"))
     args = parser.parse_args()
 
     batches, holdout = activations(args)
     rows = {}
-    for name, fn in [("jaxinterp topk", partial(train_jaxinterp, lr=args.lr)), ("sparsify topk", train_sparsify)]:
+    ours = [(f"jaxinterp topk{'' if dtype == 'float32' else ' ' + dtype}",
+             partial(train_jaxinterp, lr=args.lr, compute_dtype=dtype)) for dtype in args.compute_dtypes.split(",")]
+    for name, fn in [*ours, ("sparsify topk", train_sparsify)]:
         began = time.perf_counter()
         result = fn(batches, holdout, args.n_latents, args.k)
         if result is None:
@@ -128,13 +134,13 @@ def main() -> None:
         rows[name] = {**result, "train_seconds": time.perf_counter() - began}
     print(f"SmolLM2-135M {args.hook}, {len(batches) * args.batch:,} training tokens, {len(holdout):,} holdout "
           f"tokens, n_latents {args.n_latents}, k {args.k}, batch {args.batch}")
-    print(f"{'':18}{'FVU':>8}{'EV':>8}{'L0':>7}{'dead':>7}{'train s':>9}")
+    print(f"{'':24}{'FVU':>8}{'EV':>8}{'L0':>7}{'dead':>7}{'train s':>9}")
     for name, row in rows.items():
-        print(f"{name:18}{row['fvu']:8.4f}{row['explained_variance']:8.4f}{row['l0']:7.1f}{row['dead_fraction']:7.3f}"
+        print(f"{name:24}{row['fvu']:8.4f}{row['explained_variance']:8.4f}{row['l0']:7.1f}{row['dead_fraction']:7.3f}"
               f"{row['train_seconds']:9.1f}")
-    if len(rows) == 2:
-        ours, theirs = rows["jaxinterp topk"]["fvu"], rows["sparsify topk"]["fvu"]
-        print(f"FVU jaxinterp ÷ sparsify = {ours / theirs:.3f} (goal ≤ 1)")
+    if "sparsify topk" in rows:
+        for name, _ in ours:
+            print(f"FVU {name} ÷ sparsify = {rows[name]['fvu'] / rows['sparsify topk']['fvu']:.3f} (goal ≤ 1)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
 

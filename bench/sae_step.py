@@ -10,11 +10,14 @@ All rows train on the same float32 batch (Gaussian, or ``--store/--hook`` activa
   jaxinterp topk         our train step (sparse custom-VJP kernels, AuxK, Adam, decoder projection
                          and renormalisation, latent counters); ``compute_dtype`` as given, with
                          float32 master weights and optimizer state
+  jaxinterp unchunked    (CPU) the same step with each sparse gather and scatter-add over all tokens at
+                         once, and the encoder matmul + top-k unchunked: what the token chunks save
   jaxinterp dense VJP    the same step with plain autodiff through top_k and a row gather: the
                          alternative the sparse kernels were chosen over, by this measurement
   sparsify / SAELens     each library's own training step (bench/peers.py), when installed
                          (``pip install -e ".[bench]"``), on CUDA when torch sees a GPU, each with
-                         its own defaults there (sparsify: bf16 autocast + TF32; SAELens: fp32)
+                         its own defaults there (sparsify: bf16 autocast + TF32; SAELens: fp32);
+                         with bf16 compute on CPU also sparsify in CPU bf16 autocast, like for like
   sweep                  3 TopK SAEs (k = k/2, k, 2k) trained in one step vs 3 separate steps
 Below the table: the device's measured matmul rate in the compute dtype (a square matmul) and
 the fraction of it that the encoder matmul ``x @ W_enc`` reaches at the step's shape.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +52,19 @@ def seconds_per_call(fn, *args, steps: int, warmup: int = 2) -> float:
     for _ in range(steps):
         jax.block_until_ready(fn(*args))
     return (time.perf_counter() - began) / steps
+
+
+@contextmanager
+def one_pass_kernels():
+    """jaxinterp's sparse kernels without their CPU token chunks: one gather/scatter over all tokens."""
+    from jaxinterp.sae import sparse
+
+    saved = sparse._CHUNK_BYTES, sparse._ENCODER_CHUNK_BYTES, sparse._MIN_ENCODER_CHUNK
+    sparse._CHUNK_BYTES = sparse._ENCODER_CHUNK_BYTES = sparse._MIN_ENCODER_CHUNK = 2**62
+    try:
+        yield
+    finally:
+        sparse._CHUNK_BYTES, sparse._ENCODER_CHUNK_BYTES, sparse._MIN_ENCODER_CHUNK = saved
 
 
 def train_step_seconds(x: jax.Array, sae_overrides: dict, sweep: str, steps: int, dense_vjp: bool = False,
@@ -138,6 +155,9 @@ def main() -> None:
     floor = jax.jit(lambda x, W: jax.lax.top_k(jnp.dot(x, W, preferred_element_type=jnp.float32), k))
     rows = {"floor: top_k(x @ W_enc)": seconds_per_call(floor, x_c, W_enc, steps=args.steps)}
     rows["jaxinterp topk"] = train_step_seconds(x, sae, "", args.steps, compute_dtype=dtype)
+    if not args.core and jax.default_backend() == "cpu":
+        with one_pass_kernels():
+            rows["jaxinterp topk, unchunked kernels"] = train_step_seconds(x, sae, "", args.steps, compute_dtype=dtype)
     if not args.core:
         rows["jaxinterp topk, dense VJP"] = train_step_seconds(x, sae, "", args.steps, dense_vjp=True,
                                                                compute_dtype=dtype)
@@ -147,9 +167,12 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).parent))
         from peers import saelens_step_seconds, sparsify_step_seconds
 
-        for name, fn in [("sparsify (signum, its default)", partial(sparsify_step_seconds, optimizer="signum")),
-                         ("sparsify (adam)", partial(sparsify_step_seconds, optimizer="adam")),
-                         ("SAELens", saelens_step_seconds)]:
+        peers = [("sparsify (signum, its default)", partial(sparsify_step_seconds, optimizer="signum")),
+                 ("sparsify (adam)", partial(sparsify_step_seconds, optimizer="adam")),
+                 ("SAELens", saelens_step_seconds)]
+        if dtype == "bfloat16" and jax.default_backend() == "cpu":  # like for like with our bf16 compute
+            peers.insert(1, ("sparsify (signum), bf16 autocast", partial(sparsify_step_seconds, cpu_bf16=True)))
+        for name, fn in peers:
             seconds = fn(x_np, n_latents, k, steps=args.steps)
             if seconds is None:
                 print(f"{name}: not installed (pip install -e '.[bench]')")

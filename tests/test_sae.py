@@ -47,9 +47,19 @@ def test_topk_encode_decode_are_consistent_with_dense_math():
     np.testing.assert_allclose(jnp.linalg.norm(params["W_dec"], axis=-1), 1.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("n_dead", [0, 1, 3, 5, 30])
-def test_sparse_kernels_give_the_gradients_of_dense_autodiff(n_dead):
-    B, d, n, k, k_aux = 64, 16, 96, 5, 16
+@pytest.mark.parametrize("n_dead,chunked", [(0, False), (1, False), (3, False), (5, False), (30, False),
+                                            (0, True), (5, True), (30, True)])
+def test_sparse_kernels_give_the_gradients_of_dense_autodiff(n_dead, chunked, monkeypatch):
+    # chunked: the CPU kernels' token chunks (encoder 16 tokens, gathers/scatters 8), 53 tokens so
+    # that the last chunk is zero-padded.
+    B, d, n, k, k_aux = (53 if chunked else 64), 16, 96, 5, 16
+    if chunked:
+        from jaxinterp.sae import sparse
+
+        monkeypatch.setattr(sparse, "_MIN_ENCODER_CHUNK", 16)
+        monkeypatch.setattr(sparse, "_ENCODER_CHUNK_BYTES", 16 * 4 * n)
+        monkeypatch.setattr(sparse, "_CHUNK_BYTES", 8 * 4 * k_aux * d)
+        assert sparse._row_chunk(jnp.zeros((B, k_aux)), d) == 8 and B % 8 and B % 16
     assert aux_widths(k_aux) == (1, 4, 16)  # so the dead counts above use every width, and none
     keys = jax.random.split(jax.random.key(0), 6)
     x = jax.random.normal(keys[0], (B, d))
@@ -91,6 +101,25 @@ def test_sharded_top_k_equals_global_top_k():
     expected_values, expected_indices = jax.lax.top_k(pre, 5)
     np.testing.assert_array_equal(values, expected_values)
     np.testing.assert_array_equal(indices, expected_indices)
+
+
+def test_block_top_k_equals_lax_top_k():
+    from jaxinterp.sae.sparse import _block_top_k
+
+    pre = jax.random.normal(jax.random.key(0), (64, 1024))
+    # the CPU path: the 16 best blocks of 16 by their maxima, then the top 16 among their latents
+    for p in (pre, pre + 3.0 * (jnp.arange(1024) % 16 == 15), jnp.where(jnp.arange(1024) % 97 == 0, pre, -jnp.inf)):
+        values, indices = jax.jit(lambda p: _block_top_k(p, 16))(p)
+        expected_values, expected_indices = jax.lax.top_k(p, 16)
+        np.testing.assert_array_equal(values, expected_values)
+        finite = np.isfinite(np.asarray(expected_values))
+        np.testing.assert_array_equal(np.asarray(indices)[finite], np.asarray(expected_indices)[finite])
+    # ties: the same values, each taken once
+    tied = jnp.round(pre)
+    values, indices = jax.jit(lambda p: _block_top_k(p, 16))(tied)
+    np.testing.assert_array_equal(values, jax.lax.top_k(tied, 16)[0])
+    np.testing.assert_array_equal(jnp.take_along_axis(tied, indices, 1), values)
+    assert all(len(set(row)) == 16 for row in np.asarray(indices).tolist())
 
 
 def test_jumprelu_straight_through_gradients():
