@@ -81,6 +81,10 @@ def test_sparse_kernels_give_the_gradients_of_dense_autodiff(n_dead, chunked, mo
         return jnp.sum((x - x_hat) ** 2) + jnp.sum((0.3 * x - jnp.einsum("tk,tkd->td", aux_values, W_dec[aux_indices])) ** 2)
 
     args = (W_enc, b_enc, b_dec, W_dec)
+    if chunked:  # also without AuxK: its [tokens, 0] outputs go through the chunks too
+        main, aux = topk_encode(x, W_enc, b_enc, b_dec, dead, k, 0)
+        assert aux.values.shape == (B, 0)
+        np.testing.assert_array_equal(main.indices, jax.lax.top_k((x - b_dec) @ W_enc + b_enc, k)[1])
     value, grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1, 2, 3)))(*args)
     expected_value, expected = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2, 3)))(*args)
     assert float(value) == pytest.approx(float(expected_value), rel=1e-6)

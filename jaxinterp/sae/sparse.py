@@ -160,7 +160,7 @@ def _over_chunks(body, init, xs: tuple[jax.Array, ...], chunk: int):
     pad = -n_tokens % chunk
     chunks = tuple(jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(-1, chunk, *a.shape[1:]) for a in xs)
     carry, out = jax.lax.scan(body, init, chunks)
-    return carry, jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:])[:n_tokens], out)
+    return carry, jax.tree.map(lambda o: o.reshape(o.shape[0] * chunk, *o.shape[2:])[:n_tokens], out)
 
 
 def _row_chunk(indices: jax.Array, d: int) -> int:
