@@ -247,6 +247,33 @@ def test_bfloat16_compute_keeps_float32_master_weights():
         assert results["bfloat16"][name] == pytest.approx(results["float32"][name], rel=0.1, abs=0.02)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_chunked_kernels_equal_one_pass(dtype, monkeypatch):
+    # The CPU token chunks change where intermediates live, not the arithmetic: loss and
+    # gradients equal the one-pass kernels', in float32 and with bf16 compute.
+    from jaxinterp.sae import sparse
+
+    B, d, n, k, k_aux = 75, 16, 256, 6, 8
+    keys = jax.random.split(jax.random.key(3), 5)
+    x = jax.random.normal(keys[0], (B, d), dtype)
+    params = tuple(jax.random.normal(key, shape, dtype) for key, shape in zip(keys[1:], ((d, n), (n,), (d,), (n, d))))
+    dead = jnp.arange(n) % 5 == 0
+
+    def loss(W_enc, b_enc, b_dec, W_dec):
+        main, aux = topk_encode(x, W_enc, b_enc, b_dec, dead, k, k_aux)
+        x_hat = sparse_decode(main, W_dec) + b_dec
+        return jnp.sum(jnp.square(x - x_hat)) + jnp.sum(jnp.square(0.5 * x - dead_decode(aux, W_dec, dead)))
+
+    one_pass = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(*params)
+    monkeypatch.setattr(sparse, "_MIN_ENCODER_CHUNK", 16)
+    monkeypatch.setattr(sparse, "_ENCODER_CHUNK_BYTES", 16 * 4 * n)
+    monkeypatch.setattr(sparse, "_CHUNK_BYTES", 4 * 4 * k_aux * d)
+    chunked = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(*params)
+    for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(one_pass)):
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
 def test_bfloat16_topk_selects_on_float32_pre_activations():
     # bf16 inputs, float32-accumulated pre-activations: the selection equals the float32 one on
     # the same bf16 values, and the gradients come back in the inputs' dtypes.
