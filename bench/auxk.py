@@ -1,11 +1,13 @@
-"""AuxK cost vs the number of dead latents: widths chosen by dead count vs always k_aux wide.
+"""AuxK cost vs the number of dead latents: jaxinterp's AuxK vs a per-token top-k always k_aux wide.
 
     python bench/auxk.py [--batch 1024 --latents 4096 --dead 0,5,50,500]
 
 Times one jitted ``value_and_grad`` of the TopK and BatchTopK losses (d 576, k 32, AuxK's
-k_aux = d/2 = 288) with the first ``n`` latents marked dead. "one width" is the behaviour before
-AuxK ran at :func:`jaxinterp.sae.sparse.aux_widths` (k_aux, k_aux/4, k_aux/16): it is reproduced
-here by making ``aux_widths`` return k_aux alone. Best of 3 after a warm-up.
+k_aux = d/2 = 288) with the first ``n`` latents marked dead. jaxinterp runs AuxK by dead count
+(:func:`jaxinterp.sae.sparse._by_dead_count`): up to k_aux dead, every token's selection is all
+of them, as small dense matmuls at the narrowest of k_aux, k_aux/4, k_aux/16 that holds them;
+past k_aux, a per-token top-k. "per-token k_aux" forces that last branch whatever the count (what
+AuxK did before either), by patching ``_by_dead_count``. Best of 3 after a warm-up.
 """
 
 from __future__ import annotations
@@ -43,17 +45,21 @@ def main() -> None:
     parser.add_argument("--dead", default="0,5,50,500")
     args = parser.parse_args()
     dead_counts = [int(n) for n in args.dead.split(",")]
-    by_dead_count = sparse.aux_widths
-    print(f"loss+grad seconds, batch {args.batch}, {args.latents} latents, k_aux 288; widths {by_dead_count(288)}")
-    print(f"{'architecture':<13}{'dead':>6}{'by dead count':>15}{'one width':>11}{'speed-up':>10}")
+    by_dead_count = sparse._by_dead_count
+
+    def per_token(dead_mask, k_aux, branch, *operands):
+        return branch(k_aux, False, *operands)
+
+    print(f"loss+grad seconds, batch {args.batch}, {args.latents} latents, k_aux 288; widths {sparse.aux_widths(288)}")
+    print(f"{'architecture':<13}{'dead':>6}{'by dead count':>15}{'per-token k_aux':>17}{'speed-up':>10}")
     for architecture in ("topk", "batch_topk"):
         for n_dead in dead_counts:
-            sparse.aux_widths = by_dead_count
+            sparse._by_dead_count = by_dead_count
             ours = loss_step_seconds(architecture, args.batch, args.latents, n_dead)
-            sparse.aux_widths = lambda k_aux: (k_aux,) if k_aux else ()
-            one = loss_step_seconds(architecture, args.batch, args.latents, n_dead)
-            print(f"{architecture:<13}{n_dead:>6}{ours:>15.3f}{one:>11.3f}{one / ours:>9.2f}x")
-    sparse.aux_widths = by_dead_count
+            sparse._by_dead_count = per_token
+            old = loss_step_seconds(architecture, args.batch, args.latents, n_dead)
+            print(f"{architecture:<13}{n_dead:>6}{ours:>15.3f}{old:>17.3f}{old / ours:>9.2f}x")
+    sparse._by_dead_count = by_dead_count
 
 
 if __name__ == "__main__":

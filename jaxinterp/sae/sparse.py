@@ -99,10 +99,23 @@ def aux_widths(k_aux: int) -> tuple[int, ...]:
 
 
 def _by_dead_count(dead_mask: jax.Array, k_aux: int, branch, *operands):
-    """``branch(width, *operands)`` at the narrowest of :func:`aux_widths` holding every dead latent."""
+    """``branch(width, shared, *operands)`` by the number of dead latents.
+
+    Up to ``k_aux`` dead, every token's AuxK selection is every dead latent (``shared``): the
+    narrowest of :func:`aux_widths` that holds them runs, and its gathers and scatter-adds are
+    small dense matmuls over those latents. With more, each token's top ``k_aux`` among them runs
+    at full width.
+    """
     widths = aux_widths(k_aux)
-    index = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), jnp.sum(dead_mask)), len(widths) - 1)
-    return jax.lax.switch(index, [partial(branch, width) for width in widths], *operands)
+    index = jnp.searchsorted(jnp.asarray(widths), jnp.sum(dead_mask))  # len(widths) past k_aux
+    branches = [partial(branch, width, True) for width in widths] + [partial(branch, k_aux, False)]
+    return jax.lax.switch(index, branches, *operands)
+
+
+def _dead_latents(dead_mask: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+    """The first ``width`` dead latents' indices (0 past the last) and which slots hold one."""
+    ids = jnp.nonzero(dead_mask, size=width, fill_value=0)[0].astype(jnp.int32)
+    return ids, jnp.arange(width) < jnp.sum(dead_mask)
 
 
 def _first(latents: SparseLatents, width: int) -> SparseLatents:
@@ -121,8 +134,13 @@ def dead_top_k(pre: jax.Array, dead_mask: jax.Array, k_aux: int,
     if not k_aux:
         return empty
 
-    def select(width, pre):
-        values, indices = top_k(jnp.where(dead_mask, pre if bias is None else pre + bias, -jnp.inf), width)
+    def select(width, shared, pre):
+        if shared:  # every dead latent, in index order; the slots past them are zeros
+            ids, valid = _dead_latents(dead_mask, width)
+            values = jnp.take(pre, ids, axis=1) + (0.0 if bias is None else bias[ids])
+            values, indices = jnp.where(valid, values, -jnp.inf), jnp.broadcast_to(ids, values.shape)
+        else:
+            values, indices = top_k(jnp.where(dead_mask, pre if bias is None else pre + bias, -jnp.inf), width)
         pad = ((0, 0), (0, k_aux - width))
         return jnp.pad(jnp.where(jnp.isfinite(values), values, 0.0), pad), jnp.pad(indices, pad)
 
@@ -227,9 +245,14 @@ def _encode_backward(k, k_aux, residuals, cotangents):
     g = g_main * positive  # relu'
     g_W_enc, g_b_enc = _scatter_grads(centred, W_enc, indices, g)
     if k_aux:  # AuxK's rows only cost a scatter when some latent is dead, only as wide as its selection
-        def add_aux(width, grads):
-            aux_W_enc, aux_b_enc = _scatter_grads(centred, W_enc, aux_indices[:, :width],
-                                                  (g_aux * aux_positive)[:, :width])
+        def add_aux(width, shared, grads):
+            g_width = (g_aux * aux_positive)[:, :width]
+            if shared:  # the same latents for every token: one [width, d_in] matmul
+                ids = aux_indices[0, :width]
+                rows = jnp.dot(g_width.T, centred, preferred_element_type=jnp.float32)
+                return (grads[0].at[:, ids].add(rows.T.astype(grads[0].dtype)),
+                        grads[1].at[ids].add(jnp.sum(g_width, axis=0, dtype=jnp.float32).astype(grads[1].dtype)))
+            aux_W_enc, aux_b_enc = _scatter_grads(centred, W_enc, aux_indices[:, :width], g_width)
             return grads[0] + aux_W_enc, grads[1] + aux_b_enc
 
         g_W_enc, g_b_enc = jax.lax.cond(jnp.any(aux_mask), lambda grads: _by_dead_count(aux_mask, k_aux, add_aux, grads),
@@ -281,8 +304,12 @@ def dead_decode(aux: SparseLatents, W_dec: jax.Array, dead_mask: jax.Array) -> j
     Its own VJP, so that autodiff never runs through the width switch: a switch's autodiff keeps
     zeroed residuals of every branch not taken, which cost 5-25% of a step at full width.
     """
-    return _by_dead_count(dead_mask, aux.values.shape[1], lambda width, aux, W_dec: sparse_decode(
-        _first(aux, width), W_dec), aux, W_dec)
+    def decode(width, shared, aux, W_dec):
+        if shared:  # the same latents for every token: one [tokens, width] x [width, d_in] matmul
+            return jnp.einsum("tk,kd->td", aux.values[:, :width], _rows(W_dec, aux.indices[0, :width]))
+        return sparse_decode(_first(aux, width), W_dec)
+
+    return _by_dead_count(dead_mask, aux.values.shape[1], decode, aux, W_dec)
 
 
 def _dead_decode_forward(aux, W_dec, dead_mask):
@@ -293,9 +320,16 @@ def _dead_decode_backward(residuals, g):
     aux, W_dec, dead_mask = residuals
     k_aux = aux.values.shape[1]
 
-    def backward(width, aux, W_dec, g):
-        g_latents, g_W_dec = _decode_backward((_first(aux, width), W_dec), g)
-        return jnp.pad(g_latents.values, ((0, 0), (0, k_aux - width))), g_W_dec
+    def backward(width, shared, aux, W_dec, g):
+        if shared:
+            ids = aux.indices[0, :width]
+            g_values = jnp.einsum("td,kd->tk", g, _rows(W_dec, ids))
+            rows = jnp.einsum("tk,td->kd", aux.values[:, :width], g, preferred_element_type=jnp.float32)
+            g_W_dec = jnp.zeros(W_dec.shape, jnp.float32).at[ids].add(rows).astype(W_dec.dtype)
+        else:
+            g_latents, g_W_dec = _decode_backward((_first(aux, width), W_dec), g)
+            g_values = g_latents.values
+        return jnp.pad(g_values, ((0, 0), (0, k_aux - width))), g_W_dec
 
     g_values, g_W_dec = _by_dead_count(dead_mask, k_aux, backward, aux, W_dec, g)
     return SparseLatents(g_values, None), g_W_dec, None
