@@ -150,8 +150,8 @@ def dead_top_k(pre: jax.Array, dead_mask: jax.Array, k_aux: int,
 
 # Tokens per chunk: a chunk's [chunk, k, d] float32 gathers and scatter updates stay near 4 MiB
 # (at the bench shape the chunked scatter-add took 0.027 s against 0.11 s for one [tokens·k, d]
-# array), and the encoder's [chunk, d_sae] pre-activations near 16 MiB but never under 256 tokens,
-# where the matmul keeps its rate (bench/RESULTS.md, "Chunked kernels").
+# array), and the encoder's [chunk, d_sae] pre-activations near 32 MiB but never under 512 tokens,
+# where the matmul keeps its rate (bench/RESULTS.md, "Chunked CPU kernels").
 _CHUNK_BYTES = 4 * 2**20
 _ENCODER_CHUNK_BYTES = 32 * 2**20
 _MIN_ENCODER_CHUNK = 512
