@@ -126,6 +126,36 @@ def test_block_top_k_equals_lax_top_k():
     assert all(len(set(row)) == 16 for row in np.asarray(indices).tolist())
 
 
+@pytest.mark.parametrize("n_dead", [5, 40])
+def test_topk_loss_with_dead_latents_is_the_same_on_a_sharded_mesh(n_dead):
+    # AuxK's dense-matmul path (5 dead ≤ k_aux 16) and its per-token path (40) under a
+    # ('data' 2, 'model' 4) mesh give the one-device loss and gradients.
+    from jax.sharding import NamedSharding
+
+    from jaxinterp.mesh import SAE_RULES, make_mesh, tree_shardings
+    from jaxinterp.sae import LossContext
+
+    arch = make_architecture(sae_cfg(n_latents=256, k=8))
+    x = jax.random.normal(jax.random.key(0), (64, 32))
+    params, arch_state = arch.init(jax.random.key(1), 32, 256, x)
+    params = {**params, "b_enc": 0.1 * jax.random.normal(jax.random.key(2), (256,))}
+    dead = jnp.zeros(256, bool).at[jax.random.permutation(jax.random.key(3), 256)[:n_dead]].set(True)
+
+    def loss(params, x, dead):
+        return arch.loss(params, arch_state, x, LossContext(jnp.int32(10), dead))[0]
+
+    step = jax.jit(jax.value_and_grad(loss))
+    value, grads = step(params, x, dead)
+    mesh = make_mesh(data=2, model=4)
+    with jax.set_mesh(mesh):
+        sharded = jax.device_put(params, tree_shardings(params, SAE_RULES, mesh))
+        value8, grads8 = step(sharded, jax.device_put(x, NamedSharding(mesh, jax.sharding.PartitionSpec("data"))),
+                              jax.device_put(dead, NamedSharding(mesh, jax.sharding.PartitionSpec("model"))))
+    assert float(value8) == pytest.approx(float(value), rel=1e-5)
+    for name in grads:
+        np.testing.assert_allclose(grads8[name], grads[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 def test_jumprelu_straight_through_gradients():
     z = jnp.array([[0.5, 1.0004, 2.0, 0.9996]])
     threshold = jnp.ones(4)
