@@ -45,8 +45,10 @@ WARMUP_STEPS = 2
 
 
 def _time_steps(step: Callable[[], Any], steps: int, warmup: int = WARMUP_STEPS) -> float:
-    """Mean wall seconds of ``step()`` over ``steps`` calls after ``warmup`` untimed ones.
+    """Median wall seconds of ``step()`` over ``steps`` calls after ``warmup`` untimed ones.
 
+    Each call is synchronised (CUDA kernels run asynchronously), as jax rows block on each step;
+    the median, because one slow call on a shared machine moves a mean of 5 by up to 40%.
     The step functions return their loss (detached), which this ignores; tests can patch it in.
     """
     import torch
@@ -55,11 +57,13 @@ def _time_steps(step: Callable[[], Any], steps: int, warmup: int = WARMUP_STEPS)
     for _ in range(warmup):
         step()
     sync()
-    began = time.perf_counter()
+    seconds = []
     for _ in range(steps):
+        began = time.perf_counter()
         step()
-    sync()  # CUDA kernels run asynchronously; CPU torch has nothing left in flight
-    return (time.perf_counter() - began) / steps
+        sync()
+        seconds.append(time.perf_counter() - began)
+    return float(np.median(seconds))
 
 
 def _device() -> str:

@@ -45,13 +45,19 @@ PRESETS = {
 
 
 def seconds_per_call(fn, *args, steps: int, warmup: int = 2) -> float:
-    """Mean seconds of ``fn(*args)`` (blocked on) over ``steps`` calls after ``warmup``."""
+    """Median seconds of ``fn(*args)`` (blocked on) over ``steps`` calls after ``warmup``.
+
+    The median, as for the peers (bench/peers.py): on a shared 2-core VM one slow call moved a
+    mean of 5 steps by up to 40%.
+    """
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
-    began = time.perf_counter()
+    seconds = []
     for _ in range(steps):
+        began = time.perf_counter()
         jax.block_until_ready(fn(*args))
-    return (time.perf_counter() - began) / steps
+        seconds.append(time.perf_counter() - began)
+    return float(np.median(seconds))
 
 
 @contextmanager
