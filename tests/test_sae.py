@@ -47,6 +47,16 @@ def test_topk_encode_decode_are_consistent_with_dense_math():
     np.testing.assert_allclose(jnp.linalg.norm(params["W_dec"], axis=-1), 1.0, atol=1e-6)
 
 
+def _use_small_chunks(monkeypatch, n_latents: int, encoder_tokens: int, row_bytes: int) -> None:
+    """The CPU kernels' token chunks at test sizes: ``encoder_tokens`` per encoder chunk, and
+    gather/scatter chunks of ``row_bytes`` (the production sizes would hold a whole test batch)."""
+    from jaxinterp.sae import sparse
+
+    monkeypatch.setattr(sparse, "_MIN_ENCODER_CHUNK", encoder_tokens)
+    monkeypatch.setattr(sparse, "_ENCODER_CHUNK_BYTES", encoder_tokens * 4 * n_latents)
+    monkeypatch.setattr(sparse, "_CHUNK_BYTES", row_bytes)
+
+
 @pytest.mark.parametrize("n_dead,chunked", [(0, False), (1, False), (3, False), (5, False), (30, False),
                                             (0, True), (5, True), (30, True)])
 def test_sparse_kernels_give_the_gradients_of_dense_autodiff(n_dead, chunked, monkeypatch):
@@ -56,9 +66,7 @@ def test_sparse_kernels_give_the_gradients_of_dense_autodiff(n_dead, chunked, mo
     if chunked:
         from jaxinterp.sae import sparse
 
-        monkeypatch.setattr(sparse, "_MIN_ENCODER_CHUNK", 16)
-        monkeypatch.setattr(sparse, "_ENCODER_CHUNK_BYTES", 16 * 4 * n)
-        monkeypatch.setattr(sparse, "_CHUNK_BYTES", 8 * 4 * k_aux * d)
+        _use_small_chunks(monkeypatch, n, encoder_tokens=16, row_bytes=8 * 4 * k_aux * d)
         assert sparse._row_chunk(jnp.zeros((B, k_aux)), d) == 8 and B % 8 and B % 16
     assert aux_widths(k_aux) == (1, 4, 16)  # so the dead counts above use every width, and none
     keys = jax.random.split(jax.random.key(0), 6)
@@ -281,8 +289,6 @@ def test_bfloat16_compute_keeps_float32_master_weights():
 def test_chunked_kernels_equal_one_pass(dtype, monkeypatch):
     # The CPU token chunks change where intermediates live, not the arithmetic: loss and
     # gradients equal the one-pass kernels', in float32 and with bf16 compute.
-    from jaxinterp.sae import sparse
-
     B, d, n, k, k_aux = 75, 16, 256, 6, 8
     keys = jax.random.split(jax.random.key(3), 5)
     x = jax.random.normal(keys[0], (B, d), dtype)
@@ -295,9 +301,7 @@ def test_chunked_kernels_equal_one_pass(dtype, monkeypatch):
         return jnp.sum(jnp.square(x - x_hat)) + jnp.sum(jnp.square(0.5 * x - dead_decode(aux, W_dec, dead)))
 
     one_pass = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(*params)
-    monkeypatch.setattr(sparse, "_MIN_ENCODER_CHUNK", 16)
-    monkeypatch.setattr(sparse, "_ENCODER_CHUNK_BYTES", 16 * 4 * n)
-    monkeypatch.setattr(sparse, "_CHUNK_BYTES", 4 * 4 * k_aux * d)
+    _use_small_chunks(monkeypatch, n, encoder_tokens=16, row_bytes=4 * 4 * k_aux * d)
     chunked = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))(*params)
     for got, want in zip(jax.tree.leaves(chunked), jax.tree.leaves(one_pass)):
         assert got.dtype == want.dtype

@@ -52,7 +52,8 @@ def _block_top_k(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
 
     Exact: the k-th largest value is at least the k-th largest block maximum, so every top-k value
     lies in one of those blocks. Blocks stay in index order, so ties pick the lowest index as
-    ``lax.top_k`` does. 1.5x faster than ``lax.top_k`` on CPU at 9,216 latents (bench/sae_step.py).
+    ``lax.top_k`` does. 1.5x faster than ``lax.top_k`` on CPU at 9,216 latents (bench/RESULTS.md,
+    "Chunked CPU kernels").
     """
     n = pre.shape[-1]
     if not _on_cpu() or n % _BLOCK or n // _BLOCK < 4 * k:
