@@ -28,4 +28,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.n_latents = 8
     config.examples_per_latent = 10
     config.out = ""
+    config.allow_other_model = False  # refuse a store made by another model than the SAE's
     return config

@@ -1,13 +1,16 @@
 """The ``jaxinterp`` command: ``jaxinterp VERB [--config FILE[:variant]] [--config.field=value ...]``.
 
 Thin by design: it loads and validates the config, then calls the same library function the
-tests call. Errors a user can fix (config, hooks, stores, runs) print one line and exit 2.
+tests call. Errors a user can fix (config, hooks, stores, runs) and failures of the machine's state
+(disk full, read-only or unwritable paths) print one line and exit 2; ``--debug`` (or
+``JAXINTERP_DEBUG=1``) shows their tracebacks instead. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -15,7 +18,9 @@ from typing import Any, NamedTuple
 from jaxinterp import schemas
 from jaxinterp.buffer import NonFiniteRowsError
 from jaxinterp.config import ConfigError, Schema, flatten, load_config
+from jaxinterp.export.portable import SAEFileError
 from jaxinterp.extract.run import NonFiniteActivationError
+from jaxinterp.faults import CorruptFileError, machine_error
 from jaxinterp.models.hooks import HookError
 from jaxinterp.store import StoreError
 
@@ -83,7 +88,8 @@ VERBS = {
 # Problems the user can fix get one line; anything else is a bug and keeps its traceback.
 _USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, HookError, StoreError, NonFiniteActivationError,
                                                  NonFiniteRowsError, FileNotFoundError, FileExistsError,
-                                                 NotImplementedError, ImportError, TimeoutError)
+                                                 NotImplementedError, ImportError, TimeoutError, CorruptFileError,
+                                                 SAEFileError)
 
 
 def _fields_help(verb: Verb) -> str:
@@ -111,6 +117,8 @@ def _parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", default=verb.default_config,
                        help=f"config file, optionally FILE:variant (default: {verb.default_config})")
+        p.add_argument("--debug", action="store_true",
+                       help="show the Python traceback of an error instead of its one line (also JAXINTERP_DEBUG=1)")
     return parser
 
 
@@ -119,14 +127,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args, overrides = _parser().parse_known_args(argv)
     verb = VERBS[args.verb]
+    debug = args.debug or os.environ.get("JAXINTERP_DEBUG", "") not in ("", "0")
     try:
         cfg = load_config(args.config, overrides, verb.schema, args.verb)
         from jaxinterp.distributed import initialize
 
         initialize(cfg["distributed"])  # a no-op for one process
         result = verb.run(cfg)
-    except _USER_ERRORS as error:
-        print(f"jaxinterp {args.verb}: error: {error}", file=sys.stderr)
+    except Exception as error:
+        line = str(error) if isinstance(error, _USER_ERRORS) else machine_error(error)
+        if debug or line is None:
+            raise
+        print(f"jaxinterp {args.verb}: error: {line}", file=sys.stderr)
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str))

@@ -40,7 +40,7 @@ def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDi
     train_cfg = {**as_dict(cfg["train"]), **job, "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook,
                  "init_from": ""}
     eval_cfg = {**as_dict(cfg["eval"]), **job, "run": str(out / "run"), "sae": "", "store": "", "model": "",
-                "out": str(out / "eval")}
+                "allow_other_model": False, "out": str(out / "eval")}
     return (validate(ml_collections.ConfigDict(extract_cfg), schemas.EXTRACT, "extract"),
             validate(ml_collections.ConfigDict(train_cfg), schemas.TRAIN, "train"),
             validate(ml_collections.ConfigDict(eval_cfg), schemas.EVAL, "eval"))

@@ -138,7 +138,9 @@ EVAL = Schema(
         "n_latents": Field(int, "random live latents to show when 'latents' is empty", minimum=0),
         "examples_per_latent": Field(int, "top-activating examples kept per latent", minimum=1),
         "out": Field(str, "output directory (eval.json, feature_density.png, top_examples.*); '' = <run>/eval"
-                          " or <export>_eval", check=PATH_OR_URL),
+                          " or <export>_eval; only an earlier eval output there is replaced", check=PATH_OR_URL),
+        "allow_other_model": Field(bool, "evaluate on a store of another model than the SAE was trained on "
+                                         "(refused by default)"),
         **DISTRIBUTED,
     }
 )
@@ -200,7 +202,7 @@ PROBE = Schema(
 
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
 _DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"), "train": ("store", "out", "hook", "init_from"),
-             "eval": ("run", "sae", "store", "model", "out")}
+             "eval": ("run", "sae", "store", "model", "out", "allow_other_model")}
 
 
 def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:

@@ -7,8 +7,8 @@ and KL. For chosen latents: top-activating held-out examples (JSON and HTML).
 
 Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
 ``top_examples.html`` (``out`` defaults to ``<run>/eval``, or ``<export>_eval`` beside an imported
-SAE; a previous evaluation there is replaced as a whole, never left half-written). Runs, imports and
-outputs may be URLs (``file://``, ``gs://``, ``s3://``).
+SAE; a previous evaluation there is replaced as a whole, never left half-written; any other existing
+directory is refused). Runs, imports and outputs may be URLs (``file://``, ``gs://``, ``s3://``).
 """
 
 from __future__ import annotations
@@ -27,14 +27,17 @@ from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.eval.plots import plot_feature_density
 from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, zero_ablation
-from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained
-from jaxinterp.export.atomic import atomic_directory
+from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
+from jaxinterp.export.atomic import atomic_directory, check_replaceable
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.store import Store, open_store
 from jaxinterp.store.paths import location
 from jaxinterp.train.trained import load_trained
 
-__all__ = ["evaluate_run", "model_metrics"]
+__all__ = ["EVAL_FILES", "evaluate_run", "model_metrics"]
+
+# What an eval output holds; eval replaces a directory only if it is an earlier one of these.
+EVAL_FILES = ("eval.json", "feature_density.png", "top_examples.json", "top_examples.html")
 
 
 def _model_spec(cfg: Mapping[str, Any], store: Store) -> str:
@@ -75,9 +78,13 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])
     if not (cfg["store"] or trained):
         raise ConfigError(f"config field 'store': {cfg['run']} is an imported SAE; name the store to evaluate on")
+    run = location(cfg["run"])
+    out = location(cfg["out"] or str(run / "eval" if trained else run.with_name(f"{run.stem}_eval")), "out")
+    check_replaceable(out, "eval", EVAL_FILES)  # before any work: out may name a run, a store, anything
     train_cfg = trained.run_config["train"] if trained else {}
     store = open_store(cfg["store"] or train_cfg["store"])
     own = not cfg["store"]
+    require_same_model(sae, store.manifest, "store", cfg["allow_other_model"])
     hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
     if hook not in store.hook_names:
         raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, "
@@ -93,7 +100,6 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                               exclude_bos, on_nonfinite=train_cfg.get("on_nonfinite", "error"))
     rows = (buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"]))[hook]
     result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"])
-    run = location(cfg["run"])
     name = trained.name if trained else run.name
     if trained:
         result.update(
@@ -148,6 +154,5 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         write_examples_json(directory / "top_examples.json", records, meta)
         write_examples_html(directory / "top_examples.html", records, f"Top-activating examples: {title}")
 
-    default_out = run / "eval" if trained else run.with_name(f"{run.stem}_eval")
-    written = atomic_directory(cfg["out"] or str(default_out), True, write)
+    written = atomic_directory(str(out), True, write, "eval", EVAL_FILES)
     return {**result, "written_to": str(written)}

@@ -4,10 +4,11 @@ Formats: SAELens v6 directories, EleutherAI sparsify / delphi hookpoint director
 ``params.npz``. Every format goes through one neutral in-memory form, :class:`PortableSAE`.
 """
 
-from jaxinterp.export.load import LoadedSAE, detect_format, is_run_directory, load_sae, loaded_from_trained
+from jaxinterp.export.load import (LoadedSAE, detect_format, is_run_directory, load_sae, loaded_from_trained,
+                                  require_same_model)
 from jaxinterp.export.npz import export_npz, read_npz
-from jaxinterp.export.portable import (FORMAT_ARCHITECTURES, PortableSAE, portable_from_trained, require_format,
-                                       to_jaxinterp)
+from jaxinterp.export.portable import (FORMAT_ARCHITECTURES, PortableSAE, SAEFileError, portable_from_trained,
+                                       require_format, to_jaxinterp)
 from jaxinterp.export.run import FORMATS, export_run
 from jaxinterp.export.saelens import SAELENS_VERSION, export_saelens, read_saelens, saelens_config
 from jaxinterp.export.sparsify import export_sparsify, read_sparsify
@@ -18,6 +19,7 @@ __all__ = [
     "LoadedSAE",
     "PortableSAE",
     "SAELENS_VERSION",
+    "SAEFileError",
     "detect_format",
     "export_npz",
     "export_run",
@@ -31,6 +33,7 @@ __all__ = [
     "read_saelens",
     "read_sparsify",
     "require_format",
+    "require_same_model",
     "saelens_config",
     "to_jaxinterp",
 ]

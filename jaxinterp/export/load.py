@@ -6,24 +6,27 @@ where it is; an export is read from a temporary local copy.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 from etils import epath
 
+from jaxinterp.config import ConfigError
 from jaxinterp.export.npz import read_npz
 from jaxinterp.export.portable import PortableSAE, portable_from_trained, to_jaxinterp
 from jaxinterp.export.saelens import read_saelens
 from jaxinterp.export.sparsify import hookpoint_dirs, read_sparsify
+from jaxinterp.faults import read_json
 from jaxinterp.sae import Architecture, Latents
 from jaxinterp.store.paths import local_copy, location
 
 if TYPE_CHECKING:
     from jaxinterp.train.trained import TrainedSAE
 
-__all__ = ["LoadedSAE", "READERS", "detect_format", "is_run_directory", "load_sae", "loaded_from_trained"]
+__all__ = ["LoadedSAE", "READERS", "detect_format", "is_run_directory", "load_sae", "loaded_from_trained",
+           "require_same_model"]
 
 READERS = {"saelens": read_saelens, "sparsify": read_sparsify, "npz": read_npz}
 
@@ -55,11 +58,30 @@ class LoadedSAE(NamedTuple):
         return self.architecture.decode(self.params, latents)
 
 
+def require_same_model(sae: LoadedSAE, manifest: Mapping[str, Any], field: str, allow: bool) -> None:
+    """Refuses to apply ``sae`` to a store made by another model than the one it was trained on.
+
+    jaxinterp runs and their exports record the source model's fingerprint
+    (``metadata["jaxinterp_model_hash"]``); an SAE from another tool records none, so nothing can be
+    checked and it is accepted. Activations of another model with the same width and hook name
+    would give meaningless numbers with exit status 0.
+
+    Raises:
+      ConfigError: the fingerprints differ and ``allow`` is false (names ``field`` and both models).
+    """
+    trained_on = sae.sae.metadata.get("jaxinterp_model_hash")
+    if allow or not trained_on or trained_on == manifest.get("model_hash"):
+        return
+    raise ConfigError(f"config field '{field}': the SAE was trained on {sae.sae.metadata.get('model_name')} "
+                      f"(fingerprint {trained_on}) but the store holds activations of {manifest.get('model_name')} "
+                      f"(fingerprint {manifest.get('model_hash')}); pass --config.allow_other_model=true to use it anyway")
+
+
 def is_run_directory(path: str | Path | epath.Path) -> bool:
     """Whether ``path`` is a ``jaxinterp train`` run directory (``cfg.json`` listing its SAEs)."""
     run = location(path)
     cfg = run / "cfg.json"
-    return cfg.is_file() and (run / "checkpoints").is_dir() and "saes" in json.loads(cfg.read_text())
+    return cfg.is_file() and (run / "checkpoints").is_dir() and "saes" in read_json(cfg, "run config")
 
 
 def loaded_from_trained(trained: TrainedSAE) -> LoadedSAE:

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from jaxinterp.export.atomic import atomic_directory
-from jaxinterp.export.portable import PortableSAE, require_format
+from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
+from jaxinterp.faults import read_json
 
 __all__ = ["NPZ_FORMAT", "export_npz", "npz_arrays", "npz_config", "read_npz"]
 
@@ -72,7 +73,7 @@ def export_npz(sae: PortableSAE, out: str, overwrite: bool = False) -> Path:
         np.savez(directory / "params.npz", **arrays)
         (directory / "cfg.json").write_text(json.dumps(config, indent=2))
 
-    return atomic_directory(out, overwrite, write)
+    return atomic_directory(out, overwrite, write, "npz", ("params.npz", "cfg.json"))
 
 
 def read_npz(path: str | Path) -> PortableSAE:
@@ -93,15 +94,15 @@ def read_npz(path: str | Path) -> PortableSAE:
                   for name in data.files}
     missing = sorted({"W_enc", "W_dec", "b_enc", "b_dec", "threshold"} - set(arrays))
     if missing:
-        raise ValueError(f"{file}: a Gemma-Scope params.npz needs W_enc, W_dec, b_enc, b_dec, threshold; "
+        raise SAEFileError(f"{file}: a Gemma-Scope params.npz needs W_enc, W_dec, b_enc, b_dec, threshold; "
                          f"missing {', '.join(missing)}")
     d_in, d_sae = arrays["W_enc"].shape
     shapes = {"W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
     wrong = {name: arrays[name].shape for name, shape in shapes.items() if arrays[name].shape != shape}
     if wrong:
-        raise ValueError(f"{file}: W_enc is {(d_in, d_sae)}, so expected {shapes}; got {wrong}")
+        raise SAEFileError(f"{file}: W_enc is {(d_in, d_sae)}, so expected {shapes}; got {wrong}")
     cfg_file = file.parent / "cfg.json"
-    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    cfg = read_json(cfg_file, "Gemma-Scope config") if cfg_file.exists() else {}
     if cfg.get("format", NPZ_FORMAT) != NPZ_FORMAT:
         cfg = {}  # someone else's cfg.json: nothing in it describes this file
     b_enc = (arrays["b_enc"].astype(np.float64) + _b_dec_term(arrays)).astype(np.float32)

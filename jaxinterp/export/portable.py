@@ -27,7 +27,7 @@ from jaxinterp.sae.topk import fold_input_scale
 if TYPE_CHECKING:
     from jaxinterp.train.trained import TrainedSAE
 
-__all__ = ["FORMAT_ARCHITECTURES", "PortableSAE", "THRESHOLD_ARCHITECTURES", "portable_from_trained",
+__all__ = ["FORMAT_ARCHITECTURES", "PortableSAE", "SAEFileError", "THRESHOLD_ARCHITECTURES", "portable_from_trained",
            "require_format", "to_jaxinterp"]
 
 # Architectures whose inference is a JumpReLU: a per-latent (jumprelu) or global learned threshold.
@@ -40,6 +40,11 @@ FORMAT_ARCHITECTURES = {
     "sparsify": ("topk",),
     "npz": ("jumprelu", "batch_topk", "matryoshka", "relu"),
 }
+
+
+class SAEFileError(ValueError):
+    """An SAE file that cannot be imported: it disagrees with itself (weight shapes vs its config) or
+    uses an option jaxinterp cannot represent. The message names the file and the field."""
 
 
 class PortableSAE(NamedTuple):
@@ -89,6 +94,7 @@ def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
         weights["threshold"] = np.full(cfg["d_sae"], float(state.arch_state["threshold"]), np.float32)
     metadata = {
         "model_name": source["model_name"],
+        "jaxinterp_model_hash": source["model_hash"],  # what eval/train/probe compare a store's model with
         "context_size": source["context_size"],
         "prepend_bos": source["prepend_bos"],
         "dataset_path": source["dataset_path"],
@@ -122,7 +128,7 @@ def to_jaxinterp(sae: PortableSAE) -> tuple[Architecture, dict[str, jnp.ndarray]
     threshold shared by all latents (their ``arch_state["threshold"]``).
 
     Raises:
-      ValueError: a BatchTopK / Matryoshka SAE whose thresholds differ between latents.
+      SAEFileError: a BatchTopK / Matryoshka SAE whose thresholds differ between latents.
     """
     params = {name: jnp.asarray(sae.params[name], jnp.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     arch_state: dict[str, jnp.ndarray] = {}
@@ -133,7 +139,7 @@ def to_jaxinterp(sae: PortableSAE) -> tuple[Architecture, dict[str, jnp.ndarray]
     elif sae.architecture in THRESHOLD_ARCHITECTURES:
         threshold = np.asarray(sae.params["threshold"], np.float32)
         if threshold.size and not np.all(threshold == threshold.flat[0]):
-            raise ValueError(f"{sae.architecture} uses one threshold for every latent, but these differ; "
+            raise SAEFileError(f"{sae.architecture} uses one threshold for every latent, but these differ; "
                              f"treat it as architecture 'jumprelu' (sae._replace(architecture='jumprelu'))")
         arch_state["threshold"] = jnp.asarray(threshold.flat[0] if threshold.size else 0.0, jnp.float32)
     cfg = {"architecture": sae.architecture, "k": sae.k, "multi_topk": sae.multi_topk}

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxinterp.faults import read_json
+
 __all__ = ["write_probe", "read_probe", "steering_vector", "write_steering_vector"]
 
 
@@ -32,7 +34,7 @@ def write_probe(directory: Path, stem: str, tensors: dict[str, np.ndarray], conf
 def read_probe(weights: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Loads a probe written by :func:`write_probe`: (tensors, config)."""
     weights = Path(weights)
-    return load_file(str(weights)), json.loads(weights.with_suffix(".json").read_text())
+    return load_file(str(weights)), read_json(weights.with_suffix(".json"), "probe config")
 
 
 def steering_vector(model_name: str, hook_name: str, layer: int, hook_type: str, W: np.ndarray,

@@ -16,7 +16,8 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from jaxinterp.export.atomic import atomic_directory
-from jaxinterp.export.portable import PortableSAE, require_format
+from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
+from jaxinterp.faults import read_json
 
 __all__ = ["export_saelens", "read_saelens", "saelens_config", "saelens_weights", "SAELENS_ARCHITECTURE",
            "SAELENS_VERSION"]
@@ -85,11 +86,11 @@ def export_saelens(sae: PortableSAE, out: str, overwrite: bool = False) -> Path:
             sparsity = {"sparsity": np.asarray(sae.log10_frequency, np.float32)}
             save_file(sparsity, str(directory / "sparsity.safetensors"))
 
-    return atomic_directory(out, overwrite, write)
+    return atomic_directory(out, overwrite, write, "saelens", ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"))
 
 
-def _refuse(path: Path, field: str, value: Any, why: str) -> ValueError:
-    return ValueError(f"{path / 'cfg.json'}: {field}={value!r} {why}")
+def _refuse(path: Path, field: str, value: Any, why: str) -> SAEFileError:
+    return SAEFileError(f"{path / 'cfg.json'}: {field}={value!r} {why}")
 
 
 def _architecture(path: Path, cfg: dict[str, Any]) -> str:
@@ -132,11 +133,11 @@ def _weights(path: Path, cfg: dict[str, Any], architecture: str) -> dict[str, np
         wanted["threshold"] = (cfg["d_sae"],)
     if set(weights) != set(wanted):
         missing, unexpected = sorted(set(wanted) - set(weights)), sorted(set(weights) - set(wanted))
-        raise ValueError(f"{path / 'sae_weights.safetensors'}: a SAELens {architecture} SAE needs exactly "
+        raise SAEFileError(f"{path / 'sae_weights.safetensors'}: a SAELens {architecture} SAE needs exactly "
                          f"{', '.join(wanted)}; missing {missing}, unexpected {unexpected}")
     for name, shape in wanted.items():
         if weights[name].shape != shape:
-            raise ValueError(f"{path / 'sae_weights.safetensors'}: {name} has shape {weights[name].shape}, "
+            raise SAEFileError(f"{path / 'sae_weights.safetensors'}: {name} has shape {weights[name].shape}, "
                              f"cfg.json's d_in/d_sae say {shape}")
     return weights
 
@@ -155,7 +156,7 @@ def read_saelens(path: str | Path) -> PortableSAE:
         a fine-tuning scaling factor, or weights that do not match ``cfg.json``.
     """
     path = Path(path)
-    cfg = json.loads((path / "cfg.json").read_text())
+    cfg = read_json(path / "cfg.json", "SAELens config")
     metadata = dict(cfg.get("metadata") or {})
     architecture = _architecture(path, cfg)
     _check_options(path, cfg, metadata)

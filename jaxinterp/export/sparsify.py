@@ -26,7 +26,8 @@ from safetensors.numpy import load_file, save_file
 
 from jaxinterp.export.atomic import atomic_directory
 from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook
-from jaxinterp.export.portable import PortableSAE, require_format
+from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
+from jaxinterp.faults import read_json
 from jaxinterp.store.paths import location
 
 __all__ = ["export_sparsify", "read_sparsify", "sparsify_config", "sparsify_hookpoint", "sparsify_weights",
@@ -90,7 +91,7 @@ def export_sparsify(sae: PortableSAE, out: str, overwrite: bool = False) -> Path
         (directory / "cfg.json").write_text(json.dumps(config, indent=2))
         save_file(weights, str(directory / "sae.safetensors"))
 
-    return atomic_directory(str(root / hookpoint), overwrite, write)
+    return atomic_directory(str(root / hookpoint), overwrite, write, "sparsify", ("cfg.json", "sae.safetensors"))
 
 
 def hookpoint_dirs(path: str | Path | epath.Path) -> list[epath.Path]:
@@ -104,7 +105,7 @@ def _hookpoint_dir(path: Path) -> Path:
     found = hookpoint_dirs(path)
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"
-        raise ValueError(f"{path}: a sparsify directory is one hookpoint directory (cfg.json + sae.safetensors) or "
+        raise SAEFileError(f"{path}: a sparsify directory is one hookpoint directory (cfg.json + sae.safetensors) or "
                          f"a root holding exactly one; found {len(found)} hookpoints ({names}): pass one of them")
     return found[0]
 
@@ -121,11 +122,11 @@ def read_sparsify(path: str | Path) -> PortableSAE:
         that do not match ``cfg.json``.
     """
     directory = _hookpoint_dir(Path(path))
-    cfg = json.loads((directory / "cfg.json").read_text())
+    cfg = read_json(directory / "cfg.json", "sparsify config")
     where = directory / "cfg.json"
     for field, allowed in (("activation", "topk"), ("transcode", False), ("skip_connection", False)):
         if cfg.get(field, allowed) != allowed:
-            raise ValueError(f"{where}: {field}={cfg[field]!r} is not importable; jaxinterp reads sparsify "
+            raise SAEFileError(f"{where}: {field}={cfg[field]!r} is not importable; jaxinterp reads sparsify "
                              f"TopK autoencoders ({field}={allowed!r})")
     d_in = int(cfg["d_in"])
     d_sae = int(cfg.get("num_latents") or d_in * cfg.get("expansion_factor", 32))
@@ -133,7 +134,7 @@ def read_sparsify(path: str | Path) -> PortableSAE:
     wanted = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if set(raw) != set(wanted) or any(raw[name].shape != shape for name, shape in wanted.items()):
         found = {name: tuple(value.shape) for name, value in raw.items()}
-        raise ValueError(f"{directory / 'sae.safetensors'}: expected {wanted} from cfg.json, found {found}")
+        raise SAEFileError(f"{directory / 'sae.safetensors'}: expected {wanted} from cfg.json, found {found}")
     params = {
         "W_enc": np.ascontiguousarray(np.asarray(raw["encoder.weight"], np.float32).T),
         "b_enc": np.asarray(raw["encoder.bias"], np.float32),

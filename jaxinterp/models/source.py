@@ -126,7 +126,7 @@ def gguf_as_hf_directory(files: ModelFiles) -> Path:
         directory.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
 
     try:
-        atomic_directory(str(target), False, write, per_process=True)  # the cache is per host
+        atomic_directory(str(target), False, write, "gguf-cache", (), per_process=True)  # the cache is per host
     except (FileExistsError, OSError):
         if not (target / "config.json").exists():  # not a lost race: a real failure
             raise

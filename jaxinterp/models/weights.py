@@ -12,7 +12,6 @@ model can be filled from them by name::
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import transformers
 
+from jaxinterp.faults import read_json
 from jaxinterp.models.source import ModelFiles, load_hf_config
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _safetensors_files(directory: Path) -> list[Path]:
         return [directory / SAFETENSORS_FILE]
     index = directory / SAFETENSORS_INDEX_FILE
     if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(index, "safetensors index")["weight_map"].values()))
         return [directory / shard for shard in shards]
     raise FileNotFoundError(
         f"{directory}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX_FILE}; only safetensors checkpoints are supported"

@@ -187,7 +187,8 @@ def run_probe(cfg: Mapping[str, Any], model=None, mesh=None, progress: bool = Tr
         (directory / "results.md").write_text(format_table(records) + "\n")
         plot_layer_sweep(records, metric, directory / "layer_sweep.png")
 
-    atomic_directory(str(out), cfg["overwrite"], write)
+    atomic_directory(str(out), cfg["overwrite"], write, "probe",
+                     ("results.json", "results.md", "layer_sweep.png", "probes", "steering"))
     return {k: v for k, v in summary.items() if k != "results"}
 
 

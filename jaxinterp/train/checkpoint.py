@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from jaxinterp.buffer import BufferState
 from jaxinterp.config import flatten
+from jaxinterp.faults import read_json
 from jaxinterp.store.paths import location, on_object_store
 from jaxinterp.train.orbax_s3 import enable_s3_checkpoints
 
@@ -68,7 +69,7 @@ def read_run_config(run_dir: str) -> dict[str, Any]:
     path = location(run_dir) / RUN_CONFIG
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a jaxinterp run directory (no {RUN_CONFIG})")
-    return json.loads(path.read_text())
+    return read_json(path, "run config")
 
 
 def write_run_config(run_dir: str, run_config: dict[str, Any]) -> None:
@@ -80,7 +81,7 @@ def write_run_config(run_dir: str, run_config: dict[str, Any]) -> None:
     """
     path = location(run_dir, "out") / RUN_CONFIG
     if path.exists():
-        old, new = flatten(json.loads(path.read_text())), flatten(run_config)
+        old, new = flatten(read_json(path, "run config")), flatten(run_config)
         differing = sorted(k for k in set(old) | set(new)
                            if old.get(k) != new.get(k) and k.removeprefix("train.") not in _RESUMABLE_KEYS)
         if differing:
