@@ -75,11 +75,13 @@ def machine_error(error: BaseException) -> str | None:
     full, read-only, permissions), so a bug raised while handling, say, a missing file keeps its
     traceback. Names the file involved when the error does.
     """
-    for depth, link in enumerate(_chain(error)):
-        code, path = _os_error(link)
-        if code is not None and (depth == 0 or code in _ADVICE):
-            return _describe(code, path)
-    return None
+    found = [(code, path) for depth, (code, path) in enumerate(map(_os_error, _chain(error)))
+             if code is not None and (depth == 0 or code in _ADVICE)]
+    if not found:
+        return None
+    code, _ = found[0]
+    path = next((path for other, path in found if other == code and path), None)  # a later link may name the file
+    return _describe(code, path)
 
 
 def _os_error(error: BaseException) -> tuple[int | None, str | None]:
