@@ -157,6 +157,9 @@ PROBE = Schema(
         "label_field": Field(str, "column holding the label (class or float)"),
         "token_label_field": Field(str, "column holding one label per token (null = none); '' = text labels"),
         "target": Field(str, "label kind; auto = from the labels", choices=("auto", "binary", "multiclass", "regression")),
+        "missing_labels": Field(str, "labels that are null, absent, an empty cell, NaN, or (in a numeric column) n/a, "
+                                     "nan, null, ...: fail naming their lines, or drop those texts and count them "
+                                     "(per-token: set to null)", choices=("error", "drop")),
         "hooks": Field(str, "hooks to probe, comma-separated, or 'all' = every blocks.L.hook_resid_post"),
         "pooling": Field(str, "per-text feature: last token, mean/max over tokens (BOS/pad excluded), or per token",
                          choices=("last", "mean", "max", "token")),
@@ -168,6 +171,7 @@ PROBE = Schema(
         "sae_run": Field(str, "features=sae: run directory of the SAE, or one to import (SAELens/sparsify dir, params.npz)",
                          check=PATH_OR_URL),
         "sae_name": Field(str, "features=sae: which SAE of a sweep run; '' = the only one"),
+        "allow_other_model": Field(bool, "use an SAE trained on another model's activations"),
         "families": Field(str, "comma-separated probe families: logistic, ksparse, mlp, ridge (float targets)"),
         "penalty": Field(str, "logistic penalty (sklearn convention, strength 1/C)", choices=("l2", "l1", "elasticnet")),
         "l1_ratio": Field(float, "elasticnet: share of the L1 term", minimum=0.0, maximum=1.0),

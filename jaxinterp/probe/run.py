@@ -18,8 +18,9 @@ import numpy as np
 from jaxinterp.config import ConfigError
 from jaxinterp.export.atomic import atomic_directory
 from jaxinterp.export.probe import steering_vector, write_probe, write_steering_vector
-from jaxinterp.models import HookPoint, load_hf_config, load_source_model, load_tokenizer, parse_hooks, resolve_model
-from jaxinterp.probe.data import Splits, apply_regime, encode_targets, load_labelled, split_rows
+from jaxinterp.models import (HookPoint, ModelFiles, load_hf_config, load_source_model, load_tokenizer, parse_hooks,
+                              resolve_model)
+from jaxinterp.probe.data import LabelledTexts, Splits, apply_regime, encode_targets, load_labelled, split_rows
 from jaxinterp.probe.families import FittedProbe, fit_probes
 from jaxinterp.probe.features import pool_activations, tokenize_texts
 from jaxinterp.probe.latents import SparseRows, encode_sparse, pool_sparse
@@ -40,6 +41,8 @@ class ProbeData(NamedTuple):
       splits: train/validation/test rows (split by text, so a text's tokens never straddle splits).
       hooks: the parsed hook points.
       model_name: the source model's name.
+      dropped_labels: texts dropped for a missing label, plus per-token labels set to null
+        (``missing_labels="drop"``; 0 otherwise).
     """
 
     features: dict[str, np.ndarray | SparseRows]
@@ -49,6 +52,7 @@ class ProbeData(NamedTuple):
     splits: Splits
     hooks: list[HookPoint]
     model_name: str
+    dropped_labels: int = 0
 
 
 def _hooks(cfg: Mapping[str, Any], n_layers: int) -> list[HookPoint]:
@@ -57,19 +61,47 @@ def _hooks(cfg: Mapping[str, Any], n_layers: int) -> list[HookPoint]:
     return parse_hooks(cfg["hooks"], n_layers)
 
 
-def _row_labels(texts, token_labels, text_index, position, labels) -> tuple[np.ndarray, list[Any]]:
-    """Rows that carry a label, and those labels (per-token labels when given, else the text's)."""
-    if token_labels is None:
-        return np.arange(len(text_index)), [labels[t] for t in text_index]
-    keep, out = [], []
+def _row_labels(data: LabelledTexts, text_index: np.ndarray,
+                position: np.ndarray) -> tuple[np.ndarray, list[Any], list[str]]:
+    """Rows that carry a label, those labels (per-token labels when given, else the text's), and
+    where each label is in the file (for messages)."""
+    lines = data.lines or [f"row {t + 1}" for t in range(len(data.texts))]
+    if data.token_labels is None:
+        return np.arange(len(text_index)), [data.labels[t] for t in text_index], [lines[t] for t in text_index]
+    keep, out, places = [], [], []
     for row, (t, p) in enumerate(zip(text_index, position)):
-        if p >= len(token_labels[t]):
-            raise ConfigError(f"config field 'token_label_field': text at row {t} has {len(token_labels[t])} token "
-                              f"labels but more tokens; give one label (or null) per token of {texts[t][:40]!r}")
-        if token_labels[t][p] is not None:
+        token_labels = data.token_labels[t]
+        if p >= len(token_labels):
+            raise ConfigError(f"config field 'token_label_field': the text at {lines[t]} has {len(token_labels)} "
+                              f"token labels but more tokens; give one label (or null) per token of "
+                              f"{data.texts[t][:40]!r}")
+        if token_labels[p] is not None:
             keep.append(row)
-            out.append(token_labels[t][p])
-    return np.asarray(keep, np.int64), out
+            out.append(token_labels[p])
+            places.append(f"{lines[t]} token {p + 1}")
+    return np.asarray(keep, np.int64), out, places
+
+
+def _check_sae_model(sae_run: str, files: ModelFiles, allow_other_model: bool) -> None:
+    """Refuses a run directory's SAE trained on another model's activations (unless allowed).
+
+    Raises:
+      ConfigError: the run's ``cfg.json`` records a model fingerprint other than ``files``'.
+    """
+    from jaxinterp.export import is_run_directory
+
+    # An imported SAELens/sparsify/npz export records no model fingerprint: it is accepted unchecked.
+    if allow_other_model or not is_run_directory(sae_run):
+        return
+    source = json.loads((location(sae_run) / "cfg.json").read_text()).get("source") or {}
+    trained_on = source.get("model_hash")
+    if trained_on is None:  # a run whose store recorded no fingerprint: nothing to compare
+        return
+    if trained_on != files.fingerprint():
+        raise ConfigError(f"config field 'sae_run': {sae_run} was trained on activations of "
+                          f"{source.get('model_name') or source.get('model')!r} (fingerprint {trained_on}), but config "
+                          f"field 'model' is {files.name!r} (fingerprint {files.fingerprint()}); probe that model, or "
+                          f"set allow_other_model=true to use an SAE trained on another model's activations")
 
 
 def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) -> ProbeData:
@@ -82,13 +114,14 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
     if cfg["token_label_field"] and cfg["pooling"] != "token":
         raise ConfigError("config field 'token_label_field' labels tokens: it needs pooling='token'")
     data = load_labelled(cfg["data"], cfg["text_field"], cfg["label_field"], cfg["token_label_field"],
-                         cfg["n_examples"], cfg["seed"])
+                         cfg["n_examples"], cfg["seed"], cfg["missing_labels"])
     files = resolve_model(cfg["model"])
     n_layers = int(load_hf_config(files).num_hidden_layers)
     sae = None
     if cfg["features"] == "sae":
         from jaxinterp.export import load_sae
 
+        _check_sae_model(cfg["sae_run"], files, cfg["allow_other_model"])
         sae = load_sae(cfg["sae_run"], name=cfg["sae_name"])
         if not sae.sae.hook_name:
             raise ConfigError(f"config field 'sae_run': {cfg['sae_run']} does not say which hook it reads")
@@ -111,11 +144,13 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
         if pool_tokens:
             features[hook] = pool_sparse(features[hook], text_index, len(data.texts), cfg["pooling"])
             text_index, position = np.arange(len(data.texts)), np.full(len(data.texts), -1)
-    rows, labels = _row_labels(data.texts, data.token_labels, text_index, position, data.labels)
-    targets, kind, classes = encode_targets(labels, cfg["target"])
+    rows, labels, places = _row_labels(data, text_index, position)
+    label_column = cfg["token_label_field"] or cfg["label_field"]
+    targets, kind, classes = encode_targets(labels, cfg["target"], places, label_column,
+                                            "token_label_field" if cfg["token_label_field"] else "label_field")
     # split texts, not rows: stratified by the text's label unless labels are per token
     text_targets, text_kind, _ = ((np.zeros(len(data.texts)), "regression", None) if data.token_labels is not None
-                                  else encode_targets(data.labels, cfg["target"]))
+                                  else encode_targets(data.labels, cfg["target"], data.lines, label_column))
     text_splits = split_rows(text_targets, text_kind, cfg["validation_fraction"], cfg["test_fraction"], cfg["seed"])
     row_text = text_index[rows]
     splits = Splits(*(np.flatnonzero(np.isin(row_text, part)) for part in text_splits))
@@ -123,7 +158,7 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
                                   cfg["regime"]["positive_fraction"], cfg["regime"]["label_noise"])
     features = {h: _take(f, rows) for h, f in features.items()}
     return ProbeData(features, targets, kind, classes, Splits(train, splits.validation, splits.test), hooks,
-                     files.name)
+                     files.name, data.dropped + data.dropped_tokens)
 
 
 def _take(features, rows: np.ndarray):
@@ -174,6 +209,8 @@ def run_probe(cfg: Mapping[str, Any], model=None, mesh=None, progress: bool = Tr
         "pooling": cfg["pooling"], "features": cfg["features"],
         "rows": {"train": len(data.splits.train), "validation": len(data.splits.validation),
                  "test": len(data.splits.test)},
+        # missing_labels=drop: texts dropped for a missing label (+ per-token labels set to null)
+        "dropped_missing_labels": data.dropped_labels,
         "seconds": {"features": round(features_s, 2), "fit": round(fit_s, 2)},
         "best": max(records, key=lambda r: r["validation"][r["select_by"]]),
         "results": records,
