@@ -151,12 +151,12 @@ def test_sae_run_trained_on_another_model_is_refused_unless_allowed(tiny_llama, 
     ours = cfg_json["source"]["model_hash"]
     cfg_json["source"].update(model_hash="0123456789abcdef", model_name="other-model")
     (run / "cfg.json").write_text(json.dumps(cfg_json))
-    with pytest.raises(ConfigError, match=rf"'sae_run': .*'other-model' \(fingerprint 0123456789abcdef\), but config "
-                                          rf"field 'model' is .* \(fingerprint {ours}\).*allow_other_model=true"):
+    with pytest.raises(ConfigError, match=rf"'sae_run': .*'other-model' \(fingerprint 0123456789abcdef\), not on "
+                                          rf".* \(fingerprint {ours}\).*allow_other_model=true"):
         probe_features(sae_probe_config(tiny_llama, run, tmp_path / "p"), progress=False)
     data = probe_features(sae_probe_config(tiny_llama, run, tmp_path / "p", allow_other_model=True), progress=False)
     assert data.features["blocks.1.hook_resid_post"].n_rows == 40
-    # an export records no fingerprint: accepted as it is
+    # an export carries its run's fingerprint: the same model's, so accepted
     from jaxinterp.export import export_run
 
     export = export_run(str(tiny_llama_run / "run"), "saelens", str(tmp_path / "saelens"))

@@ -84,7 +84,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     train_cfg = trained.run_config["train"] if trained else {}
     store = open_store(cfg["store"] or train_cfg["store"])
     own = not cfg["store"]
-    require_same_model(sae, store.manifest, "store", cfg["allow_other_model"])
+    require_same_model(sae, store.manifest["model_hash"], store.manifest["model_name"], "store",
+                       cfg["allow_other_model"])
     hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
     if hook not in store.hook_names:
         raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, "

@@ -6,7 +6,6 @@ where it is; an export is read from a temporary local copy.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -58,23 +57,30 @@ class LoadedSAE(NamedTuple):
         return self.architecture.decode(self.params, latents)
 
 
-def require_same_model(sae: LoadedSAE, manifest: Mapping[str, Any], field: str, allow: bool) -> None:
-    """Refuses to apply ``sae`` to a store made by another model than the one it was trained on.
+def require_same_model(sae: LoadedSAE, model_hash: str, model_name: str, field: str, allow: bool) -> None:
+    """Refuses to apply ``sae`` to activations of another model than the one it was trained on.
 
     jaxinterp runs and their exports record the source model's fingerprint
     (``metadata["jaxinterp_model_hash"]``); an SAE from another tool records none, so nothing can be
     checked and it is accepted. Activations of another model with the same width and hook name
     would give meaningless numbers with exit status 0.
 
+    Args:
+      sae: the SAE.
+      model_hash, model_name: the model whose activations it is about to read (a store's manifest
+        ``model_hash``/``model_name``, or ``ModelFiles.fingerprint()``/``.name``).
+      field: the config field named in the error.
+      allow: the user's explicit override (``allow_other_model``).
+
     Raises:
       ConfigError: the fingerprints differ and ``allow`` is false (names ``field`` and both models).
     """
     trained_on = sae.sae.metadata.get("jaxinterp_model_hash")
-    if allow or not trained_on or trained_on == manifest.get("model_hash"):
+    if allow or not trained_on or trained_on == model_hash:
         return
-    raise ConfigError(f"config field '{field}': the SAE was trained on {sae.sae.metadata.get('model_name')} "
-                      f"(fingerprint {trained_on}) but the store holds activations of {manifest.get('model_name')} "
-                      f"(fingerprint {manifest.get('model_hash')}); pass --config.allow_other_model=true to use it anyway")
+    raise ConfigError(f"config field '{field}': the SAE was trained on {sae.sae.metadata.get('model_name')!r} "
+                      f"(fingerprint {trained_on}), not on {model_name!r} (fingerprint {model_hash}); "
+                      "pass --config.allow_other_model=true to use it anyway")
 
 
 def is_run_directory(path: str | Path | epath.Path) -> bool:

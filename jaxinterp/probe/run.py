@@ -18,7 +18,7 @@ import numpy as np
 from jaxinterp.config import ConfigError
 from jaxinterp.export.atomic import atomic_directory
 from jaxinterp.export.probe import steering_vector, write_probe, write_steering_vector
-from jaxinterp.models import (HookPoint, ModelFiles, load_hf_config, load_source_model, load_tokenizer, parse_hooks,
+from jaxinterp.models import (HookPoint, load_hf_config, load_source_model, load_tokenizer, parse_hooks,
                               resolve_model)
 from jaxinterp.probe.data import LabelledTexts, Splits, apply_regime, encode_targets, load_labelled, split_rows
 from jaxinterp.probe.families import FittedProbe, fit_probes
@@ -82,28 +82,6 @@ def _row_labels(data: LabelledTexts, text_index: np.ndarray,
     return np.asarray(keep, np.int64), out, places
 
 
-def _check_sae_model(sae_run: str, files: ModelFiles, allow_other_model: bool) -> None:
-    """Refuses a run directory's SAE trained on another model's activations (unless allowed).
-
-    Raises:
-      ConfigError: the run's ``cfg.json`` records a model fingerprint other than ``files``'.
-    """
-    from jaxinterp.export import is_run_directory
-
-    # An imported SAELens/sparsify/npz export records no model fingerprint: it is accepted unchecked.
-    if allow_other_model or not is_run_directory(sae_run):
-        return
-    source = json.loads((location(sae_run) / "cfg.json").read_text()).get("source") or {}
-    trained_on = source.get("model_hash")
-    if trained_on is None:  # a run whose store recorded no fingerprint: nothing to compare
-        return
-    if trained_on != files.fingerprint():
-        raise ConfigError(f"config field 'sae_run': {sae_run} was trained on activations of "
-                          f"{source.get('model_name') or source.get('model')!r} (fingerprint {trained_on}), but config "
-                          f"field 'model' is {files.name!r} (fingerprint {files.fingerprint()}); probe that model, or "
-                          f"set allow_other_model=true to use an SAE trained on another model's activations")
-
-
 def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) -> ProbeData:
     """Loads the labelled data, runs the source model, pools, and splits (by text, seeded).
 
@@ -119,10 +97,10 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
     n_layers = int(load_hf_config(files).num_hidden_layers)
     sae = None
     if cfg["features"] == "sae":
-        from jaxinterp.export import load_sae
+        from jaxinterp.export import load_sae, require_same_model
 
-        _check_sae_model(cfg["sae_run"], files, cfg["allow_other_model"])
         sae = load_sae(cfg["sae_run"], name=cfg["sae_name"])
+        require_same_model(sae, files.fingerprint(), files.name, "sae_run", cfg["allow_other_model"])
         if not sae.sae.hook_name:
             raise ConfigError(f"config field 'sae_run': {cfg['sae_run']} does not say which hook it reads")
         hooks = parse_hooks([sae.sae.hook_name], n_layers)
