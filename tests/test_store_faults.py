@@ -9,8 +9,8 @@ import pytest
 
 from jaxinterp import schemas
 from jaxinterp.cli import main
-from jaxinterp.config import load_config
-from jaxinterp.extract import extract
+from jaxinterp.config import ConfigError, load_config
+from jaxinterp.extract import extract, load_documents, pack_documents
 from jaxinterp.store import StoreError, StoreExistsError, StoreWriter, open_store
 from tests.stores import write_store
 
@@ -180,3 +180,66 @@ def test_edited_context_size_is_caught(tmp_path, capsys, context_size):
         open_store(str(store))
     if context_size == 32:
         assert "field 'context_size' (32)" in cli_error(capsys, train_argv(store, tmp_path / "run"))
+
+
+# D. corpus errors
+
+
+def corpus_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """``{case: (corpus path, message pattern)}``."""
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "blank" / "a.txt").write_text("")
+    (tmp_path / "blank" / "b.txt").write_text("  \n")
+    (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "ok"}\n{"text": "caf\xe9"}\n'.encode("latin-1"))
+    (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{"text": cut}\n')
+    (tmp_path / "list.jsonl").write_text('["text"]\n')
+    return {
+        "empty_txt": (tmp_path / "empty.txt", r"empty.txt holds no text"),
+        "empty_jsonl": (tmp_path / "empty.jsonl", r"empty.jsonl holds no text"),
+        "empty_dir": (tmp_path / "blank", r"directory .*blank \(2 files\) holds no text"),
+        "binary_txt": (tmp_path / "image.txt", r"image.txt is binary, not UTF-8 text \(NUL byte at offset 8\)"),
+        "latin1_txt": (tmp_path / "latin1.txt",
+                       r"latin1.txt is not UTF-8 text \(byte 0xe9 at offset 3\); re-save it as UTF-8"),
+        "latin1_jsonl": (tmp_path / "latin1.jsonl", r"latin1.jsonl:2 is not UTF-8 text \(byte 0xe9 at offset 28\)"),
+        "not_json": (tmp_path / "broken.jsonl", r"broken.jsonl:2 is not JSON \(column 10: Expecting value\)"),
+        "not_object": (tmp_path / "list.jsonl", r"list.jsonl:1 is a JSON list, not an object"),
+    }
+
+
+@pytest.mark.parametrize("case", ["empty_txt", "empty_jsonl", "empty_dir", "binary_txt", "latin1_txt",
+                                  "latin1_jsonl", "not_json", "not_object"])
+def test_bad_corpus_is_a_config_error_naming_the_file(tmp_path, case):
+    path, pattern = corpus_cases(tmp_path)[case]
+    with pytest.raises(ConfigError, match=r"^config field 'data': .*" + pattern):
+        load_documents(str(path))
+
+
+def test_bad_corpus_through_the_cli(tiny_llama, tmp_path, capsys):
+    for case, (path, pattern) in corpus_cases(tmp_path).items():
+        err = cli_error(capsys, extract_argv(tiny_llama, f"--config.data={path}", f"--config.out={tmp_path / case}"))
+        assert err.startswith("jaxinterp extract: error: config field 'data': ") and str(path) in err, case
+
+
+# E. max_tokens below one context; a corpus below one context
+
+
+def test_max_tokens_below_one_context_names_max_tokens(tiny_llama, tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"'max_tokens': 100 is below one context of context_size=128"):
+        pack_documents([list(range(1000))], 128, bos_id=0, separator_id=None, max_tokens=100)
+    err = cli_error(capsys, extract_argv(tiny_llama, "--config.max_tokens=100", "--config.context_size=128",
+                                         f"--config.out={tmp_path / 's'}"))
+    assert err == ("jaxinterp extract: error: config field 'max_tokens': 100 is below one context of "
+                   "context_size=128; raise it to at least 128, or 0 for the whole corpus")
+
+
+def test_corpus_below_one_context_names_the_corpus(tiny_llama, tmp_path, capsys):
+    (tmp_path / "tiny.txt").write_text("def f(): pass")
+    with pytest.raises(ConfigError, match=r"'data': corpus too small: x.txt has 4 tokens .* needs 7"):
+        pack_documents([[5, 6, 7]], 8, bos_id=0, separator_id=1, corpus="x.txt")
+    err = cli_error(capsys, extract_argv(tiny_llama, f"--config.data={tmp_path / 'tiny.txt'}",
+                                         "--config.context_size=128", f"--config.out={tmp_path / 's'}"))
+    assert f"config field 'data': corpus too small: {tmp_path / 'tiny.txt'} has" in err
