@@ -15,11 +15,11 @@ def test_layout_is_shard_and_context_aligned():
 
 
 def test_roundtrip_manifest_and_arrays(tmp_path):
-    x = np.random.default_rng(0).normal(size=(1000, 8)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(1008, 8)).astype(np.float32)  # whole contexts of 16, as extract writes
     manifest = write_store(str(tmp_path / "s"), {"blocks.0.hook_resid_post": x})
     store = open_store(str(tmp_path / "s"))
-    assert store.manifest == manifest and manifest["complete"] and store.n_tokens == 1000
-    np.testing.assert_array_equal(store.read("blocks.0.hook_resid_post", 0, 1000), x)
+    assert store.manifest == manifest and manifest["complete"] and store.n_tokens == 1008
+    np.testing.assert_array_equal(store.read("blocks.0.hook_resid_post", 0, 1008), x)
     assert store.read("pos", 0, 20).tolist() == list(range(16)) + [0, 1, 2, 3]
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["d_in"] == 8
     with pytest.raises(StoreError, match="no array 'blocks.1.hook_resid_post'.*blocks.0.hook_resid_post"):
@@ -27,7 +27,7 @@ def test_roundtrip_manifest_and_arrays(tmp_path):
 
 
 def test_existing_store_with_other_config_is_never_overwritten(tmp_path):
-    x = np.ones((100, 4), np.float32)
+    x = np.ones((112, 4), np.float32)
     write_store(str(tmp_path / "s"), {"h": x})
     before = (tmp_path / "s" / "h" / "c" / "0" / "0").read_bytes()
     with pytest.raises(StoreExistsError, match="differs in: context_size"):
@@ -40,7 +40,7 @@ def test_existing_store_with_other_config_is_never_overwritten(tmp_path):
 
 
 def test_resume_rewrites_only_unmarked_shards(tmp_path):
-    x = np.random.default_rng(1).normal(size=(600, 4)).astype(np.float32)
+    x = np.random.default_rng(1).normal(size=(608, 4)).astype(np.float32)
     manifest = write_store(str(tmp_path / "s"), {"h": x}, chunk_mib=2**-14, shard_mib=2**-10)
     writer = StoreWriter(str(tmp_path / "s"), manifest)
     assert writer.pending_shards() == [] and writer.n_shards > 2
@@ -51,7 +51,7 @@ def test_resume_rewrites_only_unmarked_shards(tmp_path):
 def test_incomplete_and_missing_stores_are_reported(tmp_path):
     with pytest.raises(StoreError, match="no activation store"):
         open_store(str(tmp_path / "nothing"))
-    x = np.ones((100, 4), np.float32)
+    x = np.ones((112, 4), np.float32)
     write_store(str(tmp_path / "s"), {"h": x})
     manifest_path = tmp_path / "s" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -59,7 +59,7 @@ def test_incomplete_and_missing_stores_are_reported(tmp_path):
     with pytest.raises(StoreError, match="incomplete"):
         open_store(str(tmp_path / "s"))
     manifest_path.write_text(json.dumps({**manifest, "d_in": 5}))
-    with pytest.raises(StoreError, match="array 'h' is \\(100, 4\\)"):
+    with pytest.raises(StoreError, match="array 'h' is \\(112, 4\\)"):
         open_store(str(tmp_path / "s"))
 
 

@@ -41,29 +41,41 @@ def load_documents(data: str, text_field: str = "text") -> list[str]:
         files = sorted(p for p in path.rglob("*") if p.suffix in _TEXT_SUFFIXES)
         if not files:
             raise FileNotFoundError(f"config field 'data': directory {path} holds no .txt, .jsonl or .parquet files")
-        return [document for file in files for document in _file_documents(file, text_field)]
+        documents = [document for file in files for document in _file_documents(file, text_field)]
+        return _non_empty(documents, f"directory {path} ({len(files)} files)")
     if not path.exists():
         raise FileNotFoundError(f"config field 'data': {data} does not exist (and is not 'pydoc')")
-    return _file_documents(path, text_field)
+    return _non_empty(_file_documents(path, text_field), str(path))
+
+
+def _non_empty(documents: list[str], where: str) -> list[str]:
+    """``documents``, unless none holds any text (the corpus would pack to nothing)."""
+    if not any(isinstance(document, str) and document.strip() for document in documents):
+        raise ConfigError(f"config field 'data': {where} holds no text (empty or whitespace only); "
+                          "point it at a non-empty corpus")
+    return documents
+
+
+def _utf8(raw: bytes, where: str, offset: int = 0) -> str:
+    """``raw`` decoded as UTF-8 text; binary data or another encoding names the byte and its offset."""
+    nul = raw.find(b"\0")
+    if nul >= 0:  # valid UTF-8, but no text corpus holds NUL: an image, an archive, a model file
+        raise ConfigError(f"config field 'data': {where} is binary, not UTF-8 text (NUL byte at offset "
+                          f"{offset + nul}); point it at a text corpus")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config field 'data': {where} is not UTF-8 text (byte 0x{raw[error.start]:02x} at offset "
+            f"{offset + error.start}); re-save it as UTF-8"
+        ) from None
 
 
 def _file_documents(path: Path, text_field: str) -> list[str]:
     if path.suffix == ".txt":
-        return [path.read_text(encoding="utf-8")]
+        return [_utf8(path.read_bytes(), str(path))]
     if path.suffix == ".jsonl":
-        documents = []
-        with open(path, encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if text_field not in record:
-                    raise ConfigError(
-                        f"config field 'text_field': {path}:{line_number} has no key '{text_field}' "
-                        f"(keys: {', '.join(record)})"
-                    )
-                documents.append(record[text_field])
-        return documents
+        return _jsonl_documents(path, text_field)
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -72,6 +84,35 @@ def _file_documents(path: Path, text_field: str) -> list[str]:
             raise ConfigError(f"config field 'text_field': {path} has no column '{text_field}' (columns: {', '.join(columns)})")
         return pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
     raise ConfigError(f"config field 'data': unsupported corpus file {path}; use pydoc, .txt, .jsonl, .parquet or a dataset directory")
+
+
+def _jsonl_documents(path: Path, text_field: str) -> list[str]:
+    """One document per non-blank line; a bad line is named by file and line number."""
+    documents, offset = [], 0
+    with open(path, "rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            where = f"{path}:{line_number}"
+            line = _utf8(raw, where, offset)
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"config field 'data': {where} is not JSON (column {error.colno}: {error.msg}); "
+                                  f"each line must be an object like {{\"{text_field}\": \"...\"}}") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"config field 'data': {where} is a JSON {type(record).__name__}, not an object "
+                                  f"like {{\"{text_field}\": \"...\"}}")
+            if text_field not in record:
+                raise ConfigError(
+                    f"config field 'text_field': {where} has no key '{text_field}' (keys: {', '.join(record)})"
+                )
+            if not isinstance(record[text_field], str):
+                raise ConfigError(f"config field 'text_field': {where} holds a {type(record[text_field]).__name__} "
+                                  f"under '{text_field}', not text")
+            documents.append(record[text_field])
+    return documents
 
 
 def _hf_dataset(path: Path, text_field: str) -> list[str]:

@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["Packed", "pack_documents"]
+from jaxinterp.config import ConfigError
+
+__all__ = ["Packed", "check_max_tokens", "pack_documents"]
 
 
 class Packed(NamedTuple):
@@ -31,6 +33,7 @@ def pack_documents(
     separator_id: int | None,
     prepend_bos: bool = True,
     max_tokens: int = 0,
+    corpus: str = "the corpus",
 ) -> Packed:
     """Packs documents into contexts.
 
@@ -41,12 +44,17 @@ def pack_documents(
       separator_id: token appended after each document (``None`` for none).
       prepend_bos: start every context with BOS.
       max_tokens: keep at most this many tokens (whole contexts); 0 keeps all.
+      corpus: what the documents came from, named when they do not fill one context.
+
+    Raises:
+      ConfigError: naming ``prepend_bos``, ``context_size``, ``max_tokens`` or (too few tokens) ``data``.
     """
     if prepend_bos and bos_id is None:
-        raise ValueError("prepend_bos is set but the tokenizer has no BOS token")
+        raise ConfigError("config field 'prepend_bos': set, but the tokenizer has no BOS token; set it to false")
     body = context_size - (1 if prepend_bos else 0)
     if body < 1:
-        raise ValueError(f"config field 'context_size' must leave room for tokens, got {context_size}")
+        raise ConfigError(f"config field 'context_size' must leave room for tokens, got {context_size}")
+    check_max_tokens(max_tokens, context_size)
     pieces, docs = [], []
     for index, ids in enumerate(token_ids):
         ids = list(ids) + ([separator_id] if separator_id is not None else [])
@@ -58,7 +66,10 @@ def pack_documents(
     if max_tokens:
         n_contexts = min(n_contexts, max_tokens // context_size)
     if n_contexts == 0:
-        raise ValueError(f"corpus too small: {len(stream)} tokens do not fill one context of {context_size}")
+        raise ConfigError(
+            f"config field 'data': corpus too small: {corpus} has {len(stream)} tokens (separators included), but one "
+            f"context of context_size={context_size} needs {body}; use a larger corpus or a smaller context_size"
+        )
     tokens = stream[: n_contexts * body].reshape(n_contexts, body)
     doc = stream_doc[: n_contexts * body].reshape(n_contexts, body)
     if prepend_bos:
@@ -66,3 +77,12 @@ def pack_documents(
         doc = np.concatenate([doc[:, :1], doc], axis=1)
     pos = np.broadcast_to(np.arange(context_size, dtype=np.int32), tokens.shape).copy()
     return Packed(tokens, doc, pos)
+
+
+def check_max_tokens(max_tokens: int, context_size: int) -> None:
+    """``max_tokens`` keeps whole contexts, so a nonzero value below one context would keep none."""
+    if 0 < max_tokens < context_size:
+        raise ConfigError(
+            f"config field 'max_tokens': {max_tokens} is below one context of context_size={context_size}; "
+            f"raise it to at least {context_size}, or 0 for the whole corpus"
+        )

@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxinterp.extract.corpus import corpus_hash, load_documents
-from jaxinterp.extract.packing import Packed, pack_documents
+from jaxinterp.extract.packing import Packed, check_max_tokens, pack_documents
 from jaxinterp.config import ConfigError
 from jaxinterp.models import (HookPoint, choose_backend, load_hf_config, load_source_model, load_tokenizer,
                               parse_hooks, resolve_model)
@@ -50,6 +50,7 @@ def tokenize_corpus(tokenizer, documents: list[str], cfg: Mapping[str, Any]) -> 
         separator_id=tokenizer.eos_token_id,
         prepend_bos=cfg["prepend_bos"],
         max_tokens=cfg["max_tokens"],
+        corpus=cfg["data"],
     )
 
 
@@ -62,6 +63,7 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
     tokenizer, model_config = load_tokenizer(files), load_hf_config(files)
     n_layers = int(getattr(model_config, "num_hidden_layers", getattr(model_config, "n_layer", 0)))
     hooks = parse_hooks(cfg["hooks"], n_layers)
+    check_max_tokens(cfg["max_tokens"], cfg["context_size"])  # before the corpus is read and tokenised
     documents = load_documents(cfg["data"], cfg["text_field"])
     packed = tokenize_corpus(tokenizer, documents, cfg)
     d_in = int(model_config.hidden_size)

@@ -7,14 +7,30 @@ from typing import Any
 
 import tensorstore as ts
 
-from jaxinterp.store.spec import kvstore_spec
+from jaxinterp.store.spec import kvstore_location, kvstore_spec
 
-__all__ = ["MANIFEST", "WRITER_VERSION", "read_manifest", "write_manifest", "manifest_differences", "kvstore"]
+__all__ = ["MANIFEST", "WRITER_VERSION", "CorruptManifestError", "StoreError", "read_manifest", "write_manifest",
+           "manifest_differences", "manifest_location", "kvstore"]
 
 MANIFEST = "manifest.json"
 WRITER_VERSION = 1
 # Keys that change while a store is written; everything else pins what the store *is*.
 _PROGRESS_KEYS = ("complete",)
+# Keys the reader and writer build the arrays from: positive integers, plus the hook list and dtype.
+_REQUIRED_INTS = ("d_in", "n_tokens", "context_size", "rows_per_chunk", "rows_per_shard")
+
+
+class StoreError(ValueError):
+    """A store is missing, incomplete, or does not match its manifest."""
+
+
+class CorruptManifestError(StoreError):
+    """``manifest.json`` exists but is not a readable manifest (truncated, garbled, keys missing)."""
+
+
+def manifest_location(url: str) -> str:
+    """Where ``manifest.json`` of the store at ``url`` is, as the user would write it."""
+    return kvstore_location(kvstore_spec(url)) + MANIFEST
 
 
 def kvstore(url: str) -> ts.KvStore:
@@ -23,11 +39,46 @@ def kvstore(url: str) -> ts.KvStore:
 
 
 def read_manifest(url: str) -> dict[str, Any] | None:
-    """The manifest at ``url``, or ``None`` when there is none."""
+    """The manifest at ``url``, or ``None`` when there is none.
+
+    Raises:
+      CorruptManifestError: the file is not UTF-8 JSON, not an object, or lacks a key the arrays need.
+    """
     value = kvstore(url).read(MANIFEST).result()
     if value.state != "value":
         return None
-    return json.loads(bytes(value.value).decode())
+    try:
+        manifest = json.loads(bytes(value.value).decode("utf-8"))
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+        raise _corrupt(url, f"not valid JSON: {error}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise _corrupt(url, problem)
+    return manifest
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """What makes a parsed manifest unusable, or ``None``."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key in _REQUIRED_INTS:
+        value = manifest.get(key)
+        if type(value) is not int or value < 1:  # bool is an int subclass; a flag is no size
+            return f"key '{key}' is {'missing' if key not in manifest else repr(value)}, not a positive integer"
+    hooks = manifest.get("hook_names")
+    if not isinstance(hooks, list) or not hooks or not all(isinstance(h, str) for h in hooks):
+        found = "missing" if "hook_names" not in manifest else repr(hooks)
+        return f"key 'hook_names' is {found}, not a list of hook names"
+    if not isinstance(manifest.get("dtype"), str):
+        return "key 'dtype' is missing or not a string"
+    return None
+
+
+def _corrupt(url: str, problem: str) -> CorruptManifestError:
+    return CorruptManifestError(
+        f"store manifest {manifest_location(url)} is corrupt ({problem}); restore it, or rerun the same "
+        "`jaxinterp extract` command with --config.overwrite=true to rebuild the store"
+    )
 
 
 def write_manifest(url: str, manifest: dict[str, Any]) -> None:

@@ -78,6 +78,8 @@ def array_spec(url: str, name: str, shape: tuple[int, ...], dtype: str, layout: 
     return {
         "driver": "zarr3",
         "kvstore": array_kvstore(url, name),
+        # An all-zero shard is still written: a missing shard file must mean a lost shard, never zeros.
+        "store_data_equal_to_fill_value": True,
         "metadata": {
             "shape": list(shape),
             "data_type": dtype,

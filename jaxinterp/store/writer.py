@@ -1,9 +1,10 @@
 """Writing a store: one writer per shard, whole-shard writes, a done-marker after each commit.
 
-A shard without its marker (a killed writer) is rewritten on resume, never trusted. Pointing a
-new extraction at an existing store with a different manifest is an error unless ``overwrite``.
+A shard without its marker (a killed writer) is rewritten on resume, never trusted; so is a marked
+shard whose file is missing in any array (a lost file), on resume or on a store already complete.
+Pointing a new extraction at an existing store with a different manifest is an error unless ``overwrite``.
 With several processes, process ``p`` of ``n`` owns shards ``s`` with ``s % n == p``; process 0
-creates the store and, once every marker exists, marks the manifest complete.
+creates the store and, once every shard is marked and its files present, marks the manifest complete.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from jaxinterp.store.manifest import kvstore, manifest_differences, read_manifest, write_manifest
+from jaxinterp.store.manifest import (CorruptManifestError, kvstore, manifest_differences, read_manifest,
+                                      write_manifest)
+from jaxinterp.store.shards import done_marker, done_shards, shards_missing_files
 from jaxinterp.store.spec import Layout, array_shapes, array_spec
 
 __all__ = ["StoreExistsError", "StoreWriter"]
 
-_DONE_PREFIX = "_progress/shard_"
 _POLL_SECONDS = 0.2
 
 
@@ -57,10 +59,23 @@ class StoreWriter:
             write_manifest(url, self.manifest)
         self.arrays = {name: self._open(name, shape, dtype, create)
                        for name, (shape, dtype) in array_shapes(self.manifest).items()}
+        if not create:
+            self._unmark_lost_shards()
 
     def _prepare(self, overwrite: bool) -> bool:
         """Checks what is at ``url``; returns whether the arrays must be created."""
-        existing = read_manifest(self.url)
+        try:
+            existing = read_manifest(self.url)
+        except CorruptManifestError:
+            if not overwrite:
+                raise
+            if self._kv.read("tokens/zarr.json").result().state != "value":  # a side array: ours, not a foreign dir
+                raise StoreExistsError(
+                    f"{self.url} has an unreadable manifest.json and no store arrays; it is not a jaxinterp store, "
+                    "so --config.overwrite=true leaves it alone: choose another --config.out"
+                ) from None
+            self._kv.delete_range(ts.KvStore.KeyRange()).result()
+            return True
         if existing is not None:
             differing = manifest_differences(existing, self.manifest)
             if not differing:
@@ -78,7 +93,10 @@ class StoreWriter:
     def _await_creation(self) -> bool:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            existing = read_manifest(self.url)
+            try:
+                existing = read_manifest(self.url)
+            except CorruptManifestError:  # process 0 may be about to replace it (overwrite)
+                existing = None
             if existing is not None and not manifest_differences(existing, self.manifest):
                 return False
             time.sleep(_POLL_SECONDS)
@@ -108,8 +126,26 @@ class StoreWriter:
         return start, min(start + self.layout.rows_per_shard, self.n_tokens)
 
     def _done(self) -> set[int]:
-        keys = self._kv.list(ts.KvStore.KeyRange(_DONE_PREFIX, _DONE_PREFIX + "~")).result()
-        return {int(bytes(k).decode()[len(_DONE_PREFIX):]) for k in keys}
+        return done_shards(self._kv)
+
+    def _owned(self, shard: int) -> bool:
+        return shard % self.process_count == self.process_index
+
+    def _lost_shards(self) -> set[int]:
+        """Shards with a done-marker whose file is missing in some array."""
+        done = self._done()  # markers before files: a marker listed here was written after its data
+        return done & {shard for shards in shards_missing_files(self.url, self.manifest).values() for shard in shards}
+
+    def _unmark_lost_shards(self) -> None:
+        """Drops this process's markers of lost shards so they are pending again (and the store not complete).
+
+        Each process drops only its own: another's shard may be mid-rewrite, its new marker not to be lost.
+        """
+        lost = self._lost_shards()
+        if lost and self.process_index == 0:  # no reader may take the store as complete while shards are lost
+            write_manifest(self.url, self.manifest)
+        for shard in sorted(s for s in lost if self._owned(s)):
+            self._kv.write(done_marker(shard), None).result()  # writing None deletes the key
 
     def pending_shards(self) -> list[int]:
         """This process's shards without a done-marker, in order."""
@@ -133,12 +169,17 @@ class StoreWriter:
         def commit() -> int:
             for future in futures:
                 future.result()
-            self._kv.write(f"{_DONE_PREFIX}{shard:06d}", b"").result()
+            self._kv.write(done_marker(shard), b"").result()
             return shard
 
         future = self._background.submit(commit)
         self._commits.append(future)
         return future
+
+    def _unfinished(self) -> list[int]:
+        """Shards (all processes') without a marker or, once all are marked, with a file missing."""
+        missing = sorted(set(range(self.n_shards)) - self._done())
+        return missing or sorted(self._lost_shards())  # files listed only once every marker is there
 
     def finish(self) -> dict[str, Any]:
         """Waits until every shard (all processes') is done; process 0 then marks the store complete.
@@ -149,12 +190,12 @@ class StoreWriter:
         for commit in self._commits:
             commit.result()  # a failed background write surfaces here, not as a missing shard
         deadline = time.monotonic() + self.timeout
-        while len(self._done()) < self.n_shards:
+        while unfinished := self._unfinished():
             if self.process_count == 1:
-                missing = sorted(set(range(self.n_shards)) - self._done())
-                raise RuntimeError(f"cannot finish store {self.url}: shards {missing[:5]} are not written")
+                raise RuntimeError(f"cannot finish store {self.url}: shards {unfinished[:5]} are not written")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"store {self.url}: other processes did not finish their shards within {self.timeout:.0f} s")
+                raise TimeoutError(f"store {self.url}: other processes did not finish shards {unfinished[:5]} within "
+                                   f"{self.timeout:.0f} s (are they running with the same config?)")
             time.sleep(_POLL_SECONDS)
         self.manifest["complete"] = True
         if self.process_index == 0:
