@@ -18,7 +18,7 @@ from typing import Any
 
 from etils import epath
 
-__all__ = ["CorruptFileError", "machine_error", "read_json"]
+__all__ = ["CorruptFileError", "machine_error", "read_json", "require_free_space"]
 
 
 class CorruptFileError(ValueError):
@@ -60,11 +60,10 @@ def _chain(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def _describe(code: int, path: str | None) -> str:
-    reason = os.strerror(code).lower()
+def _describe(reason: str, code: int, path: str | None) -> str:
     where = f" at {path}" if path else ""
     advice = _ADVICE.get(code)
-    return f"{reason}{where}" + (f"; {advice}" if advice else "")
+    return f"{reason[:1].lower()}{reason[1:]}{where}" + (f"; {advice}" if advice else "")
 
 
 def machine_error(error: BaseException) -> str | None:
@@ -75,23 +74,38 @@ def machine_error(error: BaseException) -> str | None:
     full, read-only, permissions), so a bug raised while handling, say, a missing file keeps its
     traceback. Names the file involved when the error does.
     """
-    found = [(code, path) for depth, (code, path) in enumerate(map(_os_error, _chain(error)))
-             if code is not None and (depth == 0 or code in _ADVICE)]
+    found = [failure for depth, failure in enumerate(map(_os_error, _chain(error)))
+             if failure is not None and (depth == 0 or failure[0] in _ADVICE)]
     if not found:
         return None
-    code, _ = found[0]
-    path = next((path for other, path in found if other == code and path), None)  # a later link may name the file
-    return _describe(code, path)
+    code, _, reason = found[0]
+    path = next((path for other, path, _ in found if other == code and path), None)  # a later link may name the file
+    return _describe(reason, code, path)
 
 
-def _os_error(error: BaseException) -> tuple[int | None, str | None]:
-    """(errno, path) of an OS-level failure, from an ``OSError`` or a TensorStore error's text."""
+def require_free_space(directory: os.PathLike | str, needed_bytes: int, what: str) -> None:
+    """Raises ``OSError(ENOSPC)`` before writing ``what`` of ``needed_bytes`` into a local directory
+    that has less free space: a write that fills the disk half-way fails in background threads
+    (orbax, TensorStore) with pages of tracebacks and leaves partial files."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return  # not a local directory (or not yet created): the write itself will tell
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed_bytes:
+        raise OSError(errno.ENOSPC, f"No space left on device for {what} ({needed_bytes / 2**20:.1f} MiB needed, "
+                                    f"{free / 2**20:.1f} MiB free)", os.fspath(directory))
+
+
+def _os_error(error: BaseException) -> tuple[int, str | None, str] | None:
+    """(errno, path, reason) of an OS-level failure, from an ``OSError`` or a TensorStore error's text."""
     if isinstance(error, OSError) and error.errno is not None:
-        return error.errno, None if error.filename is None else os.fspath(error.filename)
+        path = None if error.filename is None else os.fspath(error.filename)
+        return error.errno, path, error.strerror or os.strerror(error.errno)
     if isinstance(error, ValueError):
         text = str(error)
         code = _TENSORSTORE_OS_ERROR.search(text)
         if code:
             paths = _QUOTED_PATH.findall(text)
-            return int(code.group(1)), paths[-1] if paths else None
-    return None, None
+            return int(code.group(1)), paths[-1] if paths else None, os.strerror(int(code.group(1)))
+    return None
