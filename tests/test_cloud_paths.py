@@ -56,8 +56,10 @@ def test_s3_run_resumes_and_exports_like_a_local_run(store_url, bucket, tmp_path
     assert_same_params(local, remote)  # bitwise: orbax wrote and read the S3 checkpoints, the buffer resumed
     assert json.loads((location(run) / "eval.json").read_text()) == json.loads((tmp_path / "run" / "eval.json").read_text())
     steps = [json.loads(line)["step"] for line in (location(run) / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [10, 20, 20, 30, 40, 30, 40]  # both sessions' lines (20: train and holdout): appended to
+    assert steps == [10, 20, 20, 30, 40]  # (20: train and holdout) the killed session's lines past step 20 were dropped
     assert list((location(run) / "tensorboard").iterdir())
+    assert (location(run) / "checkpoints" / "40" / "jaxinterp_digest.json").exists()  # verified on S3 as well
+    assert not (location(run) / ".lock").exists()  # released
 
     export_run(str(tmp_path / "run"), "saelens", str(tmp_path / "export"))
     expected = load_sae(tmp_path / "export")

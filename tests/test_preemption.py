@@ -52,6 +52,10 @@ def wait_for_step(process, metrics: Path, step: int, timeout: float = 240.0) -> 
     pytest.fail(f"no step {step} within {timeout} s")
 
 
+def logged_steps(run: Path) -> list[tuple]:
+    return [(line["step"], line["sae"], line["split"]) for line in map(json.loads, (run / "metrics.jsonl").open())]
+
+
 def assert_same_parameters(a_dir, b_dir):
     for sae in ("sae", "jump"):
         a, b = load_trained(str(a_dir), sae), load_trained(str(b_dir), sae)
@@ -78,6 +82,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_exact(store_url, straig
     assert process.returncode == -signal.SIGKILL and reached < STEPS, "killed too late to test anything"
     subprocess.run(command(store_url, out), check=True, env=env(), capture_output=True)
     assert_same_parameters(straight, out)
+    assert logged_steps(out) == logged_steps(straight)  # the killed session's lines past its checkpoint are gone
 
 
 def test_sigterm_saves_exits_zero_and_resumes_exactly(store_url, straight, tmp_path):

@@ -25,7 +25,7 @@ from etils import epath
 from jaxinterp.config import ConfigError
 
 __all__ = ["PATH_OR_URL", "SCHEMES", "copy_file", "download_tree", "is_path_or_url", "local_copy", "location",
-           "on_object_store", "upload_tree"]
+           "on_object_store", "relative_files", "upload_tree"]
 
 SCHEMES = ("file", "gs", "s3")
 # The fsspec implementation epath needs for each object-store scheme.
@@ -91,11 +91,11 @@ def copy_file(source: epath.Path | Path, target: epath.Path | Path) -> None:
         shutil.copyfileobj(reader, writer, _COPY_BUFFER)
 
 
-def _files(root: epath.Path | Path) -> Iterator[tuple[str, ...]]:
+def relative_files(root: epath.Path | Path) -> Iterator[tuple[str, ...]]:
     """Relative parts of every file under ``root`` (epath's own walk does not work on s3fs)."""
     for child in sorted(root.iterdir(), key=lambda p: p.name):
         if child.is_dir():
-            yield from ((child.name, *parts) for parts in _files(child))
+            yield from ((child.name, *parts) for parts in relative_files(child))
         else:
             yield (child.name,)
 
@@ -106,7 +106,7 @@ def upload_tree(source: Path, target: epath.Path) -> None:
     Those are the files readers open first (``cfg.json``, ``eval.json``, ``results.json``), so a reader
     that finds one finds every file it describes, even while an upload is under way or after it broke.
     """
-    files = sorted(_files(source), key=lambda parts: (len(parts) == 1 and parts[0].endswith(".json"), parts))
+    files = sorted(relative_files(source), key=lambda parts: (len(parts) == 1 and parts[0].endswith(".json"), parts))
     for parts in files:
         destination = target.joinpath(*parts)
         if not on_object_store(destination):
@@ -120,7 +120,7 @@ def download_tree(source: epath.Path, target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         copy_file(source, target)
         return
-    for parts in _files(source):
+    for parts in relative_files(source):
         target.joinpath(*parts).parent.mkdir(parents=True, exist_ok=True)
         copy_file(source.joinpath(*parts), target.joinpath(*parts))
 

@@ -1,31 +1,47 @@
 """Run directories: orbax checkpoints of the train state plus a self-describing ``cfg.json``.
 
 Layout of ``<run>/``: ``cfg.json`` (train config, d_in, source-model metadata from the store),
-``checkpoints/<step>/`` (orbax), ``metrics.jsonl``, ``tensorboard/``, ``eval.json``. A run directory is
-a local path or a URL (:func:`jaxinterp.store.paths.location`); orbax writes checkpoints straight to
-``gs://`` / ``s3://``, marking each finished step with a commit file (object stores cannot rename).
+``checkpoints/<step>/`` (orbax, plus ``jaxinterp_digest.json``: :mod:`jaxinterp.train.integrity`),
+``metrics.jsonl``, ``tensorboard/``, ``eval.json``, and ``.lock`` while a train job writes it
+(:mod:`jaxinterp.train.run_lock`). A run directory is a local path or a URL
+(:func:`jaxinterp.store.paths.location`); orbax writes checkpoints straight to ``gs://`` /
+``s3://``, marking each finished step with a commit file (object stores cannot rename).
+
+Restores take the newest *intact* step (its digest matches), so a damaged or half-written step
+falls back to the one before it; rotation deletes old steps only once a newer one is verified.
+Only a run with a checkpoint is a run: a directory whose attempts never finished a step is reused.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxinterp.buffer import BufferState
 from jaxinterp.config import flatten
+from jaxinterp.distributed import is_primary
 from jaxinterp.faults import read_json
 from jaxinterp.store.paths import location, on_object_store
+from jaxinterp.train.integrity import DIGEST, DIGEST_MARKER, check_step, warn, write_digest
 from jaxinterp.train.orbax_s3 import enable_s3_checkpoints
+from jaxinterp.train.run_lock import LOCK
 
 __all__ = [
     "RUN_CONFIG",
+    "CheckpointError",
+    "CheckpointWriter",
+    "Restorable",
     "RunExistsError",
     "checkpoint_manager",
+    "newest_restorable",
+    "prepare_run_dir",
     "read_run_config",
     "restore_latest",
+    "restore_step",
     "save_checkpoint",
     "write_run_config",
 ]
@@ -38,14 +54,21 @@ RUN_CONFIG = "cfg.json"
 _RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mesh.data", "mesh.model", "out", "streams",
                    "distributed.coordinator", "distributed.num_processes", "distributed.process_id",
                    "distributed.timeout_s")
+# What a train attempt leaves besides cfg.json; stale once no checkpoint of it survives.
+_ATTEMPT_FILES = ("metrics.jsonl", "tensorboard", "eval.json", "checkpoints")
+KEEP = 2  # verified steps kept; older ones are deleted once a newer one is verified
 
 
 class RunExistsError(FileExistsError):
     """The run directory holds a different run."""
 
 
-def checkpoint_manager(run_dir: str, keep: int = 2, async_save: bool = False) -> ocp.CheckpointManager:
-    """An orbax manager over ``<run_dir>/checkpoints`` keeping the last ``keep`` steps.
+class CheckpointError(FileNotFoundError):
+    """A run directory has no intact checkpoint to restore."""
+
+
+def checkpoint_manager(run_dir: str, async_save: bool = False) -> ocp.CheckpointManager:
+    """An orbax manager over ``<run_dir>/checkpoints`` that deletes nothing (:class:`CheckpointWriter` rotates).
 
     With ``async_save`` a save returns once the arrays are copied off the devices and the files are
     written in the background (call ``wait_until_finished`` before exiting).
@@ -59,7 +82,9 @@ def checkpoint_manager(run_dir: str, keep: int = 2, async_save: bool = False) ->
         atomicity = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
     else:
         run = Path(run).absolute()  # orbax wants absolute local paths
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+    # max_to_keep=None: orbax would delete the previous step as soon as a new one is committed, before
+    # anything has checked the new one.
+    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=async_save,
                                            atomicity_options=atomicity)
     return ocp.CheckpointManager(run / "checkpoints", options=options)
 
@@ -72,22 +97,25 @@ def read_run_config(run_dir: str) -> dict[str, Any]:
     return read_json(path, "run config")
 
 
-def write_run_config(run_dir: str, run_config: dict[str, Any]) -> None:
+def write_run_config(run_dir: str, run_config: dict[str, Any], has_checkpoint: bool = True) -> None:
     """Writes ``cfg.json``, or checks that an existing one describes the same run.
 
+    A ``cfg.json`` whose run never got a (restorable) checkpoint is replaced: that attempt failed
+    before it trained anything, so the corrected rerun takes the directory over.
+
     Raises:
-      RunExistsError: when ``run_dir`` holds a run with a different configuration (the message
-        names the differing fields, e.g. ``d_in`` when the store's width changed).
+      RunExistsError: when ``run_dir`` holds a run with a checkpoint and a different configuration
+        (the message names the differing fields, e.g. ``d_in`` when the store's width changed).
     """
     path = location(run_dir, "out") / RUN_CONFIG
     if path.exists():
         old, new = flatten(read_json(path, "run config")), flatten(run_config)
         differing = sorted(k for k in set(old) | set(new)
                            if old.get(k) != new.get(k) and k.removeprefix("train.") not in _RESUMABLE_KEYS)
-        if differing:
+        if differing and has_checkpoint:
             detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:6])
             raise RunExistsError(f"{run_dir} already holds a different run ({detail}); choose another --config.out")
-    elif path.parent.exists() and any(path.parent.iterdir()):
+    elif path.parent.exists() and any(p.name != LOCK for p in path.parent.iterdir()):
         raise RunExistsError(f"{run_dir} exists and is not a jaxinterp run directory; choose another --config.out")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run_config, indent=2, sort_keys=True))
@@ -95,16 +123,139 @@ def write_run_config(run_dir: str, run_config: dict[str, Any]) -> None:
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, buffer_state: BufferState) -> None:
     """Saves the train state (sharded arrays) and the buffer state (JSON) as one orbax step."""
+    # force: orbax's own policy would skip a step silently; the marker says a digest will follow.
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                               buffer=ocp.args.JsonSave(buffer_state.to_json())))
+                                               buffer=ocp.args.JsonSave(buffer_state.to_json())),
+                 force=True, custom_metadata=dict(DIGEST_MARKER))
+
+
+def _remove_step(step_dir: epath.Path) -> None:
+    (step_dir / DIGEST).unlink(missing_ok=True)  # first: a half-deleted step must not look verified
+    if step_dir.exists():
+        step_dir.rmtree()
+
+
+class CheckpointWriter:
+    """A train job's checkpoints: async orbax saves, a digest per finalized step, and rotation.
+
+    Process 0 writes the digest of a step once orbax has finished it on every process (polled each
+    step, and at the next save and on close at the latest), then deletes all but the newest
+    :data:`KEEP` verified steps. Every process makes the same calls.
+    """
+
+    def __init__(self, run_dir: epath.Path):
+        self.manager = checkpoint_manager(str(run_dir), async_save=True)
+        self.pending: int | None = None
+
+    def save(self, step: int, state: Any, buffer_state: BufferState) -> None:
+        self.finish()
+        save_checkpoint(self.manager, step, state, buffer_state)
+        self.pending = step
+
+    def poll(self) -> None:
+        """Verifies the step in flight if orbax has finished it (cheap otherwise)."""
+        if self.pending is not None and is_primary() and not self.manager.is_saving_in_progress():
+            self.finish()
+
+    def finish(self) -> None:
+        """Waits for the save in flight (raising its error), then digests it and rotates."""
+        self.manager.wait_until_finished()
+        step, self.pending = self.pending, None
+        if step is None or not is_primary():
+            return
+        self.manager.reload()
+        steps = self.manager.all_steps()
+        if step not in steps:
+            warn(f"{self.manager.directory / str(step)}: orbax did not finalize this step; it is not used")
+            return
+        write_digest(self.manager.directory / str(step), step)
+        verified = [s for s in steps if (self.manager.directory / str(s) / DIGEST).exists()]
+        for old in steps:
+            if old < step and old not in verified[-KEEP:]:
+                _remove_step(self.manager.directory / str(old))
+
+    def close(self) -> None:
+        self.finish()
+
+
+class Restorable(NamedTuple):
+    """The newest step to restore (``None``: none) and the newer steps skipped, with why."""
+
+    step: int | None
+    legacy: bool
+    skipped: list[tuple[epath.Path, str]]
+
+
+def newest_restorable(run_dir: str) -> Restorable:
+    """The newest intact (or legacy, see :mod:`~jaxinterp.train.integrity`) finalized step of a run."""
+    directory = location(run_dir) / "checkpoints"
+    if not directory.exists():
+        return Restorable(None, False, [])
+    skipped = []
+    for step in sorted(checkpoint_manager(run_dir).all_steps(), reverse=True):
+        check = check_step(directory / str(step))
+        if not check.problem:
+            if check.legacy:
+                warn(f"{directory / str(step)} was written without a digest (by an older jaxinterp); "
+                     f"restoring it unchecked")
+            return Restorable(step, check.legacy, skipped)
+        skipped.append((directory / str(step), check.problem))
+    return Restorable(None, False, skipped)
+
+
+def prepare_run_dir(run_dir: str, run_config: dict[str, Any]) -> tuple[int | None, bool]:
+    """Process 0 of a train job: picks the step to resume from (``None``: start afresh) and whether
+    it is a legacy step, writes or checks ``cfg.json``, and removes what no restore can use (damaged
+    steps, the files of an attempt that never finished a step).
+
+    Call it holding the run's lock. Each skipped step is reported on one stderr line.
+    """
+    found = newest_restorable(run_dir)
+    write_run_config(run_dir, run_config, has_checkpoint=found.step is not None)
+    fallback = f"resuming from step {found.step}" if found.step is not None else "no intact step; starting afresh"
+    for step_dir, problem in found.skipped:
+        warn(f"{step_dir}: {problem}; {fallback} (deleting it)")
+        _remove_step(step_dir)
+    if found.step is None:
+        run = location(run_dir)
+        for name in _ATTEMPT_FILES:  # what an attempt that never finished a step left behind
+            path = run / name
+            if path.is_dir():
+                path.rmtree()
+            elif path.exists():
+                path.unlink()
+    return found.step, found.legacy
+
+
+def restore_step(run_dir: str, step: int, target: Any, legacy: bool = False) -> tuple[Any, BufferState]:
+    """Restores one step of ``run_dir`` into the structure/shardings of ``target``."""
+    manager = checkpoint_manager(run_dir)
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(target), buffer=ocp.args.JsonRestore())
+    if not legacy:
+        restored = manager.restore(step, args=args)
+    else:
+        try:
+            restored = manager.restore(step, args=args)
+        except Exception as error:  # TensorStore/orbax raise ValueError, OSError, XlaRuntimeError…
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise CheckpointError(f"{manager.directory / str(step)} (written without a digest by an older jaxinterp) "
+                                  f"cannot be restored ({message}); delete it to use an older step") from error
+    return restored["state"], BufferState.from_json(restored["buffer"])
 
 
 def restore_latest(run_dir: str, target: Any) -> tuple[int, Any, BufferState]:
-    """Restores the newest step of ``run_dir`` into the structure/shardings of ``target``."""
-    manager = checkpoint_manager(run_dir)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"run {run_dir} has no checkpoint yet")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                             buffer=ocp.args.JsonRestore()))
-    return step, restored["state"], BufferState.from_json(restored["buffer"])
+    """Restores the newest intact step of ``run_dir``; damaged newer steps are reported on stderr.
+
+    Raises:
+      CheckpointError: no step is intact (the message names each step and what is wrong with it).
+    """
+    found = newest_restorable(run_dir)
+    if found.step is None:
+        if not found.skipped:
+            raise CheckpointError(f"run {run_dir} has no checkpoint yet")
+        detail = "; ".join(f"{path}: {problem}" for path, problem in found.skipped)
+        raise CheckpointError(f"run {run_dir} has no intact checkpoint ({detail}); retrain it")
+    for path, problem in found.skipped:
+        warn(f"{path}: {problem}; using step {found.step} instead")
+    state, buffer_state = restore_step(run_dir, found.step, target, found.legacy)
+    return found.step, state, buffer_state

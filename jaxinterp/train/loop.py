@@ -3,11 +3,13 @@
 One run trains every SAE of its sweep (:mod:`jaxinterp.train.members`) from the same batches.
 Checkpoints (params, optimizer and architecture state, latent counters, buffer position) are
 written every ``checkpoint_every`` steps and when the process gets SIGTERM (then it exits 0);
-rerunning the same command resumes, onto the current mesh even if the device count changed.
+rerunning the same command resumes from the newest intact one, onto the current mesh even if the
+device count changed. One job at a time writes a run directory (:class:`~jaxinterp.train.run_lock.RunLock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -23,15 +25,16 @@ from etils import epath
 
 from jaxinterp.buffer import ActivationBuffer, BufferState
 from jaxinterp.config import ConfigError, as_dict
-from jaxinterp.distributed import host_copy, is_primary
+from jaxinterp.distributed import barrier, host_copy, is_primary
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.mesh import SAE_RULES, batch_sharding, make_mesh, tree_shardings
 from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
-from jaxinterp.train.checkpoint import checkpoint_manager, restore_latest, save_checkpoint, write_run_config
+from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir, restore_step
 from jaxinterp.train.members import Member, build_members, member_configs
 from jaxinterp.train.metrics_log import MetricsLog
+from jaxinterp.train.run_lock import RunLock
 from jaxinterp.train.state import TrainState, init_state
 from jaxinterp.train.step import train_step
 from jaxinterp.train.warm_start import warm_start_params
@@ -71,13 +74,26 @@ def _warm_start(cfg, members: Sequence[Member], d_in: Mapping[str, int], scales:
     return {member.name: warm_start_params(load_sae(cfg["init_from"]), member, d_in[member.hook], scales[member.hook])}
 
 
-def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, mesh):
-    """A fresh sharded state and buffer state, or the newest checkpoint's (onto this mesh)."""
+def _resume_step(out: epath.Path, config: dict[str, Any]) -> tuple[int | None, bool]:
+    """(step to resume from or ``None``, whether it is a legacy step): process 0 decides, all agree."""
+    found = prepare_run_dir(str(out), config) if is_primary() else (None, False)
+    if jax.process_count() == 1:
+        return found
+    from jax.experimental import multihost_utils
+
+    step, legacy = multihost_utils.broadcast_one_to_all(
+        np.asarray([-1 if found[0] is None else found[0], int(found[1])], np.int32))
+    return (None if step < 0 else int(step)), bool(legacy)
+
+
+def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, mesh, resume: tuple[int | None, bool]):
+    """A fresh sharded state and buffer state, or those of step ``resume`` (onto this mesh)."""
     abstract = abstract_state(members, d_in)
     shardings = tree_shardings(abstract, SAE_RULES, mesh)
-    if checkpoint_manager(str(out)).latest_step() is not None:
+    step, legacy = resume
+    if step is not None:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-        _, state, buffer_state = restore_latest(str(out), target)
+        state, buffer_state = restore_step(str(out), step, target, legacy)
         if buffer_state.seed != cfg["seed"]:
             raise ConfigError(f"config field 'seed' ({cfg['seed']}) differs from the checkpoint's ({buffer_state.seed})")
         if cfg["streams"] not in (-1, buffer_state.streams):
@@ -144,9 +160,17 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
                                 sharding=batch_sharding(mesh), streams=streams)
 
     buffer = make_buffer(cfg["streams"])
-    if is_primary():
-        write_run_config(str(out), run_config(cfg, store.manifest, d_in))
-    state, buffer_state, shardings = _start_state(cfg, buffer, out, members, d_in, mesh)
+    lock = RunLock(out) if is_primary() else contextlib.nullcontext()  # a multi-process job is one writer
+    with lock:
+        # No process reads or writes the run before process 0 holds its lock.
+        barrier("jaxinterp-run-lock", cfg.get("distributed", {}).get("timeout_s", 300.0))
+        return _train_locked(cfg, progress, out, store, members, hooks, d_in, mesh, buffer, make_buffer)
+
+
+def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d_in, mesh, buffer, make_buffer):
+    """The rest of :func:`train`, holding the run directory's lock."""
+    resume = _resume_step(out, run_config(cfg, store.manifest, d_in))
+    state, buffer_state, shardings = _start_state(cfg, buffer, out, members, d_in, mesh, resume)
     if buffer_state.streams != buffer.streams:  # resuming a run whose batches came in other parts
         buffer = make_buffer(buffer_state.streams)
     buffer.scales = buffer_state.scales
@@ -199,7 +223,7 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: e
     """The step loop: metrics every ``log_every`` steps, a checkpoint (and holdout metrics) every
     ``checkpoint_every``, and a checkpoint on SIGTERM."""
     total = cfg["steps"]
-    manager = checkpoint_manager(str(out), async_save=True)
+    checkpoints = CheckpointWriter(out)
     log = MetricsLog(out, start, total, cfg["batch_size"], progress)
     batches = buffer.batches(start_step=start)
     try:
@@ -210,12 +234,13 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: e
                 # steps in flight their collectives can wait on each other forever.
                 jax.block_until_ready(metrics)
             log.add(metrics)
+            checkpoints.poll()  # the previous save's digest, as soon as orbax has finished it
             done = step + 1
             stop = preemption.agreed()
             if done % cfg["log_every"] == 0 or done == total or stop:
                 log.write(done, {"skipped_nonfinite_rows": buffer.skipped_rows})
             if done % cfg["checkpoint_every"] == 0 or done == total or stop:
-                save_checkpoint(manager, done, state, BufferState(cfg["seed"], done, buffer.scales, buffer.streams))
+                checkpoints.save(done, state, BufferState(cfg["seed"], done, buffer.scales, buffer.streams))
                 if done % cfg["checkpoint_every"] == 0 and done < total:
                     for member in members:
                         log.record(done, member.name, _holdout_metrics(member, state, holdout, cfg), prefix="holdout")
@@ -225,6 +250,8 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: e
         jax.block_until_ready(state)
     finally:
         batches.close()
-        manager.wait_until_finished()
-        log.close()
+        try:
+            checkpoints.close()
+        finally:
+            log.close()
     return state

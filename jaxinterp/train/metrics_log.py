@@ -3,11 +3,14 @@
 Both files are appended to as training goes, which object stores cannot do: for a ``gs://`` or
 ``s3://`` run directory they are written in a local mirror directory and uploaded whole at every
 checkpoint and at the end (a resumed run first downloads ``metrics.jsonl`` to append to it).
+A resumed run first drops the lines past the step it resumed from (logged by the session that was
+killed after them), so every step appears once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -26,6 +29,26 @@ __all__ = ["MetricsLog"]
 _METRICS = "metrics.jsonl"
 
 
+def _drop_lines_after(path: Path, step: int) -> None:
+    """Keeps the lines of steps up to ``step`` (and none cut short by a kill), atomically."""
+    if not path.exists():
+        return
+    text = path.read_text()
+    lines = text.splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if int(json.loads(line)["step"]) <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass  # half a line, written when the process died
+    if len(kept) == len(lines) and text.endswith("\n"):
+        return
+    staging = path.with_name(f"{path.name}.tmp")
+    staging.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(staging, path)
+
+
 class MetricsLog:
     """Averages per-step metrics over a window and writes one line per member when asked.
 
@@ -42,6 +65,8 @@ class MetricsLog:
             directory = self.mirror = Path(tempfile.mkdtemp(prefix="jaxinterp-metrics-"))
             if (run_dir / _METRICS).exists():  # a resumed run appends to what is there
                 copy_file(run_dir / _METRICS, directory / _METRICS)
+        if self.writing:
+            _drop_lines_after(directory / _METRICS, start)
         self.window: list[dict[str, dict[str, Any]]] = []
         self.batch_size, self.last_time, self.last_step = batch_size, time.perf_counter(), start
         self.bar = tqdm(total=(total - start) * batch_size, unit="tok", unit_scale=True, desc="train",
