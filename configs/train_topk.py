@@ -25,6 +25,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.out = "runs/topk"
     config.seed = 0
     config.init_from = ""  # continue from a run dir or an SAELens/sparsify/npz export
+    config.allow_other_model = False  # refuse an init_from SAE trained on another model's activations
     config.steps = 2000
     config.batch_size = 1024
     config.lr = 0.0

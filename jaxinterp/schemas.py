@@ -59,6 +59,8 @@ TRAIN = Schema(
         "seed": Field(int, "seed for init, shuffling and the holdout split"),
         "init_from": Field(str, "start from this SAE instead of a fresh init: a run directory, or a SAELens/sparsify "
                                 "directory or Gemma-Scope params.npz; '' = fresh", check=PATH_OR_URL),
+        "allow_other_model": Field(bool, "start from an init_from SAE trained on another model's activations "
+                                         "(refused by default)"),
         "steps": Field(int, "optimizer steps", minimum=1),
         "batch_size": Field(int, "tokens per step (global, across data replicas)", minimum=1),
         "lr": Field(float, "peak Adam learning rate; 0 = base / sqrt(n_latents / 2**14), base 2e-3 for the TopK family, "
@@ -205,7 +207,8 @@ PROBE = Schema(
 )
 
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
-_DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"), "train": ("store", "out", "hook", "init_from"),
+_DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"),
+             "train": ("store", "out", "hook", "init_from", "allow_other_model"),
              "eval": ("run", "sae", "store", "model", "out", "allow_other_model")}
 
 

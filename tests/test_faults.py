@@ -3,10 +3,13 @@ they must not, an SAE applied to another model's activations, disk full, read-on
 errors that must be one line (exit 2), not a traceback."""
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jaxinterp import schemas
@@ -134,7 +137,71 @@ def test_eval_refuses_a_store_of_another_model_unless_allowed(tiny_llama_run, gp
     assert allowed["store"] == gpt2_store and "ce_loss_recovered" in allowed
 
 
+def test_train_init_from_an_sae_of_another_model_is_refused_unless_allowed(tiny_llama_run, gpt2_store, tmp_path):
+    from jaxinterp.train import train
+
+    fields = {"store": gpt2_store, "hook": HOOK, "steps": 2, "warmup_steps": 1, "batch_size": 256,
+              "sae.n_latents": 128, "sae.k": 8, "mesh.data": 1, "holdout_fraction": 0.25, "eval_tokens": 256,
+              "init_from": str(tiny_llama_run / "run")}
+    with pytest.raises(ConfigError, match="'init_from'.*allow_other_model"):
+        train(load_config("configs/train_topk.py", {**fields, "out": str(tmp_path / "a")}, schemas.TRAIN, "train"),
+              progress=False)
+    summary = train(load_config("configs/train_topk.py", {**fields, "out": str(tmp_path / "a"),
+                                                           "allow_other_model": True}, schemas.TRAIN, "train"),
+                    progress=False)  # the refused attempt left no checkpoint, so it does not block this one
+    assert summary["steps"] == 2
+
+
 # --- 7. disk full, read-only output: one line, exit 2 ---------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mounted tmpfs of 1,400 KiB (root only); yields (its path, remount(size))."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1400k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    def remount(size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True)
+
+    try:
+        yield disk, remount
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_disk_full_during_train_is_one_line_and_the_rerun_resumes_exactly(small_disk, tmp_path):
+    from jaxinterp.train.trained import load_trained
+    from tests.stores import small_sparse_store
+
+    disk, remount = small_disk
+    hook = "blocks.0.hook_resid_post"
+    store = small_sparse_store(str(tmp_path / "store"), hook)
+
+    def command(out):
+        fields = {"store": store, "hook": hook, "out": out, "steps": 50, "warmup_steps": 2, "batch_size": 256,
+                  "sae.n_latents": 256, "sae.k": 8, "checkpoint_every": 10, "mesh.data": 1}
+        return [sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train_topk.py",
+                *(f"--config.{key}={value}" for key, value in fields.items())]
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    full = subprocess.run(command(str(disk / "run")), env=env, capture_output=True, text=True)
+    assert full.returncode == 2, full.stderr[-3000:]
+    lines = [line for line in full.stderr.replace("\r", "\n").splitlines() if line.strip() and
+             not line.startswith("train:")]  # the tqdm bar
+    assert len(lines) == 1 and "no space left on device" in lines[0] and str(disk) in lines[0], full.stderr[-3000:]
+    assert sorted(p.name for p in (disk / "run" / "checkpoints").iterdir()) == ["10"]  # no half-written step
+    remount("20m")  # space freed: the same command resumes from step 10
+    subprocess.run(command(str(disk / "run")), env=env, check=True, capture_output=True)
+    subprocess.run(command(str(tmp_path / "straight")), env=env, check=True, capture_output=True)
+    resumed, straight = load_trained(str(disk / "run")), load_trained(str(tmp_path / "straight"))
+    assert resumed.step == straight.step == 50
+    for name in straight.state.params:
+        np.testing.assert_array_equal(resumed.state.params[name], straight.state.params[name], err_msg=name)
+    steps = [json.loads(line)["step"] for line in (disk / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # every logged step once
 
 
 def test_machine_errors_name_the_path_through_chains():

@@ -14,17 +14,21 @@ Only a run with a checkpoint is a run: a directory whose attempts never finished
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxinterp.buffer import BufferState
 from jaxinterp.config import flatten
 from jaxinterp.distributed import is_primary
-from jaxinterp.faults import read_json
+from jaxinterp.faults import read_json, require_free_space
 from jaxinterp.store.paths import location, on_object_store
 from jaxinterp.train.integrity import DIGEST, DIGEST_MARKER, check_step, warn, write_digest
 from jaxinterp.train.orbax_s3 import enable_s3_checkpoints
@@ -52,11 +56,12 @@ RUN_CONFIG = "cfg.json"
 # Fields a resumed run may change: schedules of logging, the device and process layout (streams is
 # checked against the checkpoint by the loop), and where the run directory now lives (moved or copied).
 _RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mesh.data", "mesh.model", "out", "streams",
-                   "distributed.coordinator", "distributed.num_processes", "distributed.process_id",
+                   "allow_other_model", "distributed.coordinator", "distributed.num_processes", "distributed.process_id",
                    "distributed.timeout_s")
 # What a train attempt leaves besides cfg.json; stale once no checkpoint of it survives.
 _ATTEMPT_FILES = ("metrics.jsonl", "tensorboard", "eval.json", "checkpoints")
 KEEP = 2  # verified steps kept; older ones are deleted once a newer one is verified
+_SPACE_SLACK = 1.1  # a step's files over its arrays' bytes (OCDBT indices, metadata), with room to spare
 
 
 class RunExistsError(FileExistsError):
@@ -149,8 +154,30 @@ class CheckpointWriter:
 
     def save(self, step: int, state: Any, buffer_state: BufferState) -> None:
         self.finish()
+        self._require_space(step, state)
         save_checkpoint(self.manager, step, state, buffer_state)
         self.pending = step
+
+    def _require_space(self, step: int, state: Any) -> None:
+        """Refuses a save the disk cannot hold before it starts: orbax's background writes would fail
+        half-way with pages of tracebacks. Every process checks its share; all agree, so none is left
+        waiting for the others inside orbax."""
+        directory = self.manager.directory
+        needed = _SPACE_SLACK * sum(shard.data.nbytes for leaf in jax.tree.leaves(state)
+                                    for shard in leaf.addressable_shards if shard.replica_id == 0) + 2**20
+        short = None
+        try:
+            require_free_space(directory, int(needed), f"checkpoint step {step}")
+        except OSError as error:
+            short = error
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            if np.any(multihost_utils.process_allgather(np.asarray([short is not None]))) and short is None:
+                raise OSError(errno.ENOSPC, f"No space left on device for checkpoint step {step} on another "
+                                            "process's disk", os.fspath(directory))
+        if short is not None:
+            raise short
 
     def poll(self) -> None:
         """Verifies the step in flight if orbax has finished it (cheap otherwise)."""

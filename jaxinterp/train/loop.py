@@ -62,16 +62,19 @@ def abstract_state(members: Sequence[Member], d_in: Mapping[str, int]) -> TrainS
     return jax.eval_shape(partial(init_state, members=members), jax.random.key(0), samples)
 
 
-def _warm_start(cfg, members: Sequence[Member], d_in: Mapping[str, int], scales: Mapping[str, float]):
+def _warm_start(cfg, members: Sequence[Member], d_in: Mapping[str, int], scales: Mapping[str, float],
+                manifest: Mapping[str, Any]):
     """``{name: (params, arch_state)}`` from ``cfg.init_from`` (one-SAE runs), or ``None``."""
     if not cfg["init_from"]:
         return None
     if len(members) > 1:
         raise ConfigError("config field 'init_from' starts one SAE; a sweep run trains several")
-    from jaxinterp.export import load_sae
+    from jaxinterp.export import load_sae, require_same_model
 
     (member,) = members
-    return {member.name: warm_start_params(load_sae(cfg["init_from"]), member, d_in[member.hook], scales[member.hook])}
+    sae = load_sae(cfg["init_from"])
+    require_same_model(sae, manifest["model_hash"], manifest["model_name"], "init_from", cfg["allow_other_model"])
+    return {member.name: warm_start_params(sae, member, d_in[member.hook], scales[member.hook])}
 
 
 def _resume_step(out: epath.Path, config: dict[str, Any]) -> tuple[int | None, bool]:
@@ -106,7 +109,7 @@ def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, 
         scales = {hook: 1.0 for hook in d_in}
     buffer.scales = scales  # data-dependent init happens in the units the SAEs will see
     samples = buffer.first_batch()
-    initial = _warm_start(cfg, members, d_in, scales)
+    initial = _warm_start(cfg, members, d_in, scales, buffer.store.manifest)
     init = jax.jit(partial(init_state, members=members), out_shardings=shardings)
     with jax.set_mesh(mesh):
         state = init(jax.random.key(cfg["seed"]), samples, initial=initial)

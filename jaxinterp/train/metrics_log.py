@@ -121,7 +121,12 @@ class MetricsLog:
         self.bar.close()
         if self.writing:
             self.jsonl.close()
-            self.tensorboard.close()
+            try:
+                self.tensorboard.close()
+            except OSError:  # e.g. disk full: tensorboardX would retry (and fail) again at exit
+                for writer in self.tensorboard.all_writers.values():
+                    writer.event_writer._closed = True
+                raise
         if self.mirror is not None:
             upload_tree(self.mirror, self.run_dir)
             shutil.rmtree(self.mirror, ignore_errors=True)
