@@ -90,8 +90,14 @@ def test_eval_writes_its_output_to_s3(tiny_llama_run, bucket):
     assert result["written_to"] == out
     written = location(out)
     assert json.loads((written / "eval.json").read_text())["fvu"] == result["fvu"]
-    assert sorted(p.name for p in written.iterdir()) == ["eval.json", "feature_density.png", "top_examples.html",
-                                                         "top_examples.json"]
+    assert sorted(p.name for p in written.iterdir()) == [".jaxinterp-output.json", "eval.json", "feature_density.png",
+                                                         "top_examples.html", "top_examples.json"]
+    (written / "notes.txt").write_text("not eval's")
+    with pytest.raises(FileExistsError, match="not a eval output|refusing"):
+        evaluate_run(load_config("configs/eval.py", {"run": str(tiny_llama_run / "run"), "eval_tokens": 1024,
+                                                     "contexts": 8, "ce_contexts": 0, "out": f"{bucket}"},
+                                 schemas.EVAL, "eval"))  # the bucket's root is no eval output: refused, kept
+    assert (written / "notes.txt").read_text() == "not eval's"
 
 
 def test_file_urls_work_like_paths(store_url, tmp_path):
