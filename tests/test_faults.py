@@ -107,6 +107,17 @@ def test_atomic_directory_takes_an_empty_directory_and_refuses_a_file(tmp_path):
     assert (tmp_path / "file").read_text() == "x"
 
 
+def test_train_out_naming_an_export_is_refused_and_the_export_survives(run_copy, tmp_path, capsys):
+    exported = export_run(str(run_copy), "saelens", str(tmp_path / "saelens"))
+    before = tree(exported)
+    store = json.loads((run_copy / "cfg.json").read_text())["train"]["store"]
+    args = ["train", "--config", "configs/train_topk.py", f"--config.store={store}", f"--config.hook={HOOK}",
+            f"--config.out={exported}", "--config.steps=2", "--config.warmup_steps=1", "--config.mesh.data=1"]
+    assert main(args) == 2
+    one_line_error(capsys, str(exported), "not a jaxinterp run")
+    assert tree(exported) == before
+
+
 # --- 4. an SAE on another model's activations -----------------------------------------------------
 
 

@@ -114,7 +114,12 @@ def write_run_config(run_dir: str, run_config: dict[str, Any], has_checkpoint: b
     """
     path = location(run_dir, "out") / RUN_CONFIG
     if path.exists():
-        old, new = flatten(read_json(path, "run config")), flatten(run_config)
+        existing = read_json(path, "run config")
+        if not (isinstance(existing, dict) and "saes" in existing and "train" in existing):
+            # e.g. a SAELens or npz export, whose cfg.json the takeover below would replace
+            raise RunExistsError(f"{run_dir} holds a {RUN_CONFIG} that is not a jaxinterp run's; choose another "
+                                 f"--config.out")
+        old, new = flatten(existing), flatten(run_config)
         differing = sorted(k for k in set(old) | set(new)
                            if old.get(k) != new.get(k) and k.removeprefix("train.") not in _RESUMABLE_KEYS)
         if differing and has_checkpoint:
