@@ -128,8 +128,12 @@ def test_missing_files_fall_back_and_no_intact_step_is_one_line_naming_each(stor
     assert "\n" not in message and isinstance(error.value, FileNotFoundError)
     assert f"{run}/checkpoints/60" in message and f"{run}/checkpoints/40" in message and missing.name in message
 
-    train(train_config(store_url, run), progress=False)  # nothing to resume from: starts afresh
-    assert len(warnings_in(capfd.readouterr().err)) == 2
+    with pytest.raises(CheckpointError, match="remove .*checkpoints to train it afresh"):
+        train(train_config(store_url, run), progress=False)  # it had verified steps: not taken over silently
+    assert missing.parent.exists() and (run / "metrics.jsonl").exists()  # nothing deleted
+    shutil.rmtree(run / "checkpoints")  # the user's choice: start afresh
+    capfd.readouterr()
+    train(train_config(store_url, run), progress=False)
     assert_same_params(straight, run)
     assert logged(run) == logged(straight)  # the damaged attempt's lines went with it
 

@@ -216,6 +216,7 @@ class Restorable(NamedTuple):
     step: int | None
     legacy: bool
     skipped: list[tuple[epath.Path, str]]
+    damaged: bool = False  # some skipped step was verified once and has changed since
 
 
 def newest_restorable(run_dir: str) -> Restorable:
@@ -223,16 +224,17 @@ def newest_restorable(run_dir: str) -> Restorable:
     directory = location(run_dir) / "checkpoints"
     if not directory.exists():
         return Restorable(None, False, [])
-    skipped = []
+    skipped, damaged = [], False
     for step in sorted(checkpoint_manager(run_dir).all_steps(), reverse=True):
         check = check_step(directory / str(step))
         if not check.problem:
             if check.legacy:
                 warn(f"{directory / str(step)} was written without a digest (by an older jaxinterp); "
                      f"restoring it unchecked")
-            return Restorable(step, check.legacy, skipped)
+            return Restorable(step, check.legacy, skipped, damaged)
         skipped.append((directory / str(step), check.problem))
-    return Restorable(None, False, skipped)
+        damaged = damaged or check.damaged
+    return Restorable(None, False, skipped, damaged)
 
 
 def prepare_run_dir(run_dir: str, run_config: dict[str, Any]) -> tuple[int | None, bool]:
@@ -243,6 +245,12 @@ def prepare_run_dir(run_dir: str, run_config: dict[str, Any]) -> tuple[int | Non
     Call it holding the run's lock. Each skipped step is reported on one stderr line.
     """
     found = newest_restorable(run_dir)
+    if found.step is None and found.damaged:
+        # A run that had verified checkpoints is not a failed first attempt: refuse rather than start
+        # afresh over its history.
+        detail = "; ".join(f"{path}: {problem}" for path, problem in found.skipped)
+        raise CheckpointError(f"run {run_dir} has no intact checkpoint ({detail}); restore the damaged files, or "
+                              f"remove {location(run_dir) / 'checkpoints'} to train it afresh")
     write_run_config(run_dir, run_config, has_checkpoint=found.step is not None)
     fallback = f"resuming from step {found.step}" if found.step is not None else "no intact step; starting afresh"
     for step_dir, problem in found.skipped:

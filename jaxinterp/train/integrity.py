@@ -41,10 +41,12 @@ _HASHING_THREADS = 8  # object-store reads are latency-bound; hashlib releases t
 
 
 class StepCheck(NamedTuple):
-    """What :func:`check_step` found: ``problem`` is empty for a usable step (intact or legacy)."""
+    """What :func:`check_step` found: ``problem`` is empty for a usable step (intact or legacy);
+    ``damaged`` says the step was verified once and has changed since (not merely cut short)."""
 
     problem: str
     legacy: bool = False
+    damaged: bool = False
 
 
 def warn(message: str) -> None:
@@ -109,16 +111,16 @@ def check_step(step_dir: epath.Path) -> StepCheck:
     try:
         listed = json.loads(digest_path.read_text())["files"]
     except (ValueError, KeyError, TypeError):
-        return StepCheck(f"{DIGEST} is unreadable")
+        return StepCheck(f"{DIGEST} is unreadable", damaged=True)
     try:
         found = _hash_files(step_dir)
     except FileNotFoundError as error:  # a file vanished while being read
-        return StepCheck(f"a file vanished while it was checked ({error})")
+        return StepCheck(f"a file vanished while it was checked ({error})", damaged=True)
     missing = sorted(set(listed) - set(found))
     extra = sorted(set(found) - set(listed))
     changed = sorted(name for name in set(listed) & set(found) if listed[name] != found[name])
     for names, what in ((missing, "missing"), (changed, "changed since it was written"), (extra, "not in the digest")):
         if names:
             more = f" and {len(names) - 1} more" if len(names) > 1 else ""
-            return StepCheck(f"{names[0]}{more}: {what} (per {DIGEST})")
+            return StepCheck(f"{names[0]}{more}: {what} (per {DIGEST})", damaged=True)
     return StepCheck("")
