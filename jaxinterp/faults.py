@@ -46,7 +46,7 @@ _QUOTED_PATH = re.compile(r'"((?:/|[a-z0-9]+://)[^"]+)"')
 _ADVICE = {
     errno.ENOSPC: "free space there and rerun the same command (an interrupted run resumes from its last checkpoint)",
     errno.EDQUOT: "free space there and rerun the same command (an interrupted run resumes from its last checkpoint)",
-    errno.EROFS: "the file system is read-only; choose a writable --config.out",
+    errno.EROFS: "choose a writable --config.out",
     errno.EACCES: "no permission; fix the permissions or choose another path",
     errno.EPERM: "not permitted; fix the permissions or choose another path",
 }

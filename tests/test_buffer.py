@@ -109,7 +109,8 @@ def test_nonfinite_rows_error_names_rows_and_shard_or_are_skipped(tmp_path):
     buffer = make_buffer(store, hooks=["h"], holdout_fraction=0.0, on_nonfinite="skip")
     batches = buffer.batches()
     drawn = np.concatenate([next(batches)["h"] for _ in range(14)])
-    assert np.isfinite(drawn).all() and buffer.skipped_rows == 4
+    # 4 in this epoch; the background reader may already be into the next one, dropping its rows again.
+    assert np.isfinite(drawn).all() and 4 <= buffer.skipped_rows <= 8
     resumed = next(make_buffer(store, hooks=["h"], holdout_fraction=0.0, on_nonfinite="skip").batches(start_step=13))
     np.testing.assert_array_equal(resumed["h"], drawn[13 * 64:])
 

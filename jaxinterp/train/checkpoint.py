@@ -61,6 +61,7 @@ _RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mes
 # What a train attempt leaves besides cfg.json; stale once no checkpoint of it survives.
 _ATTEMPT_FILES = ("metrics.jsonl", "tensorboard", "eval.json", "checkpoints")
 KEEP = 2  # verified steps kept; older ones are deleted once a newer one is verified
+_COMMIT_FILE = "commit_success.txt"  # orbax's mark of a finished step where there is no rename
 _SPACE_SLACK = 1.1  # a step's files over its arrays' bytes (OCDBT indices, metadata), with room to spare
 
 
@@ -219,13 +220,25 @@ class Restorable(NamedTuple):
     damaged: bool = False  # some skipped step was verified once and has changed since
 
 
+def _finalized_steps(directory: epath.Path) -> list[int]:
+    """The steps orbax has finalized under ``directory``, listed directly: creating an orbax manager
+    is a collective, and :func:`prepare_run_dir` runs on process 0 alone."""
+    object_store = on_object_store(directory)
+    steps = []
+    for child in directory.iterdir():
+        # Unfinished steps are '<step>.orbax-checkpoint-tmp…' locally, or lack their commit file on object stores.
+        if child.name.isdigit() and child.is_dir() and (not object_store or (child / _COMMIT_FILE).exists()):
+            steps.append(int(child.name))
+    return sorted(steps)
+
+
 def newest_restorable(run_dir: str) -> Restorable:
     """The newest intact (or legacy, see :mod:`~jaxinterp.train.integrity`) finalized step of a run."""
     directory = location(run_dir) / "checkpoints"
     if not directory.exists():
         return Restorable(None, False, [])
     skipped, damaged = [], False
-    for step in sorted(checkpoint_manager(run_dir).all_steps(), reverse=True):
+    for step in reversed(_finalized_steps(directory)):
         check = check_step(directory / str(step))
         if not check.problem:
             if check.legacy:
