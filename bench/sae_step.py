@@ -110,7 +110,7 @@ def dense_vjp_topk_loss(k: int):
         values = jax.nn.relu(values)
         x_hat = jnp.einsum("tk,tkd->td", values, jnp.take(params["W_dec"], indices, axis=0)) + params["b_dec"]
         fvu = jnp.sum(jnp.square(x - x_hat)) / total_variance(x)
-        return fvu, LossOutput(SparseLatents(values, indices), {"fvu": fvu}, arch_state)
+        return fvu, LossOutput(SparseLatents(values, indices), {"fvu": fvu}, arch_state, x_hat)
 
     return loss
 

@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.store = ""
     config.eval_tokens = 16384
     config.batch_size = 4096
+    config.massive_ratio = 10.0  # *_nonmassive metrics: norm > 10x median = massive (Sun et al. 2024)
     config.model = ""  # '' = the model recorded in the store's manifest
     config.backend = "auto"
     config.contexts = 64

@@ -26,7 +26,8 @@ from jaxinterp.train import train
 
 __all__ = ["run_demo", "stage_configs", "format_summary"]
 
-_EVAL_KEYS = ("fvu", "l0", "relative_reconstruction_bias", "ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated",
+_FVU_KEYS = ("fvu", "explained_variance", "fvu_nonmassive", "explained_variance_nonmassive", "massive_fraction")
+_EVAL_KEYS = (*_FVU_KEYS, "l0", "relative_reconstruction_bias", "ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated",
               "ce_loss_recovered", "kl_spliced", "ce_tokens_predicted", "backend")
 
 
@@ -63,7 +64,7 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         "train_tokens_per_s": trained["train_tokens_per_s"],
         "train_tokens": evaluation["train_tokens"],
         "mesh": trained["mesh"],
-        "holdout": {key: evaluation[key] for key in ("fvu", "explained_variance", "l0", "tokens")},
+        "holdout": {key: evaluation[key] for key in (*_FVU_KEYS, "l0", "tokens")},
         "dead_fraction": evaluation["dead_fraction"],
         "eval": {key: evaluated[key] for key in _EVAL_KEYS},
         "outputs": {"store": extract_cfg["out"], "run": train_cfg["out"], "eval": evaluated["written_to"],
@@ -84,6 +85,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  SAE training      {summary['train_tokens']:,} tokens on mesh {summary['mesh']} ({rate(summary['train_tokens_per_s'])})",
         f"  holdout ({h['tokens']:,} tokens)  FVU {h['fvu']:.3f}  explained variance {h['explained_variance']:.3f}  "
         f"L0 {h['l0']:.1f}  dead fraction {summary['dead_fraction']:.3f}",
+        f"    without massive activations ({h['massive_fraction']:.2%} of tokens left out)  "
+        f"FVU {h['fvu_nonmassive']:.3f}  explained variance {h['explained_variance_nonmassive']:.3f}",
         f"  spliced at the hook ({e['ce_tokens_predicted']:,} tokens, {e['backend']})  CE-loss recovered "
         f"{e['ce_loss_recovered']:.3f}  CE {e['ce_loss_clean']:.3f} -> {e['ce_loss_spliced']:.3f} "
         f"(zero-ablated {e['ce_loss_zero_ablated']:.3f})  KL {e['kl_spliced']:.3f}",

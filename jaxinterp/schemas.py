@@ -82,6 +82,9 @@ TRAIN = Schema(
         "log_every": Field(int, "steps between metric lines", minimum=1),
         "checkpoint_every": Field(int, "steps between orbax checkpoints", minimum=1),
         "eval_tokens": Field(int, "holdout tokens used for the final evaluation", minimum=1),
+        "massive_ratio": Field(float, "metrics only: a token is massive when its norm exceeds this times the median "
+                                      "(a batch's in training, the holdout's in eval); *_nonmassive metrics leave "
+                                      "those out", minimum=1.0),
         "sae.architecture": Field(str, "SAE architecture",
                                   choices=("topk", "batch_topk", "matryoshka", "jumprelu", "relu")),
         "sae.n_latents": Field(int, "dictionary size d_sae", minimum=1),
@@ -130,6 +133,8 @@ EVAL = Schema(
         "store": Field(str, "store to evaluate on; '' = the run's own store (its holdout chunks)"),
         "eval_tokens": Field(int, "holdout tokens for the reconstruction metrics and feature density", minimum=1),
         "batch_size": Field(int, "tokens per evaluation batch", minimum=1),
+        "massive_ratio": Field(float, "a token is massive when its norm exceeds this times the evaluated rows' median "
+                                      "norm; *_nonmassive metrics leave those out", minimum=1.0),
         "model": Field(str, "source model for the spliced CE metrics and token text; '' = the one the store records"),
         "backend": Field(str, "source-model backend for the spliced forward passes", choices=("auto", "torch", "jax")),
         "contexts": Field(int, "whole held-out contexts read for top-activating examples", minimum=1),

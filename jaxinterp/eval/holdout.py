@@ -8,42 +8,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxinterp.eval.metrics import MASSIVE_RATIO, fvu_metrics, massive_token_mask, squared_error_sums, token_norms
 from jaxinterp.sae import Architecture, latent_fires
 
 __all__ = ["evaluate_reconstruction", "reconstruction_sums"]
 
 
 @partial(jax.jit, static_argnums=0)
-def reconstruction_sums(architecture: Architecture, params, arch_state, x, mean):
-    """One batch's sums: ‖x − x̂‖², ‖x − mean‖², active latents, x̂·x̂, x̂·x, and fires per latent."""
+def reconstruction_sums(architecture: Architecture, params, arch_state, x, mean, massive, mean_nonmassive):
+    """One batch's sums: ‖x − x̂‖² and ‖x − mean‖² over all rows, the same over the rows not
+    ``massive`` (about ``mean_nonmassive``), active latents, x̂·x̂, x̂·x, and fires per latent."""
     latents = architecture.encode(params, arch_state, x)
     x_hat = architecture.decode(params, latents)
     fires = latent_fires(latents, params["W_dec"].shape[0])
-    return (jnp.sum(jnp.square(x - x_hat)), jnp.sum(jnp.square(x - mean)), jnp.sum(fires),
-            jnp.sum(x_hat * x_hat), jnp.sum(x_hat * x), fires)
+    return (*squared_error_sums(x, x_hat, mean), *squared_error_sums(x, x_hat, mean_nonmassive, ~massive),
+            jnp.sum(fires), jnp.sum(x_hat * x_hat), jnp.sum(x_hat * x), fires)
 
 
 def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Array], arch_state: dict[str, jax.Array],
-                            x: np.ndarray, batch_size: int = 4096) -> tuple[dict[str, float], np.ndarray]:
+                            x: np.ndarray, batch_size: int = 4096,
+                            massive_ratio: float = MASSIVE_RATIO) -> tuple[dict[str, float], np.ndarray]:
     """Metrics over all rows of ``x`` and each latent's firing count there.
 
-    Returns ``({fvu, explained_variance, l0, relative_reconstruction_bias, tokens}, fire_count)``.
+    Returns ``({fvu, explained_variance, fvu_nonmassive, explained_variance_nonmassive,
+    massive_fraction, l0, relative_reconstruction_bias, tokens}, fire_count)``.
     FVU is about the holdout mean; sums are accumulated over batches, so results equal the
-    one-batch definitions. The relative reconstruction bias γ = Σ x̂·x̂ / Σ x̂·x is the scale that
+    one-batch definitions. The ``_nonmassive`` FVU leaves out the rows whose norm exceeds
+    ``massive_ratio`` × the median norm of all of ``x`` (:mod:`jaxinterp.eval.metrics`), about
+    the other rows' mean. The relative reconstruction bias γ = Σ x̂·x̂ / Σ x̂·x is the scale that
     best maps x̂ back onto x (Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated
     Sparse Autoencoders", §5.1): γ < 1 means the SAE shrinks its reconstructions.
     """
     if len(x) == 0:
         raise ValueError("no holdout activations to evaluate")
+    norms = np.concatenate([np.asarray(token_norms(jnp.asarray(x[first: first + batch_size])))
+                            for first in range(0, len(x), batch_size)])
+    massive = np.asarray(massive_token_mask(norms, massive_ratio))
     mean = jnp.asarray(x.mean(axis=0, dtype=np.float64), jnp.float32)
-    totals = np.zeros(5)
+    mean_nonmassive = jnp.asarray(x[~massive].mean(axis=0, dtype=np.float64), jnp.float32)
+    totals = np.zeros(7)
     fire_count = np.zeros(params["W_dec"].shape[0], np.float64)
     for first in range(0, len(x), batch_size):
-        *sums, fires = reconstruction_sums(architecture, params, arch_state, jnp.asarray(x[first: first + batch_size]), mean)
+        rows = slice(first, first + batch_size)
+        *sums, fires = reconstruction_sums(architecture, params, arch_state, jnp.asarray(x[rows]), mean,
+                                           jnp.asarray(massive[rows]), mean_nonmassive)
         totals += np.asarray(sums, np.float64)
         fire_count += np.asarray(fires)
-    residual, total, active, hat_hat, hat_x = totals
-    fvu = residual / total
-    metrics = {"fvu": fvu, "explained_variance": 1.0 - fvu, "l0": active / len(x),
+    residual, total, residual_nonmassive, total_nonmassive, active, hat_hat, hat_x = totals
+    fvus = fvu_metrics(residual, total, residual_nonmassive, total_nonmassive, int(massive.sum()), len(x))
+    metrics = {**{key: float(value) for key, value in fvus.items()}, "l0": active / len(x),
                "relative_reconstruction_bias": hat_hat / hat_x, "tokens": int(len(x))}
     return metrics, fire_count

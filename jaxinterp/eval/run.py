@@ -1,8 +1,8 @@
 """``jaxinterp eval``: a trained SAE measured the way the field measures it.
 
-On held-out store activations: FVU, explained variance, L0, relative reconstruction bias, dead and
-dense fractions, and a feature-density histogram. Through the source model, with the SAE's
-reconstruction spliced in at its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered
+On held-out store activations: FVU and explained variance (over all tokens and over those without
+massive activations), L0, relative reconstruction bias, dead and dense fractions, and a
+feature-density histogram. Through the source model, with the SAE's reconstruction spliced in at its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered
 and KL. For chosen latents: top-activating held-out examples (JSON and HTML).
 
 Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
@@ -100,7 +100,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
                               train_cfg["holdout_fraction"] if own else 0.0, train_cfg.get("mixing_chunks", 16),
                               exclude_bos, on_nonfinite=train_cfg.get("on_nonfinite", "error"))
     rows = (buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"]))[hook]
-    result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"])
+    result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"],
+                                                  cfg["massive_ratio"])
     name = trained.name if trained else run.name
     if trained:
         result.update(

@@ -50,11 +50,13 @@ class LossContext(NamedTuple):
 
 
 class LossOutput(NamedTuple):
-    """The loss's auxiliary output: latents, named loss terms (``fvu`` always), new arch state."""
+    """The loss's auxiliary output: latents, named loss terms (``fvu`` always), new arch state, and the
+    reconstruction x̂ [tokens, d_in] the ``fvu`` term measures (for metrics, without a second decode)."""
 
     latents: Latents
     terms: dict[str, jax.Array]
     arch_state: dict[str, jax.Array]
+    x_hat: jax.Array
 
 
 class Architecture(NamedTuple):

@@ -95,7 +95,7 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         l0_sum = jnp.sum(heaviside(pre, threshold, bandwidth))
         total = (squared_error + l0_coefficient(ctx.step) * l0_sum) / variance
         terms = {"fvu": squared_error / variance, "l0_penalty": l0_sum / variance}
-        return total, LossOutput(acts, terms, arch_state)
+        return total, LossOutput(acts, terms, arch_state, x_hat)
 
     # Gao et al.'s 2e-4 (the paper trains at 7e-5; at 10x, 41% of latents died within 100k tokens).
     return Architecture("jumprelu", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=2e-4)

@@ -53,7 +53,7 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         auxk = dense_auxk_loss(cfg, params, pre, x - x_hat, ctx.dead_mask)
         if auxk is not None:
             terms["auxk"], total = auxk, total + aux_coefficient * auxk
-        return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate))
+        return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate), x_hat)
 
     return Architecture("matryoshka", init, threshold_encode, dense_decode, loss, unit_norm_decoder=True,
                         base_lr=TOPK_BASE_LR)

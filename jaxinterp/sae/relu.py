@@ -37,7 +37,7 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         penalty = jnp.sum(acts @ jnp.linalg.norm(params["W_dec"], axis=-1))
         total = (squared_error + l1(ctx.step) * penalty) / variance
         terms = {"fvu": squared_error / variance, "l1": penalty / variance}
-        return total, LossOutput(acts, terms, arch_state)
+        return total, LossOutput(acts, terms, arch_state, x_hat)
 
     # Gao et al.'s 2e-4 (Conerly et al. train at 5e-5; at 10x, 13% of latents died within 100k tokens).
     return Architecture("relu", init, encode, dense_decode, loss, unit_norm_decoder=False, base_lr=2e-4)

@@ -89,7 +89,7 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         if k_aux:
             terms["auxk"] = auxk_loss(aux, x - x_hat, params["W_dec"], ctx.dead_mask)
             total = total + aux_coefficient * terms["auxk"]
-        return total, LossOutput(latents, terms, arch_state)
+        return total, LossOutput(latents, terms, arch_state, x_hat)
 
     return Architecture("topk", init, encode, decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)
 

@@ -53,11 +53,12 @@ __all__ = [
 RUN_CONFIG = "cfg.json"
 # Changing these does not change what a run *is*, so a rerun with new values resumes it (the mesh
 # included: a run restores onto however many devices the rerun has).
-# Fields a resumed run may change: schedules of logging, the device and process layout (streams is
-# checked against the checkpoint by the loop), and where the run directory now lives (moved or copied).
-_RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mesh.data", "mesh.model", "out", "streams",
-                   "allow_other_model", "distributed.coordinator", "distributed.num_processes", "distributed.process_id",
-                   "distributed.timeout_s")
+# Fields a resumed run may change: schedules of logging, metrics-only thresholds, the device and
+# process layout (streams is checked against the checkpoint by the loop), and where the run
+# directory now lives (moved or copied).
+_RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "massive_ratio", "mesh.data", "mesh.model",
+                   "out", "streams", "allow_other_model", "distributed.coordinator", "distributed.num_processes",
+                   "distributed.process_id", "distributed.timeout_s")
 # What a train attempt leaves besides cfg.json; stale once no checkpoint of it survives.
 _ATTEMPT_FILES = ("metrics.jsonl", "tensorboard", "eval.json", "checkpoints")
 KEEP = 2  # verified steps kept; older ones are deleted once a newer one is verified

@@ -178,7 +178,8 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
         buffer = make_buffer(buffer_state.streams)
     buffer.scales = buffer_state.scales
     step_fn = jax.jit(
-        partial(train_step, members=members, dead_tokens=cfg["dead_tokens"], compute_dtype=cfg["compute_dtype"]),
+        partial(train_step, members=members, dead_tokens=cfg["dead_tokens"], compute_dtype=cfg["compute_dtype"],
+                massive_ratio=cfg["massive_ratio"]),
         in_shardings=(shardings, {hook: batch_sharding(mesh) for hook in hooks}),
         out_shardings=(shardings, None),
         donate_argnums=0,
@@ -213,7 +214,8 @@ def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np
     # With several processes the params span them all while the holdout rows are local; the
     # optimizer state is not needed here, so it is not gathered.
     sae = host_copy(state.saes[member.name]._replace(opt_state=None))
-    result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook])
+    result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook],
+                                        massive_ratio=cfg["massive_ratio"])
     result.update(
         dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),
         dense_fraction=float(dense_fraction(sae.fire_count, state.tokens_seen)),

@@ -1,4 +1,5 @@
-"""Training metrics to ``metrics.jsonl``, TensorBoard event files (tensorboardX) and a tqdm bar.
+"""Training metrics to ``metrics.jsonl``, TensorBoard event files (tensorboardX) and a tqdm bar
+(all three show means over the ``log_every`` steps since the last line).
 
 Both files are appended to as training goes, which object stores cannot do: for a ``gs://`` or
 ``s3://`` run directory they are written in a local mirror directory and uploaded whole at every
@@ -14,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,16 @@ from tqdm.auto import tqdm
 
 from jaxinterp.store.paths import copy_file, on_object_store, upload_tree
 
-__all__ = ["MetricsLog"]
+__all__ = ["MetricsLog", "progress_postfix"]
 
 _METRICS = "metrics.jsonl"
+
+
+def progress_postfix(means: Mapping[str, float]) -> dict[str, str]:
+    """The progress bar's fields from one member's window means: FVU over all tokens and without
+    massive ones (one massive token can dominate a batch's FVU; a mean over the window steadies it)."""
+    return {"fvu": f"{means['fvu']:.3f}", "fvu_nonmassive": f"{means['fvu_nonmassive']:.3f}",
+            "l0": f"{means['l0']:.1f}", "dead": f"{means['dead_fraction']:.3f}"}
 
 
 def _drop_lines_after(path: Path, step: int) -> None:
@@ -83,7 +92,8 @@ class MetricsLog:
         self.bar.update(self.batch_size)
 
     def write(self, step: int, extra: dict[str, Any] | None = None) -> None:
-        """Writes the window's means (plus tokens/s since the last write) for every member."""
+        """Writes the window's means (plus tokens/s since the last write) for every member, and shows
+        the first member's on the progress bar."""
         if not self.window:
             return
         now = time.perf_counter()
@@ -93,12 +103,11 @@ class MetricsLog:
         self.window = []
         if not self.writing:
             return
-        for name in window[0]:
-            line = {key: float(np.mean([m[name][key] for m in window])) for key in window[0][name]}
+        means = {name: {key: float(np.mean([m[name][key] for m in window])) for key in window[0][name]}
+                 for name in window[0]}
+        for name, line in means.items():
             self.record(step, name, {**line, "tokens_per_s": tokens_per_s, **(extra or {})})
-        first = window[-1][next(iter(window[-1]))]
-        self.bar.set_postfix(fvu=f"{float(first['fvu']):.3f}", l0=f"{float(first['l0']):.1f}",
-                             dead=f"{float(first['dead_fraction']):.3f}")
+        self.bar.set_postfix(progress_postfix(next(iter(means.values()))))
 
     def record(self, step: int, member: str, values: dict[str, Any], prefix: str = "train") -> None:
         """One JSONL line ``{"step", "sae", "split", ...}`` and the same scalars in TensorBoard."""

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxinterp.eval.metrics import dead_fraction, dense_fraction
+from jaxinterp.eval.metrics import MASSIVE_RATIO, dead_fraction, dense_fraction, reconstruction_metrics
 from jaxinterp.sae import LossContext, latent_fires, mean_l0, normalize_decoder
 from jaxinterp.train.members import Member
 from jaxinterp.train.state import SAEState, TrainState
@@ -19,9 +19,13 @@ _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
 def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, tokens_seen: jax.Array,
-             dead_tokens: int, compute_dtype: str = "float32") -> tuple[SAEState, dict[str, jax.Array]]:
+             dead_tokens: int, compute_dtype: str = "float32",
+             massive_ratio: float = MASSIVE_RATIO) -> tuple[SAEState, dict[str, jax.Array]]:
     """Gradient step of one SAE, decoder renormalisation if its architecture wants it, and the
     latent-firing bookkeeping; returns the new state and its metrics.
+
+    The metrics include :func:`~jaxinterp.eval.metrics.reconstruction_metrics` of the loss's own x̂
+    (FVU over all tokens and over those below ``massive_ratio`` × the batch's median norm), in float32.
 
     With ``compute_dtype="bfloat16"`` the loss runs on bf16 copies of params and data; the casts'
     VJPs return float32 gradients to the float32 master weights and optimizer.
@@ -48,6 +52,7 @@ def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, token
     metrics = {
         "loss": loss,
         **out.terms,
+        **reconstruction_metrics(x, out.x_hat, massive_ratio),
         "l0": mean_l0(out.latents),
         "dead_fraction": dead_fraction(new.tokens_since_fired, dead_tokens),
         "dense_fraction": dense_fraction(new.fire_count, tokens_seen + n_tokens),
@@ -61,7 +66,8 @@ def _cast(params: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Sequence[Member],
-               dead_tokens: int, compute_dtype: str = "float32") -> tuple[TrainState, dict[str, dict[str, jax.Array]]]:
+               dead_tokens: int, compute_dtype: str = "float32",
+               massive_ratio: float = MASSIVE_RATIO) -> tuple[TrainState, dict[str, dict[str, jax.Array]]]:
     """Steps every member on its hook's rows of ``batch``; metrics are ``{member: {name: value}}``.
 
     Example::
@@ -73,6 +79,6 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Se
     for member in members:
         saes[member.name], metrics[member.name] = sae_step(
             member, state.saes[member.name], batch[member.hook], state.step, state.tokens_seen, dead_tokens,
-            compute_dtype)
+            compute_dtype, massive_ratio)
     n_tokens = next(iter(batch.values())).shape[0]
     return TrainState(state.step + 1, state.tokens_seen + n_tokens, saes), metrics
