@@ -2,8 +2,9 @@
 
 On held-out store activations: FVU and explained variance (over all tokens and over those without
 massive activations), L0, relative reconstruction bias, dead and dense fractions, and a
-feature-density histogram. Through the source model, with the SAE's reconstruction spliced in at its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered
-and KL. For chosen latents: top-activating held-out examples (JSON and HTML).
+feature-density histogram. Through the source model, with the SAE's reconstruction spliced in at
+its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered and KL. For chosen latents:
+top-activating held-out examples (JSON and HTML).
 
 Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
 ``top_examples.html`` (``out`` defaults to ``<run>/eval``, or ``<export>_eval`` beside an imported
