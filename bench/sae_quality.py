@@ -1,148 +1,227 @@
-"""TopK SAE quality at equal k, width and tokens: jaxinterp vs EleutherAI sparsify on SmolLM2.
+"""TopK SAE quality at equal k, width and tokens: jaxinterp vs EleutherAI sparsify, on any store.
 
-    python bench/sae_quality.py [--tokens 262144 --n-latents 4096 --k 32 --batch 1024]
-    python bench/sae_quality.py --compute-dtypes float32,bfloat16   # also a row with bf16 compute
+    python bench/sae_quality.py                                  # SmolLM2 on the embedded pydoc corpus
+    python bench/sae_quality.py --store stores/mine --hook blocks.20.hook_resid_post
+    python bench/sae_quality.py --ours "default: ; lr 2x: lr=0.0031; no massive: exclude_massive=true"
 
-Extracts SmolLM2-135M activations at ``--hook`` from the embedded pydoc corpus (once, into
-bench/results/quality_store; or pass ``--store``), draws one shuffled sequence of training batches
-and one holdout set from jaxinterp's buffer, trains both SAEs on exactly those batches with each
-library's default recipe, and evaluates both on the same holdout with the same FVU definition
-(design.md §6: about the holdout mean). sparsify runs its defaults: schedule-free sign-SGD at
-lr 5e-3/√(n/2¹⁴), decoder renormalised before each step, evaluated at its averaged weights.
-Goal (issue 6): jaxinterp's holdout FVU no worse than sparsify's. Results also go to
-bench/results/sae_quality.json.
+Trains jaxinterp with ``jaxinterp train`` itself (configs/train_topk.py's defaults plus each
+``--ours`` variant's overrides) and sparsify (its default, schedule-free signum at
+5e-3/√(n/2¹⁴), and Adam at Gao et al.'s 2e-4/√(n/2¹⁴) with its linear warm-up/decay, the warm-up
+capped at a tenth of the steps since its 1000 would outlast a short run) on the same
+batches: those the run's buffer yields (same seed, split, mixing, BOS rule). sparsify's SAE is
+saved with its own ``save_to_disk`` and read back through jaxinterp's importer, so every SAE goes
+through one evaluation path: on the run's held-out rows, FVU and explained variance over all tokens
+and over tokens without massive activations (norm > ``--massive-ratio`` × the median, Sun et al.
+2024), L0, dead fraction; through the source model, each SAE spliced in at its hook on the same
+held-out contexts, CE-loss recovered (one clean and one zero-ablated pass shared by all).
+Goal (issue 21): jaxinterp's default no worse than the better sparsify row on both FVUs and on
+CE-loss recovered. Results also go to bench/results/sae_quality_<store>_<hook>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
-import jax
-import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def activations(args) -> tuple[list[np.ndarray], np.ndarray]:
-    """Training batches and holdout rows, both from jaxinterp's buffer over a SmolLM2 store."""
+def parse_variants(text: str) -> dict[str, dict]:
+    """``"name: field=value, ...; name2: ..."`` -> ``{name: {field: value}}`` (train config fields)."""
+    variants = {}
+    for part in filter(str.strip, text.split(";")):
+        name, _, body = part.partition(":")
+        fields = {}
+        for item in filter(str.strip, body.split(",")):
+            key, _, raw = item.partition("=")
+            raw = raw.strip()
+            try:
+                value = {"true": True, "false": False}.get(raw.lower(), None)
+                fields[key.strip()] = ast.literal_eval(raw) if value is None else value
+            except (ValueError, SyntaxError):
+                fields[key.strip()] = raw
+        variants[name.strip()] = fields
+    return variants
+
+
+def pydoc_store(args) -> str:
     from jaxinterp import schemas
-    from jaxinterp.buffer import ActivationBuffer
     from jaxinterp.config import load_config
     from jaxinterp.extract import extract
-    from jaxinterp.store import open_store
 
-    store_url = args.store or str(RESULTS / "quality_store")
-    if not args.store and not (Path(store_url) / "manifest.json").exists():
-        fields = {"model": "smollm2", "hooks": args.hook, "data": "pydoc", "out": store_url, "context_size": 256,
-                  "max_tokens": int(args.tokens * 1.15), "batch_size": 8}
+    url = str(RESULTS / "quality_store")
+    if not (Path(url) / "manifest.json").exists():
+        fields = {"model": "smollm2", "hooks": args.hook or "blocks.12.hook_resid_post", "data": "pydoc", "out": url}
         extract(load_config("configs/extract.py", fields, schemas.EXTRACT, "extract"))
-    buffer = ActivationBuffer(open_store(store_url), [args.hook], args.batch, seed=0, holdout_fraction=0.05,
-                              mixing_chunks=64, exclude_bos=True)
-    batches = buffer._numpy_batches()
-    train = [next(batches)[args.hook] for _ in range(args.tokens // args.batch)]
-    return train, buffer.holdout(args.eval_tokens)[args.hook]
+    return url
 
 
-def fvu_and_l0(x: np.ndarray, x_hat: np.ndarray, l0: float) -> dict[str, float]:
-    fvu = float(np.sum((x - x_hat) ** 2) / np.sum((x - x.mean(0)) ** 2))
-    return {"fvu": fvu, "explained_variance": 1 - fvu, "l0": l0}
+def train_ours(args, store: str, hook: str, name: str, overrides: dict, workdir: Path):
+    """One ``jaxinterp train`` run; returns (loaded SAE, dead fraction, seconds)."""
+    from jaxinterp import schemas
+    from jaxinterp.config import load_config
+    from jaxinterp.export import load_sae
+    from jaxinterp.train import train
+
+    out = workdir / f"ours_{len(list(workdir.iterdir()))}"
+    fields = {"store": store, "hook": hook, "out": str(out), "seed": args.seed, "steps": args.tokens // args.batch,
+              "batch_size": args.batch, "sae.n_latents": args.n_latents, "sae.k": args.k,
+              "eval_tokens": args.eval_tokens, "massive_ratio": args.massive_ratio, "checkpoint_every": 10**9,
+              **overrides}
+    began = time.perf_counter()
+    summary = train(load_config("configs/train_topk.py", fields, schemas.TRAIN, "train"), progress=False)
+    seconds = time.perf_counter() - began
+    evaluation = summary["eval"]["sae"]
+    return load_sae(str(out)), evaluation["dead_fraction"], seconds, evaluation.get("excluded_massive_rows")
 
 
-def train_jaxinterp(batches, holdout, n_latents: int, k: int, lr: float = 0.0,
-                    compute_dtype: str = "float32") -> dict[str, float]:
-    from jaxinterp.eval.holdout import evaluate_reconstruction
-    from jaxinterp.schemas import sae_config
-    from jaxinterp.train import build_members, init_state, train_step
-
-    cfg = {"hook": "x", "lr": lr, "sweep": "", "steps": len(batches), "warmup_steps": min(50, len(batches) // 10),
-           "decay_fraction": 0.2, "grad_clip": 1.0, "sae": sae_config("topk", n_latents, k)}
-    members = build_members(cfg)
-    state = init_state(jax.random.key(0), {"x": batches[0]}, members)
-    step = jax.jit(partial(train_step, members=members, dead_tokens=len(batches) * len(batches[0]) // 4,
-                           compute_dtype=compute_dtype), donate_argnums=0)
-    for batch in batches:
-        state, _ = step(state, {"x": batch})
-    sae = state.saes["sae"]
-    result, _ = evaluate_reconstruction(members[0].architecture, sae.params, sae.arch_state, holdout)
-    result["dead_fraction"] = float(np.mean(np.asarray(sae.fire_count) == 0))
-    return result
-
-
-def train_sparsify(batches, holdout, n_latents: int, k: int) -> dict[str, float] | None:
+def train_sparsify(args, batches, d_in: int, optimizer: str, workdir: Path):
+    """sparsify's SparseCoder trained as its Trainer does, saved with ``save_to_disk``; or ``None``."""
     try:
         import torch
         from schedulefree import ScheduleFreeWrapper
         from sparsify import SparseCoder, SparseCoderConfig
         from sparsify.sign_sgd import SignSGD
+        from transformers import get_linear_schedule_with_warmup
     except ImportError:
         return None
-    torch.manual_seed(0)
-    sae = SparseCoder(batches[0].shape[1], SparseCoderConfig(num_latents=n_latents, k=k), "cpu", dtype=torch.float32)
-    sae.b_dec.data = torch.from_numpy(batches[0]).mean(0)  # its trainer's first-batch b_dec init
-    opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(), "lr": 5e-3 / (n_latents / 2**14) ** 0.5}]),
-                              momentum=0.95)
-    opt.train()
-    fired = torch.zeros(n_latents, dtype=torch.bool)
-    for batch in batches:
-        x = torch.from_numpy(batch)
+    from jaxinterp.export import load_sae
+
+    torch.manual_seed(args.seed)
+    steps = args.tokens // args.batch
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=args.n_latents, k=args.k), "cpu", dtype=torch.float32)
+    first = next(batches)
+    sae.b_dec.data = torch.from_numpy(first).mean(0)  # its trainer's first-batch b_dec init
+    scheduler = None
+    if optimizer == "signum":
+        opt = ScheduleFreeWrapper(SignSGD([{"params": sae.parameters(),
+                                             "lr": 5e-3 / (args.n_latents / 2**14) ** 0.5}]), momentum=0.95)
+        opt.train()
+    else:  # its "adam" option: Gao et al.'s lr, warm-up lr_warmup_steps (1000) then linear decay to 0
+        opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (args.n_latents / 2**14) ** 0.5)
+        scheduler = get_linear_schedule_with_warmup(opt, min(1000, steps // 10), steps)
+    fired = torch.zeros(args.n_latents, dtype=torch.bool)
+    began = time.perf_counter()
+    for step in range(steps):
+        x = torch.from_numpy(first if step == 0 else next(batches))
         sae.set_decoder_norm_to_unit_norm()
-        out = sae(x=x, y=x, dead_mask=None, total_variance=(x - x.mean(0)).pow(2).sum())
+        out = sae(x=x, y=x, dead_mask=None)
         fired[out.latent_indices.flatten()] = True
         out.fvu.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
-    opt.eval()  # schedule-free: evaluate at the averaged weights
-    with torch.no_grad():
-        x = torch.from_numpy(holdout)
-        out = sae(x=x, y=x, dead_mask=None)
-        l0 = float((out.latent_acts > 0).sum(-1).float().mean())
-    result = fvu_and_l0(holdout, out.sae_out.numpy(), l0)
-    result["tokens"], result["dead_fraction"] = len(holdout), float((~fired).float().mean())
-    return result
+        if scheduler is not None:
+            scheduler.step()
+    if optimizer == "signum":
+        opt.eval()  # schedule-free: evaluate at the averaged weights
+    seconds = time.perf_counter() - began
+    sae.set_decoder_norm_to_unit_norm()
+    path = workdir / f"sparsify_{optimizer}"
+    sae.save_to_disk(path)
+    return load_sae(str(path)), float((~fired).float().mean()), seconds, None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store")
-    parser.add_argument("--hook", default="blocks.12.hook_resid_post")
+    parser.add_argument("--store", help="any jaxinterp store; default: SmolLM2 on pydoc, extracted once")
+    parser.add_argument("--hook", default="", help="default: the store's only hook, else blocks.12.hook_resid_post")
     parser.add_argument("--tokens", type=int, default=262144)
     parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser.add_argument("--ce-contexts", type=int, default=32)
     parser.add_argument("--n-latents", type=int, default=4096)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--lr", type=float, default=0.0, help="jaxinterp's Adam lr; 0 = its default 2e-3/√(n/2¹⁴)")
-    parser.add_argument("--compute-dtypes", default="float32",
-                        help="comma-separated jaxinterp compute dtypes, one row each (e.g. float32,bfloat16)")
-    parser.add_argument("--json", default=str(RESULTS / "sae_quality.json"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--massive-ratio", type=float, default=10.0)
+    parser.add_argument("--ours", default="jaxinterp: ; jaxinterp, no massive: exclude_massive=true",
+                        help="jaxinterp rows: 'name: field=value, ...; ...' over train config fields")
+    parser.add_argument("--sparsify", default="signum,adam", help="sparsify optimizers, one row each ('' = none)")
+    parser.add_argument("--backend", default="auto", help="source-model backend for the CE rows")
+    parser.add_argument("--json", default="")
     args = parser.parse_args()
 
-    batches, holdout = activations(args)
-    rows = {}
-    ours = [(f"jaxinterp topk{'' if dtype == 'float32' else ' ' + dtype}",
-             partial(train_jaxinterp, lr=args.lr, compute_dtype=dtype)) for dtype in args.compute_dtypes.split(",")]
-    for name, fn in [*ours, ("sparsify topk", train_sparsify)]:
-        began = time.perf_counter()
-        result = fn(batches, holdout, args.n_latents, args.k)
-        if result is None:
-            print(f"{name}: not installed (pip install -e '.[bench]')")
-            continue
-        rows[name] = {**result, "train_seconds": time.perf_counter() - began}
-    print(f"SmolLM2-135M {args.hook}, {len(batches) * args.batch:,} training tokens, {len(holdout):,} holdout "
-          f"tokens, n_latents {args.n_latents}, k {args.k}, batch {args.batch}")
-    print(f"{'':24}{'FVU':>8}{'EV':>8}{'L0':>7}{'dead':>7}{'train s':>9}")
+    from jaxinterp.buffer import ActivationBuffer
+    from jaxinterp.eval.contexts import heldout_context_ids, read_contexts
+    from jaxinterp.eval.holdout import evaluate_reconstruction
+    from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, zero_ablation
+    from jaxinterp.models import load_source_model
+    from jaxinterp.schemas import TRAIN
+    from jaxinterp.config import load_config
+    from jaxinterp.store import open_store
+
+    store_url = args.store or pydoc_store(args)
+    store = open_store(store_url)
+    hook = args.hook or (store.hook_names[0] if len(store.hook_names) == 1 else "blocks.12.hook_resid_post")
+    defaults = load_config("configs/train_topk.py", {"store": store_url, "hook": hook}, TRAIN, "train")
+    # The buffer `jaxinterp train` builds (one process, one stream): the same batches and holdout.
+    buffer = ActivationBuffer(store, [hook], args.batch, args.seed, defaults["holdout_fraction"],
+                              defaults["mixing_chunks"], defaults["exclude_bos"], streams=1)
+    holdout = buffer.holdout(args.eval_tokens)[hook]
+    loaded = {}
+    with tempfile.TemporaryDirectory(prefix="sae_quality_") as tmp:
+        workdir = Path(tmp)
+        for name, overrides in parse_variants(args.ours).items():
+            loaded[name] = train_ours(args, store_url, hook, name, overrides, workdir)
+        for optimizer in filter(None, args.sparsify.split(",")):
+            batches = (batch[hook] for batch in buffer._numpy_batches())
+            result = train_sparsify(args, batches, holdout.shape[1], optimizer, workdir)
+            if result is None:
+                print("sparsify: not installed (pip install -e '.[bench]')")
+                break
+            loaded[f"sparsify {optimizer}"] = result
+
+        rows = {}
+        for name, (sae, dead, seconds, excluded) in loaded.items():
+            metrics, _ = evaluate_reconstruction(sae.architecture, sae.params, sae.arch_state, holdout,
+                                                 massive_ratio=args.massive_ratio)
+            rows[name] = {**metrics, "dead_fraction": dead, "train_seconds": seconds, "excluded_massive_rows": excluded}
+        ids = heldout_context_ids(store, buffer.split.holdout)[: args.ce_contexts]
+        if len(ids) and args.ce_contexts:
+            contexts = read_contexts(store, ids, [hook]).tokens
+            model = load_source_model(store.manifest["model"], backend=args.backend, dtype=store.manifest["model_dtype"])
+            edits = {name: sae_edit(hook, sae.architecture, sae.params, sae.arch_state, buffer.drop_bos)
+                     for name, (sae, *_rest) in loaded.items()}
+            losses = spliced_losses(model, contexts, {**edits, "zero ablation": zero_ablation(hook, buffer.drop_bos)})
+            for name in loaded:
+                rows[name].update(ce_loss_recovered=ce_loss_recovered(losses["ce_clean"], losses[f"ce_{name}"],
+                                                                      losses["ce_zero ablation"]),
+                                  ce_loss_spliced=losses[f"ce_{name}"], kl_spliced=losses[f"kl_{name}"])
+            ce = {"clean": losses["ce_clean"], "zero_ablated": losses["ce_zero ablation"],
+                  "tokens_predicted": int(contexts.shape[0] * (contexts.shape[1] - 1))}
+        else:
+            ce = {}
+
+    print(f"{store.manifest.get('model_name')} {hook} on {store.manifest.get('dataset_path')}: "
+          f"{args.tokens // args.batch * args.batch:,} training tokens, {len(holdout):,} holdout tokens "
+          f"({next(iter(rows.values()))['massive_fraction']:.2%} massive at {args.massive_ratio:g}× the median norm), "
+          f"n_latents {args.n_latents}, k {args.k}, batch {args.batch}")
+    if ce:
+        print(f"CE through the model on {ce['tokens_predicted']:,} held-out tokens: clean {ce['clean']:.3f}, "
+              f"zero-ablated {ce['zero_ablated']:.3f}")
+    print(f"{'':28}{'FVU':>8}{'FVU nm':>8}{'L0':>7}{'dead':>7}{'CE rec':>8}{'KL':>7}{'train s':>9}")
     for name, row in rows.items():
-        print(f"{name:24}{row['fvu']:8.4f}{row['explained_variance']:8.4f}{row['l0']:7.1f}{row['dead_fraction']:7.3f}"
+        print(f"{name:28}{row['fvu']:8.4f}{row['fvu_nonmassive']:8.4f}{row['l0']:7.1f}{row['dead_fraction']:7.3f}"
+              f"{row.get('ce_loss_recovered', float('nan')):8.4f}{row.get('kl_spliced', float('nan')):7.3f}"
               f"{row['train_seconds']:9.1f}")
-    if "sparsify topk" in rows:
-        for name, _ in ours:
-            print(f"FVU {name} ÷ sparsify = {rows[name]['fvu'] / rows['sparsify topk']['fvu']:.3f} (goal ≤ 1)")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "results": rows}, indent=2))
+    peers = [name for name in rows if name.startswith("sparsify")]
+    if peers:
+        best = {key: min(rows[p][key] for p in peers) for key in ("fvu", "fvu_nonmassive")}
+        best["ce_loss_recovered"] = max(rows[p].get("ce_loss_recovered", float("nan")) for p in peers)
+        for name in rows:
+            if name in peers:
+                continue
+            print(f"{name} ÷ best sparsify: FVU {rows[name]['fvu'] / best['fvu']:.3f}, FVU non-massive "
+                  f"{rows[name]['fvu_nonmassive'] / best['fvu_nonmassive']:.3f} (goal ≤ 1); CE-loss recovered "
+                  f"{rows[name].get('ce_loss_recovered', float('nan')) - best['ce_loss_recovered']:+.4f} (goal ≥ 0)")
+    path = Path(args.json or RESULTS / f"sae_quality_{Path(store_url).name}_{hook}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"args": vars(args), "hook": hook, "ce": ce, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -82,9 +82,12 @@ TRAIN = Schema(
         "log_every": Field(int, "steps between metric lines", minimum=1),
         "checkpoint_every": Field(int, "steps between orbax checkpoints", minimum=1),
         "eval_tokens": Field(int, "holdout tokens used for the final evaluation", minimum=1),
-        "massive_ratio": Field(float, "metrics only: a token is massive when its norm exceeds this times the median "
-                                      "(a batch's in training, the holdout's in eval); *_nonmassive metrics leave "
-                                      "those out", minimum=1.0),
+        "massive_ratio": Field(float, "a token is massive when its norm exceeds this times the median (a batch's "
+                                      "in training metrics, the holdout's in eval); *_nonmassive metrics leave those "
+                                      "out", minimum=1.0),
+        "exclude_massive": Field(bool, "leave tokens above massive_ratio x the median norm (of norm_tokens training "
+                                       "rows, fixed at the start) out of training and the normalisation estimate; "
+                                       "evaluation still sees them"),
         "sae.architecture": Field(str, "SAE architecture",
                                   choices=("topk", "batch_topk", "matryoshka", "jumprelu", "relu")),
         "sae.n_latents": Field(int, "dictionary size d_sae", minimum=1),

@@ -11,6 +11,12 @@ Each batch is the concatenation of ``streams`` equal parts, part ``s`` coming fr
 its own share ``order[s::streams]`` of every epoch's chunks, grouped and shuffled as above. A
 process reads only the streams whose rows land on its devices (disjoint chunk sets), so the
 sequence of global batches depends on ``streams`` alone, not on how many processes read it.
+
+With ``massive_norms`` set (``exclude_massive`` in the train config), training rows whose norm at
+any hook exceeds that hook's threshold (massive activations, Sun et al. 2024) are removed from the
+stream after the shuffle, so the stream is exactly the unfiltered one without those rows. Kept-row
+counts then depend on the data, and a resume replays the stream to its step instead of seeking.
+Holdout rows are never filtered: evaluation sees every token.
 """
 
 from __future__ import annotations
@@ -59,14 +65,16 @@ class BufferState(NamedTuple):
     step: int
     scales: dict[str, float]  # per-hook input scale (1.0 when not normalising)
     streams: int = 1  # the batch's parts (see the module docstring)
+    massive_norms: dict[str, float] | None = None  # per-hook raw-norm threshold of excluded rows; None = keep all
 
     def to_json(self) -> dict:
         return self._asdict()
 
     @classmethod
     def from_json(cls, data: dict) -> BufferState:
+        massive = data.get("massive_norms")
         return cls(int(data["seed"]), int(data["step"]), {k: float(v) for k, v in data["scales"].items()},
-                   int(data.get("streams", 1)))
+                   int(data.get("streams", 1)), None if massive is None else {k: float(v) for k, v in massive.items()})
 
 
 def split_chunks(n_chunks: int, holdout_fraction: float, seed: int) -> ChunkSplit:
@@ -89,6 +97,8 @@ class ActivationBuffer:
       exclude_bos: drop BOS tokens (``pos == 0`` when the store prepends BOS; pads are never written).
       on_nonfinite: ``"error"`` (name hook, rows and shard file) or ``"skip"`` (drop and count rows).
       scales: per-hook factors applied to every row (see :meth:`estimate_scales`); default 1.
+      massive_norms: per-hook raw-norm thresholds (see :meth:`estimate_massive_norms`): training
+        rows above any of them are left out. ``None`` keeps every row.
       sharding: a ``NamedSharding`` for batches; ``None`` yields numpy arrays.
       streams: parts each batch is made of, each read from its own share of the chunks; -1 = one
         per process. Fix it (to a multiple of every process count you may use) to get the same
@@ -98,7 +108,7 @@ class ActivationBuffer:
     def __init__(self, store: Store, hooks: Sequence[str], batch_size: int, seed: int, holdout_fraction: float,
                  mixing_chunks: int, exclude_bos: bool, on_nonfinite: str = "error",
                  scales: dict[str, float] | None = None, sharding: jax.sharding.NamedSharding | None = None,
-                 prefetch: int = 4, streams: int = -1):
+                 prefetch: int = 4, streams: int = -1, massive_norms: dict[str, float] | None = None):
         self.store, self.hooks, self.seed = store, list(hooks), seed
         self.arrays = {hook: store.array(hook) for hook in self.hooks}
         self.rows_per_chunk = store.layout.rows_per_chunk
@@ -107,7 +117,9 @@ class ActivationBuffer:
         self.drop_bos = exclude_bos and bool(store.manifest.get("prepend_bos"))
         self.on_nonfinite = on_nonfinite
         self.scales = {hook: 1.0 for hook in self.hooks} | dict(scales or {})
+        self.massive_norms = massive_norms
         self.skipped_rows = 0
+        self.massive_rows = 0  # training rows left out as massive (counts the reader's look-ahead too)
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         self.streams = self.process_count if streams == -1 else streams
         if self.streams % self.process_count:
@@ -143,11 +155,12 @@ class ActivationBuffer:
                     for a, b in spans]
 
     def _finish_read(self, pending: list[tuple[tuple[int, int], dict[str, ts.Future]]], scaled: bool = True,
-                     order_seed: Sequence[int] | None = None) -> Batch:
+                     order_seed: Sequence[int] | None = None, drop_massive: bool = True) -> Batch:
         """Waits for a read; drops excluded and bad rows, shuffles the survivors with ``order_seed``
         (if given) and scales. Each chunk's kept rows are scattered straight to their shuffled
-        places in one aligned array per hook (one pass over the data)."""
-        chunks, keep = [], []
+        places in one aligned array per hook (one pass over the data). Massive rows (when
+        ``massive_norms`` is set and ``drop_massive``) are removed after the shuffle."""
+        chunks, keep, massive = [], [], []
         for (start, stop), futures in pending:
             rows = {}
             for name, future in futures.items():
@@ -157,14 +170,24 @@ class ActivationBuffer:
                     raise self.store.read_failed(name, start, stop, error) from error
             kept = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
             keep.append(kept & self._finite_rows(rows, start))
+            if drop_massive and self.massive_norms is not None:
+                massive.append(self._massive_rows(rows))
             chunks.append(rows)
         keep = np.concatenate(keep)
         n_kept = int(keep.sum())
         order = np.arange(n_kept)
         if order_seed is not None:  # kept row i goes to place[i]: the inverse of the drawn permutation
             order[np.random.default_rng(order_seed).permutation(n_kept)] = np.arange(n_kept)
+        if massive:  # close the gaps massive rows leave in the shuffled order; they go past the end
+            massive = np.concatenate(massive)[keep]
+            at_place = np.zeros(n_kept, bool)
+            at_place[order[massive]] = True
+            order = order - np.cumsum(at_place)[order]
+            order[massive] = n_kept - 1 - np.arange(int(massive.sum()))
+            self.massive_rows += int(massive.sum())
+            n_kept -= int(massive.sum())
         place = np.empty(len(keep), np.int64)  # dropped rows land past n_kept, then are sliced off
-        place[keep], place[~keep] = order, np.arange(n_kept, len(keep))
+        place[keep], place[~keep] = order, np.arange(len(order), len(keep))
         out = {}
         for hook in self.hooks:
             values = aligned_empty((len(keep), self.arrays[hook].shape[1]))
@@ -177,8 +200,13 @@ class ActivationBuffer:
             out[hook] = values if scale == 1.0 else np.multiply(values, np.float32(scale), out=values)
         return out
 
-    def _read_chunks(self, chunks: Sequence[int], scaled: bool = True) -> Batch:
-        return self._finish_read(self._start_read(chunks), scaled)
+    def _massive_rows(self, rows: Batch) -> np.ndarray:
+        """Rows whose norm exceeds their hook's threshold at any hook (NaN rows are not massive)."""
+        massive = np.zeros(len(rows["pos"]), bool)
+        for hook in self.hooks:
+            values = rows[hook].astype(np.float32, copy=False)
+            massive |= np.einsum("ij,ij->i", values, values) > np.float32(self.massive_norms[hook]) ** 2
+        return massive
 
     def _finite_rows(self, rows: Batch, start: int) -> np.ndarray:
         finite = np.ones(len(rows["pos"]), bool)
@@ -198,6 +226,10 @@ class ActivationBuffer:
             finite &= hook_finite
         self.skipped_rows += int((~finite).sum())
         return finite
+
+    def position(self, step: int) -> BufferState:
+        """What a checkpoint at ``step`` saves to resume this exact batch sequence."""
+        return BufferState(self.seed, step, dict(self.scales), self.streams, self.massive_norms)
 
     # -- the stream --------------------------------------------------------------------------------
 
@@ -261,7 +293,7 @@ class ActivationBuffer:
             carry = {hook: rows[hook][first + n_full * size:] for hook in self.hooks}
 
     def _stream_from(self, stream: int, start_step: int) -> Iterator[Batch]:
-        if self.on_nonfinite == "skip":  # kept-row counts then depend on the data: replay to the step
+        if self.on_nonfinite == "skip" or self.massive_norms is not None:  # data-dependent counts: replay
             return itertools.islice(self._stream(stream, 0, 0, 0), start_step, None)
         return self._stream(stream, *self._seek(start_step, stream))
 
@@ -320,16 +352,24 @@ class ActivationBuffer:
     # -- normalisation and evaluation rows --------------------------------------------------------
 
     def estimate_scales(self, n_tokens: int) -> dict[str, float]:
-        """Per-hook ``√d / mean‖x‖`` over training rows, so inputs have mean norm √d (Conerly et al. 2024)."""
+        """Per-hook ``√d / mean‖x‖`` over training rows, so inputs have mean norm √d (Conerly et al.
+        2024); without the rows :attr:`massive_norms` leaves out of training, when it is set."""
         # The same rows on every process, whatever the streams: the first chunks of epoch 0's order.
         rows = self._rows_of(self._epoch_order(0), n_tokens, scaled=False)
         return {hook: float(np.sqrt(values.shape[1]) / np.mean(np.linalg.norm(values, axis=1)))
                 for hook, values in rows.items()}
 
-    def _rows_of(self, chunks: np.ndarray, max_tokens: int, scaled: bool = True) -> Batch:
+    def estimate_massive_norms(self, n_tokens: int, ratio: float) -> dict[str, float]:
+        """Per-hook ``ratio`` × the median row norm over the rows :meth:`estimate_scales` reads (raw
+        units): the thresholds above which :attr:`massive_norms` leaves rows out of training."""
+        rows = self._rows_of(self._epoch_order(0), n_tokens, scaled=False, drop_massive=False)
+        return {hook: float(ratio * np.median(np.linalg.norm(values, axis=1))) for hook, values in rows.items()}
+
+    def _rows_of(self, chunks: np.ndarray, max_tokens: int, scaled: bool = True, drop_massive: bool = True) -> Batch:
         parts, total = [], 0
         for first in range(0, len(chunks), self.mixing_chunks):
-            parts.append(self._read_chunks(chunks[first: first + self.mixing_chunks], scaled))
+            group = chunks[first: first + self.mixing_chunks]
+            parts.append(self._finish_read(self._start_read(group), scaled, drop_massive=drop_massive))
             total += len(parts[-1][self.hooks[0]])
             if total >= max_tokens:
                 break
@@ -341,8 +381,8 @@ class ActivationBuffer:
         """Up to ``max_tokens`` held-out rows per hook, in store order."""
         if not len(self.split.holdout):
             raise ConfigError("no holdout chunks: set config field 'holdout_fraction' > 0")
-        return self._rows_of(self.split.holdout, max_tokens)
+        return self._rows_of(self.split.holdout, max_tokens, drop_massive=False)
 
     def first_rows(self, max_tokens: int) -> Batch:
         """Up to ``max_tokens`` rows per hook from the start of the store (all chunks)."""
-        return self._rows_of(np.arange(len(self.split.train) + len(self.split.holdout)), max_tokens)
+        return self._rows_of(np.arange(len(self.split.train) + len(self.split.holdout)), max_tokens, drop_massive=False)

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from jaxinterp.buffer import ActivationBuffer, BufferState
+from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError, as_dict
 from jaxinterp.distributed import barrier, host_copy, is_primary
 from jaxinterp.eval.holdout import evaluate_reconstruction
@@ -103,6 +103,8 @@ def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, 
             raise ConfigError(f"config field 'streams' ({cfg['streams']}) differs from the checkpoint's "
                               f"({buffer_state.streams}); leave it at -1 to resume with the checkpoint's")
         return state, buffer_state, shardings
+    if cfg["exclude_massive"]:  # before the scales: the normalisation is estimated without those rows
+        buffer.massive_norms = buffer.estimate_massive_norms(cfg["norm_tokens"], cfg["massive_ratio"])
     if cfg["normalize"]:
         scales = buffer.estimate_scales(cfg["norm_tokens"])
     else:
@@ -113,7 +115,7 @@ def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, 
     init = jax.jit(partial(init_state, members=members), out_shardings=shardings)
     with jax.set_mesh(mesh):
         state = init(jax.random.key(cfg["seed"]), samples, initial=initial)
-    return state, BufferState(cfg["seed"], 0, scales, buffer.streams), shardings
+    return state, buffer.position(0), shardings
 
 
 class _Preemption:
@@ -176,7 +178,7 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
     state, buffer_state, shardings = _start_state(cfg, buffer, out, members, d_in, mesh, resume)
     if buffer_state.streams != buffer.streams:  # resuming a run whose batches came in other parts
         buffer = make_buffer(buffer_state.streams)
-    buffer.scales = buffer_state.scales
+    buffer.scales, buffer.massive_norms = buffer_state.scales, buffer_state.massive_norms
     step_fn = jax.jit(
         partial(train_step, members=members, dead_tokens=cfg["dead_tokens"], compute_dtype=cfg["compute_dtype"],
                 massive_ratio=cfg["massive_ratio"]),
@@ -196,7 +198,7 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
     evaluation = {}
     for member in members:
         values = evaluation[member.name] = _holdout_metrics(member, state, holdout, cfg)
-        values.update(train_tokens=int(state.tokens_seen), skipped_nonfinite_rows=buffer.skipped_rows)
+        values.update(train_tokens=int(state.tokens_seen), **_row_counts(buffer))
         values["input_scale"] = buffer.scales[member.hook]
     if is_primary():
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
@@ -208,6 +210,14 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
         "train_tokens_per_s": (done - start) * cfg["batch_size"] / elapsed if done > start else None,
         "mesh": dict(mesh.shape),
     }
+
+
+def _row_counts(buffer: ActivationBuffer) -> dict[str, int]:
+    """Rows the buffer left out so far (both counts include its read-ahead)."""
+    counts = {"skipped_nonfinite_rows": buffer.skipped_rows}
+    if buffer.massive_norms is not None:
+        counts["excluded_massive_rows"] = buffer.massive_rows
+    return counts
 
 
 def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np.ndarray], cfg) -> dict[str, Any]:
@@ -243,9 +253,9 @@ def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: e
             done = step + 1
             stop = preemption.agreed()
             if done % cfg["log_every"] == 0 or done == total or stop:
-                log.write(done, {"skipped_nonfinite_rows": buffer.skipped_rows})
+                log.write(done, _row_counts(buffer))
             if done % cfg["checkpoint_every"] == 0 or done == total or stop:
-                checkpoints.save(done, state, BufferState(cfg["seed"], done, buffer.scales, buffer.streams))
+                checkpoints.save(done, state, buffer.position(done))
                 if done % cfg["checkpoint_every"] == 0 and done < total:
                     for member in members:
                         log.record(done, member.name, _holdout_metrics(member, state, holdout, cfg), prefix="holdout")

@@ -1,0 +1,93 @@
+"""``exclude_massive``: training without massive-activation tokens changes which rows the buffer
+yields and nothing else; evaluation still sees them; a resumed run stays bitwise exact."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxinterp.buffer import ActivationBuffer
+from jaxinterp.store import open_store
+from jaxinterp.train import train
+from jaxinterp.train.checkpoint import RunExistsError
+from jaxinterp.train.trained import load_trained
+from tests.test_massive_metrics import outlier_store  # noqa: F401  (the fixture)
+from tests.test_train import HOOK, train_config
+
+
+def buffer(store_url: str, massive_norms=None, **kwargs) -> ActivationBuffer:
+    return ActivationBuffer(open_store(store_url), [HOOK], 256, seed=3, holdout_fraction=0.1, mixing_chunks=4,
+                            exclude_bos=True, massive_norms=massive_norms, **kwargs)
+
+
+def concatenated(batches, n: int) -> np.ndarray:
+    return np.concatenate([next(batches)[HOOK] for _ in range(n)])
+
+
+def test_thresholds_are_ratio_times_the_median_norm_of_the_estimate_rows(outlier_store):  # noqa: F811
+    plain = buffer(outlier_store)
+    rows = plain._rows_of(plain._epoch_order(0), 2048, scaled=False)[HOOK]
+    thresholds = plain.estimate_massive_norms(2048, 10.0)
+    assert thresholds[HOOK] == pytest.approx(10 * np.median(np.linalg.norm(rows, axis=1)), rel=1e-6)
+    massive = np.linalg.norm(rows, axis=1) > thresholds[HOOK]
+    assert 0 < massive.sum() < 0.05 * len(rows)
+    # The normalisation estimate leaves the same rows out as training does.
+    kept = buffer(outlier_store, thresholds)
+    assert kept.estimate_scales(2048)[HOOK] == pytest.approx(
+        np.sqrt(rows.shape[1]) / np.mean(np.linalg.norm(rows[~massive], axis=1)), rel=1e-3)
+    assert plain.estimate_scales(2048)[HOOK] < 0.8 * kept.estimate_scales(2048)[HOOK]
+
+
+def test_the_stream_is_the_unfiltered_stream_without_its_massive_rows(outlier_store):  # noqa: F811
+    thresholds = buffer(outlier_store).estimate_massive_norms(2048, 10.0)
+    everything = concatenated(buffer(outlier_store)._numpy_batches(), 70)  # over two epochs
+    massive = np.linalg.norm(everything, axis=1) > thresholds[HOOK]
+    assert massive.sum() > 50
+    expected = everything[~massive]
+    kept = buffer(outlier_store, thresholds)
+    got = concatenated(kept._numpy_batches(), len(expected) // 256)
+    np.testing.assert_array_equal(got, expected[: len(got)])
+    assert kept.massive_rows > 0
+    # Starting at a step replays to it: the same batches as the uninterrupted stream.
+    np.testing.assert_array_equal(concatenated(kept._numpy_batches(start_step=37), 5), got[37 * 256: 42 * 256])
+    # Holdout rows are never filtered.
+    np.testing.assert_array_equal(kept.holdout(4096)[HOOK], buffer(outlier_store).holdout(4096)[HOOK])
+
+
+def test_each_stream_drops_only_its_own_massive_rows(outlier_store):  # noqa: F811
+    thresholds = buffer(outlier_store).estimate_massive_norms(2048, 10.0)
+    plain, kept = buffer(outlier_store, streams=2), buffer(outlier_store, thresholds, streams=2)
+    for stream in (0, 1):
+        everything = concatenated(plain._numpy_batches(streams=[stream]), 40)
+        expected = everything[np.linalg.norm(everything, axis=1) <= thresholds[HOOK]]
+        got = concatenated(kept._numpy_batches(streams=[stream]), len(expected) // 128)
+        np.testing.assert_array_equal(got, expected[: len(got)])
+
+
+def test_training_without_massive_tokens_resumes_bitwise_and_still_evaluates_them(outlier_store, tmp_path,  # noqa: F811
+                                                                                   monkeypatch):
+    fields = {"exclude_massive": True, "normalize": True, "norm_tokens": 2048, "checkpoint_every": 10}
+    straight = train(train_config(outlier_store, tmp_path / "straight", steps=30, **fields), progress=False)
+    polls = iter(range(1, 100))
+    with monkeypatch.context() as patch:  # a SIGTERM seen at step 13: checkpoint there and stop
+        patch.setattr("jaxinterp.train.loop._Preemption.agreed", lambda self: next(polls) == 13)
+        stopped = train(train_config(outlier_store, tmp_path / "resumed", steps=30, **fields), progress=False)
+    assert stopped["preempted"] and stopped["steps"] == 13
+    resumed = train(train_config(outlier_store, tmp_path / "resumed", steps=30, **fields), progress=False)
+    a, b = load_trained(str(tmp_path / "straight")), load_trained(str(tmp_path / "resumed"))
+    for name in a.state.params:
+        np.testing.assert_array_equal(a.state.params[name], b.state.params[name], err_msg=name)
+    assert straight["eval"]["sae"]["excluded_massive_rows"] > 0
+    assert straight["eval"]["sae"]["massive_fraction"] > 0  # the holdout keeps its massive rows
+    assert resumed["eval"]["sae"]["fvu"] == straight["eval"]["sae"]["fvu"]
+    lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["massive_fraction"] == 0 for line in lines if line["split"] == "train")
+
+    # Every step differs from a run that keeps them, and the two cannot be mixed in one directory.
+    kept = train(train_config(outlier_store, tmp_path / "kept", steps=30, normalize=True, norm_tokens=2048),
+                 progress=False)
+    assert kept["eval"]["sae"]["fvu"] != straight["eval"]["sae"]["fvu"]
+    assert "excluded_massive_rows" not in kept["eval"]["sae"]
+    with pytest.raises(RunExistsError, match="exclude_massive"):
+        train(train_config(outlier_store, tmp_path / "straight", steps=40, **{**fields, "exclude_massive": False}),
+              progress=False)
