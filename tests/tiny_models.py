@@ -37,3 +37,24 @@ def build_tiny_model(kind: str, directory: Path) -> str:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
+
+
+def save_tiny_model(config, directory: Path, tokenizer: bool = False) -> str:
+    """Saves a random-weight ``AutoModelForCausalLM`` for ``config`` (plus the BPE tokenizer if asked).
+
+    Biases, which transformers initialises to zero, are drawn at random too, so a backend that drops
+    one is caught.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias"):
+                parameter.normal_(0.0, 0.2)
+    model.save_pretrained(directory)
+    if tokenizer:
+        _tokenizer(config.vocab_size).save_pretrained(directory)
+    return str(directory)

@@ -57,12 +57,14 @@ def tokenize_corpus(tokenizer, documents: list[str], cfg: Mapping[str, Any]) -> 
 def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, dict[str, Any]]:
     """Resolves model and hooks, tokenises the corpus, and builds the store manifest (no forward yet).
 
-    Hook names are checked against the model's depth here, before any weights are loaded.
+    Hook names are checked against the model's depth, and the backend against the model (one that would
+    not compute it exactly is refused), before the corpus is read and any weights are loaded.
     """
     files = resolve_model(cfg["model"])
     tokenizer, model_config = load_tokenizer(files), load_hf_config(files)
     n_layers = int(getattr(model_config, "num_hidden_layers", getattr(model_config, "n_layer", 0)))
     hooks = parse_hooks(cfg["hooks"], n_layers)
+    backend = choose_backend(model_config, cfg["backend"])  # a model no backend computes exactly stops here
     check_max_tokens(cfg["max_tokens"], cfg["context_size"])  # before the corpus is read and tokenised
     documents = load_documents(cfg["data"], cfg["text_field"])
     packed = tokenize_corpus(tokenizer, documents, cfg)
@@ -74,7 +76,7 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
         "model_name": files.name,
         "model_hash": files.fingerprint(),
         "model_class": architectures[0] if architectures else model_config.model_type,
-        "backend": choose_backend(model_config.model_type, cfg["backend"]),
+        "backend": backend,
         "model_dtype": cfg["model_dtype"],
         "hook_names": [h.name for h in hooks],
         "d_in": d_in,

@@ -3,6 +3,7 @@
 from jaxinterp.models.hooks import LAYER_KINDS, HookEdit, HookError, HookPoint, parse_hooks, valid_hook_names
 from jaxinterp.models.source import (SMOLLM2, ModelFiles, choose_backend, load_hf_config, load_source_model,
                                      load_tokenizer, resolve_model)
+from jaxinterp.models.support import UnsupportedModelError
 
 __all__ = [
     "LAYER_KINDS",
@@ -11,6 +12,7 @@ __all__ = [
     "HookError",
     "HookPoint",
     "ModelFiles",
+    "UnsupportedModelError",
     "choose_backend",
     "load_hf_config",
     "load_source_model",

@@ -17,7 +17,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxinterp.mesh import Rules, make_mesh, tree_shardings
 from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, parse_hooks
-from jaxinterp.models.source import ModelFiles
+from jaxinterp.models.source import ModelFiles, load_hf_config
+from jaxinterp.models.support import check_jax_support
 from jaxinterp.models.transformer import Edit, build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
 
@@ -43,6 +44,9 @@ def _edited_logits(graphdef, hook, replace, state, tokens, operand):
 class JaxSourceModel:
     """A Llama-family or GPT-2 model in JAX with the same ``run`` interface as the torch backend.
 
+    A model whose config this code would not compute exactly (e.g. Mistral's sliding window) is
+    refused with an ``UnsupportedModelError`` naming the attribute (:mod:`jaxinterp.models.support`).
+
     Example::
 
         model = JaxSourceModel(resolve_model("smollm2"))
@@ -54,6 +58,8 @@ class JaxSourceModel:
 
     def __init__(self, files: ModelFiles, dtype: str = "float32", mesh: Mesh | None = None):
         self.files = files
+        if files.gguf_file is None:  # refuse before reading the weights (build_model checks a GGUF's config)
+            check_jax_support(load_hf_config(files))
         self.config, weights = load_hf_weights(files)
         graphdef, state = nnx.split(build_model(self.config, weights, dtype))
         # This process's devices only: with several processes each runs its own contexts (its own

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, parse_hooks
-from jaxinterp.models.source import ModelFiles
+from jaxinterp.models.source import ModelFiles, load_hf_config
+from jaxinterp.models.support import check_torch_support
 
 __all__ = ["TorchSourceModel"]
 
@@ -29,7 +30,10 @@ class TorchSourceModel:
     """A transformers ``AutoModelForCausalLM`` with TransformerLens-named capture hooks.
 
     Supports the Llama family (``model.layers``: Llama, Mistral, Qwen2, SmolLM) and GPT-2
-    (``transformer.h``). Example::
+    (``transformer.h``): the model types whose hooks are tested equal to transformers. Any other
+    model type (e.g. Gemma-2, whose post-attention/post-feedforward norms would leave
+    ``hook_attn_out``/``hook_mlp_out`` wrong) is refused with an ``UnsupportedModelError``
+    (:mod:`jaxinterp.models.support`). Example::
 
         model = TorchSourceModel(resolve_model("smollm2"), dtype="float32")
         acts = model.run(tokens, ["blocks.12.hook_resid_post"])
@@ -47,6 +51,8 @@ class TorchSourceModel:
             ) from None
         from transformers import AutoModelForCausalLM
 
+        if files.gguf_file is None:  # refuse before reading the weights; a raw GGUF's config is checked once loaded
+            check_torch_support(load_hf_config(files).model_type)
         self._torch = torch
         if threads:
             torch.set_num_threads(threads)
@@ -55,6 +61,7 @@ class TorchSourceModel:
         model = AutoModelForCausalLM.from_pretrained(
             files.directory, gguf_file=files.gguf_file, dtype=torch_dtype, local_files_only=True
         )
+        check_torch_support(model.config.model_type)
         self.model = model.eval()
         self.config = model.config
         if hasattr(model, "model") and hasattr(model.model, "layers"):

@@ -6,8 +6,10 @@ stops after the last layer a capture needs. Modules are built directly from HF-n
 (:func:`build_model`); there is no random init.
 
 Llama family (Llama, Mistral, Qwen2, SmolLM): RMSNorm, rotary embeddings (default RoPE), grouped-
-query attention, SwiGLU MLP; Qwen2 has q/k/v biases. GPT-2: learned positions, LayerNorm, fused
-QKV (HF ``Conv1D`` weights are already [in, out]), tanh-GELU MLP.
+query attention, SwiGLU MLP; Qwen2 has q/k/v biases, Llama's ``attention_bias`` / ``mlp_bias`` add
+q/k/v/o and MLP biases. GPT-2: learned positions, LayerNorm, fused QKV (HF ``Conv1D`` weights are
+already [in, out]), tanh-GELU MLP. A config attribute this code does not compute (sliding windows,
+RoPE scaling, ...) is refused before the model is built: see :mod:`jaxinterp.models.support`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxinterp.models.support import JAX_RULES, check_jax_support
+
 __all__ = ["build_model", "hooked_forward", "SUPPORTED_MODEL_TYPES", "Edit"]
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED_MODEL_TYPES = tuple(JAX_RULES)  # ("llama", "mistral", "qwen2", "gpt2")
 # edit(hook_name, activation) -> activation; the identity for hooks it does not touch.
 Edit = Callable[[str, jax.Array], jax.Array]
 
@@ -82,16 +86,26 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos + rotated * sin
 
 
+def _llama_biases(cfg: Any) -> tuple[bool, bool, bool]:
+    """(q/k/v, o_proj, MLP) biases, as each model type's transformers modeling code decides them."""
+    if cfg.model_type == "qwen2":
+        return True, False, False
+    if cfg.model_type == "llama":
+        attention = bool(getattr(cfg, "attention_bias", False))
+        return attention, attention, bool(getattr(cfg, "mlp_bias", False))
+    return False, False, False  # mistral: no biases, whatever the config says
+
+
 class LlamaBlock(nnx.Module):
     """One decoder layer; ``attention`` and ``mlp`` include their pre-norms."""
 
     def __init__(self, w: Mapping[str, np.ndarray], prefix: str, cfg: Any, dtype: jnp.dtype):
         lin = lambda name, bias=False: Linear(w[f"{prefix}{name}.weight"].T,
                                              w.get(f"{prefix}{name}.bias") if bias else None, dtype)
-        qkv_bias = bool(getattr(cfg, "attention_bias", False)) or cfg.model_type == "qwen2"
+        qkv_bias, o_bias, mlp_bias = _llama_biases(cfg)
         self.q_proj, self.k_proj, self.v_proj = (lin(f"self_attn.{n}_proj", qkv_bias) for n in "qkv")
-        self.o_proj = lin("self_attn.o_proj")
-        self.gate_proj, self.up_proj, self.down_proj = (lin(f"mlp.{n}_proj") for n in ("gate", "up", "down"))
+        self.o_proj = lin("self_attn.o_proj", o_bias)
+        self.gate_proj, self.up_proj, self.down_proj = (lin(f"mlp.{n}_proj", mlp_bias) for n in ("gate", "up", "down"))
         self.input_layernorm = RMSNorm(w[f"{prefix}input_layernorm.weight"], cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(w[f"{prefix}post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
         self.n_heads, self.n_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -118,11 +132,11 @@ class Llama(nnx.Module):
         self.embed_tokens = nnx.Param(jnp.asarray(w["model.embed_tokens.weight"], dtype))
         self.layers = nnx.List([LlamaBlock(w, f"model.layers.{i}.", cfg, dtype) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(w["model.norm.weight"], cfg.rms_norm_eps, dtype)
-        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])  # tied embeddings have no lm_head
+        # tied checkpoints store the embedding only; transformers (5.x) keeps a stored lm_head even when tied
+        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
         self.lm_head = Linear(head.T, None, dtype)
+        # only default RoPE gets here (support.JAX_RULES refuses the other rope types)
         rope = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
-        if rope.get("rope_type", "default") != "default":
-            raise NotImplementedError(f"rope_type {rope['rope_type']!r} is not supported by the JAX backend yet; use backend=torch")
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.inv_freq = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
 
@@ -186,16 +200,17 @@ class GPT2(nnx.Module):
 
 
 def build_model(cfg: Any, weights: Mapping[str, np.ndarray], dtype: str = "float32") -> Llama | GPT2:
-    """The nnx model for an HF config and HF-named weights (``weights.load_hf_weights``)."""
+    """The nnx model for an HF config and HF-named weights (``weights.load_hf_weights``).
+
+    Raises:
+      UnsupportedModelError: the model type, or a config attribute, that this code does not compute
+        exactly (:func:`jaxinterp.models.support.check_jax_support`).
+    """
+    check_jax_support(cfg)
     jdtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     if cfg.model_type == "gpt2":
         return GPT2(weights, cfg, jdtype)
-    if cfg.model_type in SUPPORTED_MODEL_TYPES:
-        return Llama(weights, cfg, jdtype)
-    raise NotImplementedError(
-        f"model_type {cfg.model_type!r} has no JAX-native implementation (supported: {', '.join(SUPPORTED_MODEL_TYPES)}); "
-        "use backend=torch"
-    )
+    return Llama(weights, cfg, jdtype)
 
 
 def hooked_forward(model: Llama | GPT2, tokens: jax.Array, capture: frozenset[str] = frozenset(),
