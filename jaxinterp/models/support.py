@@ -67,7 +67,7 @@ _SILU = Rule("hidden_act", _attr("hidden_act", "silu"), lambda v: v == "silu",
              "an MLP activation other than SiLU")
 
 # Per model type, every config attribute its transformers modeling code reads that changes the math
-# and that jaxinterp.models.transformer does not compute for every value. Attributes the JAX code
+# and that its family module (jaxinterp.models.llama, .gpt2) does not compute for every value. Attributes the JAX code
 # handles for any value are not listed, each tested equal in tests/test_model_support.py: head_dim
 # (shapes come from the weights, the rotary table from head_dim), tie_word_embeddings, n_inner,
 # llama's attention_bias (q/k/v/o) and mlp_bias, qwen2's q/k/v biases. Attributes these model types'

@@ -1,0 +1,84 @@
+"""Building blocks the JAX source-model families compose: linear maps, norms, rotary tables, attention.
+
+Small functions and leaf modules, each computed the way transformers computes it (norms in float32,
+softmax in float32, rotary angles in float32). A family module (:mod:`jaxinterp.models.llama`,
+:mod:`jaxinterp.models.gpt2`) builds its blocks from these; nothing here knows a model type.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+__all__ = ["Linear", "RMSNorm", "LayerNorm", "attend", "rope_inv_freq", "rope_tables", "rotate"]
+
+
+class Linear(nnx.Module):
+    """``x @ kernel + bias`` with ``kernel`` [in, out]."""
+
+    def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, dtype: jnp.dtype):
+        self.kernel = nnx.Param(jnp.asarray(kernel, dtype))
+        self.bias = nnx.Param(jnp.asarray(bias, dtype)) if bias is not None else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.kernel[...]
+        return y + self.bias[...] if self.bias is not None else y
+
+
+class RMSNorm(nnx.Module):
+    """Llama RMSNorm over the last axis, computed in float32 like transformers."""
+
+    def __init__(self, weight: np.ndarray, eps: float, dtype: jnp.dtype):
+        self.weight, self.eps = nnx.Param(jnp.asarray(weight, dtype)), eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return self.weight[...] * normed.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """GPT-2 LayerNorm, computed in float32."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, eps: float, dtype: jnp.dtype):
+        self.weight, self.bias, self.eps = nnx.Param(jnp.asarray(weight, dtype)), nnx.Param(jnp.asarray(bias, dtype)), eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        return ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * self.weight[...] + self.bias[...]
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal softmax attention over [batch, seq, heads, head_dim]; kv heads repeated for GQA."""
+    groups = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    seq = q.shape[1]
+    scores = jnp.where(jnp.tril(jnp.ones((seq, seq), bool)), scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+def rope_inv_freq(rope: dict, head_dim: int) -> np.ndarray:
+    """The rotary inverse frequencies [head_dim // 2] (float32) of default RoPE."""
+    return 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+
+
+def rope_tables(inv_freq: np.ndarray, seq: int, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    """``(cos, sin)`` [1, seq, 1, head_dim] for positions 0..seq-1, the angles computed in float32."""
+    freqs = jnp.arange(seq, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[None, :, None, :]
+    return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+
+def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding on [batch, seq, heads, head_dim], half-split pairs (transformers' rotate_half)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin

@@ -1,0 +1,125 @@
+"""The Llama family in JAX (Llama, Mistral, Qwen2, SmolLM): RMSNorm, rotary embeddings, GQA, SwiGLU.
+
+:class:`LlamaConfig` is what the math needs, read from the HF config by :func:`config_from_hf` (the
+attributes it does not handle are refused before, by :mod:`jaxinterp.models.support`); the model
+is built from HF-named weights. Qwen2 has q/k/v biases; Llama's ``attention_bias`` / ``mlp_bias``
+add q/k/v/o and MLP biases; Mistral has none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxinterp.models.layers import Linear, RMSNorm, attend, rope_inv_freq, rope_tables, rotate
+
+__all__ = ["LlamaConfig", "config_from_hf", "Llama", "LlamaBlock", "MODEL_TYPES"]
+
+MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """The shape-free part of a Llama-family model: shapes come from the weights."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    rms_norm_eps: float
+    inv_freq: np.ndarray  # rotary inverse frequencies [head_dim // 2], float32
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+
+
+def head_dim(cfg: Any) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+def rope_parameters(cfg: Any) -> dict:
+    return getattr(cfg, "rope_parameters", None) or {"rope_type": "default",
+                                                      "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
+
+
+def _biases(cfg: Any) -> tuple[bool, bool, bool]:
+    """(q/k/v, o_proj, MLP) biases, as each model type's transformers modeling code decides them."""
+    if cfg.model_type == "qwen2":
+        return True, False, False
+    if cfg.model_type == "llama":
+        attention = bool(getattr(cfg, "attention_bias", False))
+        return attention, attention, bool(getattr(cfg, "mlp_bias", False))
+    return False, False, False  # mistral: no biases, whatever the config says
+
+
+def config_from_hf(cfg: Any) -> LlamaConfig:
+    """The :class:`LlamaConfig` of a llama / mistral / qwen2 HF config (already checked by support.py)."""
+    qkv_bias, o_bias, mlp_bias = _biases(cfg)
+    return LlamaConfig(n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads,
+                       n_kv_heads=cfg.num_key_value_heads, rms_norm_eps=cfg.rms_norm_eps,
+                       inv_freq=rope_inv_freq(rope_parameters(cfg), head_dim(cfg)),
+                       qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=mlp_bias)
+
+
+class LlamaBlock(nnx.Module):
+    """One decoder layer; ``attention`` and ``mlp`` include their pre-norms."""
+
+    def __init__(self, w: Mapping[str, np.ndarray], prefix: str, cfg: LlamaConfig, dtype: jnp.dtype):
+        lin = lambda name, bias=False: Linear(w[f"{prefix}{name}.weight"].T,
+                                             w.get(f"{prefix}{name}.bias") if bias else None, dtype)
+        self.q_proj, self.k_proj, self.v_proj = (lin(f"self_attn.{n}_proj", cfg.qkv_bias) for n in "qkv")
+        self.o_proj = lin("self_attn.o_proj", cfg.o_bias)
+        self.gate_proj, self.up_proj, self.down_proj = (lin(f"mlp.{n}_proj", cfg.mlp_bias)
+                                                        for n in ("gate", "up", "down"))
+        self.input_layernorm = RMSNorm(w[f"{prefix}input_layernorm.weight"], cfg.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(w[f"{prefix}post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
+        self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
+
+    def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+        h = self.input_layernorm(x)
+        b, s, _ = h.shape
+        q = self.q_proj(h).reshape(b, s, self.n_heads, -1)
+        k = self.k_proj(h).reshape(b, s, self.n_kv_heads, -1)
+        v = self.v_proj(h).reshape(b, s, self.n_kv_heads, -1)
+        cos, sin = rope
+        out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v)
+        return self.o_proj(out.reshape(b, s, -1))
+
+    def mlp(self, x: jax.Array, rope=None) -> jax.Array:
+        h = self.post_attention_layernorm(x)
+        return self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class Llama(nnx.Module):
+    """Llama-family causal LM."""
+
+    def __init__(self, w: Mapping[str, np.ndarray], cfg: LlamaConfig, dtype: jnp.dtype):
+        self.embed_tokens = nnx.Param(jnp.asarray(w["model.embed_tokens.weight"], dtype))
+        self.layers = nnx.List([LlamaBlock(w, f"model.layers.{i}.", cfg, dtype) for i in range(cfg.n_layers)])
+        self.norm = RMSNorm(w["model.norm.weight"], cfg.rms_norm_eps, dtype)
+        # tied checkpoints store the embedding only; transformers (5.x) keeps a stored lm_head even when tied
+        head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+        self.lm_head = Linear(head.T, None, dtype)
+        self.inv_freq = cfg.inv_freq
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embed_tokens[...], tokens, axis=0)
+
+    def add_positions(self, x: jax.Array) -> jax.Array:
+        return x  # positions enter through the rotary embedding
+
+    def rope(self, seq: int, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+        return rope_tables(self.inv_freq, seq, dtype)
+
+    def unembed(self, x: jax.Array) -> jax.Array:
+        return self.lm_head(self.norm(x))
+
+
+def build(cfg: Any, weights: Mapping[str, np.ndarray], dtype: jnp.dtype) -> Llama:
+    """The model of a llama / mistral / qwen2 HF config and its HF-named weights."""
+    return Llama(weights, config_from_hf(cfg), dtype)
