@@ -22,8 +22,6 @@ from tests.tiny_models import save_tiny_model
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2)
 SMALL_GPT2 = dict(vocab_size=512, n_embd=64, n_layer=3, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2)
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 8192}
 
 # (config, text the refusal must contain: the attribute and its value)
 JAX_REFUSED = {
@@ -32,14 +30,14 @@ JAX_REFUSED = {
     "mistral_long_window": (MistralConfig(sliding_window=4096, **SMALL), "sliding_window=4096"),
     "qwen2_window": (Qwen2Config(use_sliding_window=True, sliding_window=4, max_window_layers=1, **SMALL),
                      "sliding_window=4"),
-    "llama3_rope": (LlamaConfig(rope_scaling=LLAMA3_ROPE, **{**SMALL, "max_position_embeddings": 131072}),
-                    "rope_parameters['rope_type']='llama3'"),
-    "linear_rope": (LlamaConfig(rope_scaling={"rope_type": "linear", "factor": 2.0}, **SMALL),
-                    "rope_parameters['rope_type']='linear'"),
     "dynamic_rope": (MistralConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, sliding_window=None, **SMALL),
                      "rope_parameters['rope_type']='dynamic'"),
     "yarn_rope": (Qwen2Config(rope_scaling={"rope_type": "yarn", "factor": 4.0}, **SMALL),
                   "rope_parameters['rope_type']='yarn'"),
+    # llama3 and linear RoPE are computed (tests/test_model_families.py); longrope is not
+    "longrope": (LlamaConfig(rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+                                           "original_max_position_embeddings": 256}, **SMALL),
+                 "rope_parameters['rope_type']='longrope'"),
     "partial_rotary": (LlamaConfig(partial_rotary_factor=0.5, **SMALL), "partial_rotary_factor=0.5"),
     "llama_gelu": (LlamaConfig(hidden_act="gelu", **SMALL), "hidden_act='gelu'"),
     "gpt2_erf_gelu": (GPT2Config(activation_function="gelu", **SMALL_GPT2), "activation_function='gelu'"),

@@ -39,11 +39,11 @@ def build_tiny_model(kind: str, directory: Path) -> str:
     return str(directory)
 
 
-def save_tiny_model(config, directory: Path, tokenizer: bool = False) -> str:
+def save_tiny_model(config, directory: Path, tokenizer: bool = False, random_norms: bool = False) -> str:
     """Saves a random-weight ``AutoModelForCausalLM`` for ``config`` (plus the BPE tokenizer if asked).
 
     Biases, which transformers initialises to zero, are drawn at random too, so a backend that drops
-    one is caught.
+    one is caught; with ``random_norms`` so are norm weights (initialised to one), around 1.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -54,6 +54,8 @@ def save_tiny_model(config, directory: Path, tokenizer: bool = False) -> str:
         for name, parameter in model.named_parameters():
             if name.endswith(".bias"):
                 parameter.normal_(0.0, 0.2)
+            elif random_norms and "norm" in name and name.endswith(".weight"):
+                parameter.normal_(1.0, 0.3)
     model.save_pretrained(directory)
     if tokenizer:
         _tokenizer(config.vocab_size).save_pretrained(directory)

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-__all__ = ["Linear", "RMSNorm", "LayerNorm", "attend", "rope_inv_freq", "rope_tables", "rotate"]
+from jaxinterp.models.support import ROPE_TYPES
+
+__all__ = ["Linear", "RMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "rope_inv_freq", "rope_tables", "rotate"]
 
 
 class Linear(nnx.Module):
@@ -66,8 +68,30 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def rope_inv_freq(rope: dict, head_dim: int) -> np.ndarray:
-    """The rotary inverse frequencies [head_dim // 2] (float32) of default RoPE."""
-    return 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    """The rotary inverse frequencies [head_dim // 2] (float32) of an HF ``rope_parameters`` dict.
+
+    ``rope_type`` default, ``linear`` (every frequency divided by ``factor``) or ``llama3`` (Llama
+    3.1's rescaling: wavelengths beyond ``original_max_position_embeddings / low_freq_factor``
+    divided by ``factor``, those below ``... / high_freq_factor`` kept, a smooth blend between), in
+    the float32 operations of transformers' ``modeling_rope_utils``. Both leave the attention
+    scaling at 1. Other types (dynamic, yarn, longrope, ...) are refused by support.py first.
+    """
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise NotImplementedError(f"rope_type {rope_type!r} (implemented: {', '.join(ROPE_TYPES)})")
+    inv_freq = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+    if rope_type == "linear":
+        return (inv_freq / np.float32(rope["factor"])).astype(np.float32)
+    if rope_type == "llama3":
+        factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+        old_context = rope["original_max_position_embeddings"]
+        wavelen = np.float32(2 * math.pi) / inv_freq
+        scaled = np.where(wavelen > old_context / low, inv_freq / np.float32(factor), inv_freq)
+        smooth = (np.float32(old_context) / wavelen - np.float32(low)) / np.float32(high - low)
+        smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+        medium = ~(wavelen < old_context / high) & ~(wavelen > old_context / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    return inv_freq.astype(np.float32)
 
 
 def rope_tables(inv_freq: np.ndarray, seq: int, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:

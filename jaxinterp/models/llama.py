@@ -1,4 +1,5 @@
-"""The Llama family in JAX (Llama, Mistral, Qwen2, SmolLM): RMSNorm, rotary embeddings, GQA, SwiGLU.
+"""The Llama family in JAX (Llama, Mistral, Qwen2, SmolLM): RMSNorm, rotary embeddings (default, linear
+or llama3 RoPE), GQA, SwiGLU.
 
 :class:`LlamaConfig` is what the math needs, read from the HF config by :func:`config_from_hf` (the
 attributes it does not handle are refused before, by :mod:`jaxinterp.models.support`); the model

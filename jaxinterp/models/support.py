@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from jaxinterp.config import ConfigError
 
-__all__ = ["UnsupportedModelError", "JAX_RULES", "TORCH_MODEL_TYPES", "jax_refusal", "torch_refusal",
+__all__ = ["UnsupportedModelError", "JAX_RULES", "ROPE_TYPES", "TORCH_MODEL_TYPES", "jax_refusal", "torch_refusal",
            "check_jax_support", "check_torch_support"]
 
 
@@ -55,9 +55,14 @@ def _partial_rotary_factor(config: Any) -> Any:
     return _rope_parameters(config).get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None))
 
 
-_DEFAULT_ROPE = (
-    Rule("rope_parameters['rope_type']", _rope_type, lambda v: v == "default",
-         "RoPE scaling; only default RoPE is implemented"),
+# The rope types jaxinterp.models.layers.rope_inv_freq computes exactly (tested in
+# tests/test_model_families.py): default, linear and llama3 scale the frequencies only. dynamic (NTK,
+# recomputed per context length), yarn and longrope (which also scale cos/sin by an attention factor),
+# proportional and per-layer-type RoPE stay refused.
+ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE = (
+    Rule("rope_parameters['rope_type']", _rope_type, lambda v: isinstance(v, str) and v in ROPE_TYPES,
+         f"RoPE scaling; only {', '.join(ROPE_TYPES)} RoPE are implemented"),
     # transformers' default RoPE for these model types ignores the factor too, but a checkpoint that
     # sets it expects a partial rotary embedding: refused rather than trusted either way.
     Rule("partial_rotary_factor", _partial_rotary_factor, lambda v: v is None or v == 1,
@@ -75,10 +80,10 @@ _SILU = Rule("hidden_act", _attr("hidden_act", "silu"), lambda v: v == "silu",
 # sliding_window is refused whenever it is set, even when it is no shorter than max_position_embeddings:
 # nothing caps a context at max_position_embeddings, and any context longer than the window differs.
 JAX_RULES: dict[str, tuple[Rule, ...]] = {
-    "llama": (_SILU, *_DEFAULT_ROPE),
-    "mistral": (_SILU, *_DEFAULT_ROPE,
+    "llama": (_SILU, *_ROPE),
+    "mistral": (_SILU, *_ROPE,
                 Rule("sliding_window", _attr("sliding_window"), lambda v: v is None, "sliding-window attention")),
-    "qwen2": (_SILU, *_DEFAULT_ROPE,
+    "qwen2": (_SILU, *_ROPE,
               # Qwen2Config sets sliding_window to None unless use_sliding_window is true
               Rule("sliding_window", _attr("sliding_window"), lambda v: v is None,
                    "sliding-window attention"),

@@ -7,7 +7,7 @@ it stops after the last layer a capture needs. Modules are built directly from H
 
 One family is one module: :mod:`jaxinterp.models.llama` (Llama, Mistral, Qwen2, SmolLM) and
 :mod:`jaxinterp.models.gpt2`, composed from the shared blocks in :mod:`jaxinterp.models.layers`.
-A config attribute a family does not compute (RoPE scaling, ...) is refused before the model is
+A config attribute a family does not compute (dynamic or YaRN RoPE, ...) is refused before the model is
 built: see :mod:`jaxinterp.models.support`.
 
 A family module provides ``build(hf_config, weights, dtype)`` returning a model with ``embed``,
