@@ -14,8 +14,8 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from jaxinterp.models import choose_backend, resolve_model, support, valid_hook_names
 from jaxinterp.models.jax_backend import JaxSourceModel
-from jaxinterp.models.layers import rope_inv_freq
-from jaxinterp.models.llama import head_dim, rope_parameters
+from jaxinterp.models.layers import causal_mask, rope_inv_freq
+from jaxinterp.models.llama import head_dim, rope_parameters, windows
 from jaxinterp.models.torch_backend import TorchSourceModel
 from tests.test_jax_models import relative_error
 from tests.tiny_models import save_tiny_model
@@ -33,6 +33,13 @@ VARIANTS = {
     "llama_linear_rope": LlamaConfig(rope_scaling=LINEAR_ROPE, attention_bias=True, **SMALL),
     "mistral_linear_rope": MistralConfig(rope_scaling=LINEAR_ROPE, sliding_window=None, **SMALL),
     "qwen2_llama3_rope": Qwen2Config(rope_scaling=LLAMA3_ROPE, **SMALL),
+    # sliding windows shorter than the SEQ-token context; every layer slides in Mistral
+    "mistral_window": MistralConfig(sliding_window=5, **SMALL),
+    "mistral_window_llama3_rope": MistralConfig(sliding_window=7, rope_scaling=LLAMA3_ROPE, head_dim=24, **SMALL),
+    # layers 1 and 2 slide (from max_window_layers), layer 0 does not
+    "qwen2_window": Qwen2Config(use_sliding_window=True, sliding_window=5, max_window_layers=1, **SMALL),
+    "qwen2_layer_types": Qwen2Config(use_sliding_window=True, sliding_window=6, rope_scaling=LINEAR_ROPE,
+                                     layer_types=["sliding_attention", "full_attention", "sliding_attention"], **SMALL),
 }
 
 
@@ -123,3 +130,32 @@ def test_rope_types_the_code_does_not_compute_stay_refused():
         assert f"rope_parameters['rope_type']={rope['rope_type']!r}" in refusal, refusal
     with pytest.raises(NotImplementedError, match="'yarn'"):
         rope_inv_freq({"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}, 16)
+
+
+@pytest.mark.parametrize("window", [1, 2, 5])
+def test_causal_mask_is_transformers_sliding_window_mask(window):
+    from transformers.masking_utils import and_masks, causal_mask_function, sliding_window_overlay
+
+    theirs = and_masks(causal_mask_function, sliding_window_overlay(window))
+    index = torch.arange(12)
+    expected = np.asarray(theirs(torch.tensor(0), torch.tensor(0), index[:, None], index[None, :]))
+    assert np.array_equal(np.asarray(causal_mask(12, window)), expected)
+    assert expected.sum(-1).max() == window  # the query's own key is one of the window's
+    assert np.array_equal(np.asarray(causal_mask(12)), np.tril(np.ones((12, 12), bool)))
+
+
+def test_layer_windows_follow_the_model_type():
+    assert windows(VARIANTS["mistral_window"]) == (5, 5, 5)
+    assert windows(VARIANTS["qwen2_window"]) == (None, 5, 5)
+    assert windows(VARIANTS["qwen2_layer_types"]) == (6, None, 6)
+    assert windows(Qwen2Config(sliding_window=5, max_window_layers=1, **SMALL)) == (None,) * 3  # not used
+    assert windows(LlamaConfig(**SMALL)) == (None,) * 3
+
+
+def test_windows_the_code_does_not_compute_stay_refused():
+    for config, named in [(MistralConfig(sliding_window=0, **SMALL), "sliding_window=0"),
+                          (Qwen2Config(layer_types=["sliding_attention", "chunked_attention", "full_attention"],
+                                       use_sliding_window=True, sliding_window=4, **SMALL),
+                           "layer_types=['sliding_attention', 'chunked_attention', 'full_attention']")]:
+        refusal = support.jax_refusal(config)
+        assert refusal is not None and named in refusal, refusal

@@ -25,12 +25,11 @@ SMALL_GPT2 = dict(vocab_size=512, n_embd=64, n_layer=3, n_head=4, n_positions=51
 
 # (config, text the refusal must contain: the attribute and its value)
 JAX_REFUSED = {
-    "mistral_window": (MistralConfig(sliding_window=4, **SMALL), "sliding_window=4"),
-    # refused even when no shorter than max_position_embeddings: nothing caps a context at that length
-    "mistral_long_window": (MistralConfig(sliding_window=4096, **SMALL), "sliding_window=4096"),
-    "qwen2_window": (Qwen2Config(use_sliding_window=True, sliding_window=4, max_window_layers=1, **SMALL),
-                     "sliding_window=4"),
-    "dynamic_rope": (MistralConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, sliding_window=None, **SMALL),
+    # sliding windows are computed (tests/test_model_families.py), a non-positive one is not
+    "mistral_zero_window": (MistralConfig(sliding_window=0, **SMALL), "sliding_window=0"),
+    "qwen2_window_without_size": (Qwen2Config(layer_types=["full_attention", "sliding_attention", "full_attention"],
+                                              **SMALL), "sliding_window=None"),
+    "dynamic_rope": (MistralConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0}, sliding_window=4, **SMALL),
                      "rope_parameters['rope_type']='dynamic'"),
     "yarn_rope": (Qwen2Config(rope_scaling={"rope_type": "yarn", "factor": 4.0}, **SMALL),
                   "rope_parameters['rope_type']='yarn'"),
@@ -49,11 +48,13 @@ JAX_REFUSED = {
 }
 
 # Accepted variants, each compared with transformers below: head_dim != hidden_size // heads, the
-# qwen2 q/k/v biases, llama's attention (q/k/v/o) and MLP biases with tied embeddings, torch's tanh GELU.
+# qwen2 q/k/v biases, llama's attention (q/k/v/o) and MLP biases with tied embeddings, torch's tanh GELU, a
+# sliding window (more in tests/test_model_families.py).
 ACCEPTED = {
     "mistral": MistralConfig(sliding_window=None, head_dim=32, **SMALL),
     "qwen2": Qwen2Config(**SMALL),
     "llama_biases": LlamaConfig(attention_bias=True, mlp_bias=True, tie_word_embeddings=True, **SMALL),
+    "mistral_window": MistralConfig(sliding_window=4, **SMALL),
     "gpt2_tanh": GPT2Config(activation_function="gelu_pytorch_tanh", n_inner=96, **SMALL_GPT2),
 }
 GEMMA2 = Gemma2Config(head_dim=16, **SMALL)
@@ -62,12 +63,12 @@ GEMMA2 = Gemma2Config(head_dim=16, **SMALL)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """``tiny(name)`` → the directory of a saved random-weight model (built once per module)."""
-    configs = {**ACCEPTED, "mistral_window": JAX_REFUSED["mistral_window"][0], "gemma2": GEMMA2}
+    configs = {**ACCEPTED, "dynamic_rope": JAX_REFUSED["dynamic_rope"][0], "gemma2": GEMMA2}
     saved = {}
 
     def build(name: str) -> str:
         if name not in saved:
-            with_tokenizer = name == "mistral_window"  # the CLI test extracts from it
+            with_tokenizer = name == "dynamic_rope"  # the CLI test extracts from it
             saved[name] = save_tiny_model(configs[name], tmp_path_factory.mktemp(name), tokenizer=with_tokenizer)
         return saved[name]
 
@@ -119,28 +120,29 @@ def test_accepted_configs_match_transformers(name, tiny):
     assert same_greedy
 
 
-def test_mistral_sliding_window_is_refused_before_the_weights_are_read(tiny, monkeypatch):
-    directory = tiny("mistral_window")
+def test_dynamic_rope_is_refused_before_the_weights_are_read(tiny, monkeypatch):
+    directory = tiny("dynamic_rope")
 
     def no_weights(files):
         raise AssertionError("weights read before the refusal")
 
     monkeypatch.setattr(jax_backend, "load_hf_weights", no_weights)
-    with pytest.raises(UnsupportedModelError, match=r"mistral attribute sliding_window=4 \(sliding-window attention"):
+    with pytest.raises(UnsupportedModelError,
+                       match=r"mistral attribute rope_parameters\['rope_type'\]='dynamic' \(RoPE scaling"):
         JaxSourceModel(resolve_model(directory))
-    with pytest.raises(UnsupportedModelError, match="sliding_window=4"):
+    with pytest.raises(UnsupportedModelError, match="'dynamic'"):
         load_source_model(directory, backend="jax")
     assert load_source_model(directory, backend="auto").backend == "torch"  # exact there
 
 
 def test_cli_prints_the_refusal_as_one_line(tiny, tmp_path, capsys):
-    directory = tiny("mistral_window")
+    directory = tiny("dynamic_rope")
     code = main(["extract", "--config", "configs/extract.py", f"--config.model={directory}", "--config.backend=jax",
                  "--config.hooks=blocks.1.hook_resid_post", f"--config.out={tmp_path / 'store'}",
                  "--config.max_tokens=1024", "--config.context_size=64"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
-    assert "sliding_window=4" in err and "use --config.backend=torch" in err
+    assert "rope_type']='dynamic'" in err and "use --config.backend=torch" in err
     assert not (tmp_path / "store").exists()
 
 
@@ -165,7 +167,8 @@ def residual_errors(model: TorchSourceModel, ids: np.ndarray) -> dict[str, float
                                    for layer in range(n - 1))}
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "mistral", "mistral_window", "qwen2", "llama_biases"])
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "mistral", "mistral_window", "dynamic_rope", "qwen2",
+                                  "llama_biases"])
 def test_torch_hooks_are_the_residual_stream(name, tiny, request):
     """Every model type the torch backend accepts (sliding windows included), on transformers' own forward."""
     directory = request.getfixturevalue(name) if name.startswith("tiny_") else tiny(name)

@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxinterp.models.support import ROPE_TYPES
 
-__all__ = ["Linear", "RMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "rope_inv_freq", "rope_tables", "rotate"]
+__all__ = ["Linear", "RMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask", "rope_inv_freq", "rope_tables", "rotate"]
 
 
 class Linear(nnx.Module):
@@ -56,13 +56,24 @@ class LayerNorm(nnx.Module):
         return ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * self.weight[...] + self.bias[...]
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """Causal softmax attention over [batch, seq, heads, head_dim]; kv heads repeated for GQA."""
+def causal_mask(seq: int, window: int | None = None) -> jax.Array:
+    """[seq, seq] bool, True where query q may attend key k: ``k <= q``, and with a sliding ``window``
+    also ``k > q - window`` (the last ``window`` keys, the query's own included, as transformers'
+    ``sliding_window_overlay``)."""
+    q, k = jnp.arange(seq)[:, None], jnp.arange(seq)[None, :]
+    return (k <= q) & (k > q - window) if window is not None else k <= q
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, window: int | None = None) -> jax.Array:
+    """Causal softmax attention over [batch, seq, heads, head_dim]; kv heads repeated for GQA.
+
+    Scores are scaled by 1/sqrt(head_dim) and softmaxed in float32; ``window`` restricts each query
+    to the last ``window`` keys (:func:`causal_mask`).
+    """
     groups = q.shape[2] // k.shape[2]
     k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-    seq = q.shape[1]
-    scores = jnp.where(jnp.tril(jnp.ones((seq, seq), bool)), scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(causal_mask(q.shape[1], window), scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 

@@ -1,5 +1,5 @@
 """The Llama family in JAX (Llama, Mistral, Qwen2, SmolLM): RMSNorm, rotary embeddings (default, linear
-or llama3 RoPE), GQA, SwiGLU.
+or llama3 RoPE), GQA, SwiGLU, sliding-window attention on the layers the model type slides.
 
 :class:`LlamaConfig` is what the math needs, read from the HF config by :func:`config_from_hf` (the
 attributes it does not handle are refused before, by :mod:`jaxinterp.models.support`); the model
@@ -20,7 +20,7 @@ from flax import nnx
 
 from jaxinterp.models.layers import Linear, RMSNorm, attend, rope_inv_freq, rope_tables, rotate
 
-__all__ = ["LlamaConfig", "config_from_hf", "Llama", "LlamaBlock", "MODEL_TYPES"]
+__all__ = ["LlamaConfig", "config_from_hf", "Llama", "LlamaBlock", "MODEL_TYPES", "build"]
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -34,6 +34,7 @@ class LlamaConfig:
     n_kv_heads: int
     rms_norm_eps: float
     inv_freq: np.ndarray  # rotary inverse frequencies [head_dim // 2], float32
+    windows: tuple[int | None, ...]  # per layer: the sliding window (keys, the query's own included) or None
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
@@ -58,19 +59,41 @@ def _biases(cfg: Any) -> tuple[bool, bool, bool]:
     return False, False, False  # mistral: no biases, whatever the config says
 
 
+def windows(cfg: Any) -> tuple[int | None, ...]:
+    """Each layer's sliding window, as the model type's transformers mask decides it.
+
+    Mistral slides every layer when ``sliding_window`` is set; Qwen2 (and Qwen3) slide the layers
+    ``layer_types`` names ``sliding_attention`` (from ``use_sliding_window`` and ``max_window_layers``
+    unless given); Llama never slides.
+    """
+    n = cfg.num_hidden_layers
+    if cfg.model_type == "llama":
+        return (None,) * n
+    if cfg.model_type == "mistral":
+        return (getattr(cfg, "sliding_window", None),) * n
+    return layer_type_windows(cfg)
+
+
+def layer_type_windows(cfg: Any) -> tuple[int | None, ...]:
+    """``sliding_window`` for the layers ``layer_types`` names ``sliding_attention``, None for the others."""
+    types = getattr(cfg, "layer_types", None) or ("full_attention",) * cfg.num_hidden_layers
+    return tuple(cfg.sliding_window if kind == "sliding_attention" else None for kind in types)
+
+
 def config_from_hf(cfg: Any) -> LlamaConfig:
     """The :class:`LlamaConfig` of a llama / mistral / qwen2 HF config (already checked by support.py)."""
     qkv_bias, o_bias, mlp_bias = _biases(cfg)
     return LlamaConfig(n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads,
                        n_kv_heads=cfg.num_key_value_heads, rms_norm_eps=cfg.rms_norm_eps,
-                       inv_freq=rope_inv_freq(rope_parameters(cfg), head_dim(cfg)),
+                       inv_freq=rope_inv_freq(rope_parameters(cfg), head_dim(cfg)), windows=windows(cfg),
                        qkv_bias=qkv_bias, o_bias=o_bias, mlp_bias=mlp_bias)
 
 
 class LlamaBlock(nnx.Module):
     """One decoder layer; ``attention`` and ``mlp`` include their pre-norms."""
 
-    def __init__(self, w: Mapping[str, np.ndarray], prefix: str, cfg: LlamaConfig, dtype: jnp.dtype):
+    def __init__(self, w: Mapping[str, np.ndarray], layer: int, cfg: LlamaConfig, dtype: jnp.dtype):
+        prefix = f"model.layers.{layer}."
         lin = lambda name, bias=False: Linear(w[f"{prefix}{name}.weight"].T,
                                              w.get(f"{prefix}{name}.bias") if bias else None, dtype)
         self.q_proj, self.k_proj, self.v_proj = (lin(f"self_attn.{n}_proj", cfg.qkv_bias) for n in "qkv")
@@ -79,7 +102,7 @@ class LlamaBlock(nnx.Module):
                                                         for n in ("gate", "up", "down"))
         self.input_layernorm = RMSNorm(w[f"{prefix}input_layernorm.weight"], cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(w[f"{prefix}post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
-        self.n_heads, self.n_kv_heads = cfg.n_heads, cfg.n_kv_heads
+        self.n_heads, self.n_kv_heads, self.window = cfg.n_heads, cfg.n_kv_heads, cfg.windows[layer]
 
     def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
         h = self.input_layernorm(x)
@@ -88,7 +111,7 @@ class LlamaBlock(nnx.Module):
         k = self.k_proj(h).reshape(b, s, self.n_kv_heads, -1)
         v = self.v_proj(h).reshape(b, s, self.n_kv_heads, -1)
         cos, sin = rope
-        out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v)
+        out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, self.window)
         return self.o_proj(out.reshape(b, s, -1))
 
     def mlp(self, x: jax.Array, rope=None) -> jax.Array:
@@ -101,7 +124,7 @@ class Llama(nnx.Module):
 
     def __init__(self, w: Mapping[str, np.ndarray], cfg: LlamaConfig, dtype: jnp.dtype):
         self.embed_tokens = nnx.Param(jnp.asarray(w["model.embed_tokens.weight"], dtype))
-        self.layers = nnx.List([LlamaBlock(w, f"model.layers.{i}.", cfg, dtype) for i in range(cfg.n_layers)])
+        self.layers = nnx.List([LlamaBlock(w, i, cfg, dtype) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(w["model.norm.weight"], cfg.rms_norm_eps, dtype)
         # tied checkpoints store the embedding only; transformers (5.x) keeps a stored lm_head even when tied
         head = w.get("lm_head.weight", w["model.embed_tokens.weight"])

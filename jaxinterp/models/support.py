@@ -8,8 +8,8 @@ model types whose hooks are tested equal.
 
 Example::
 
-    jax_refusal(MistralConfig(sliding_window=4))
-    # "mistral attribute sliding_window=4 (sliding-window attention) is not implemented by the JAX backend; ..."
+    jax_refusal(MistralConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+    # "mistral attribute rope_parameters['rope_type']='dynamic' (RoPE scaling; ...) is not implemented by the JAX backend"
 """
 
 from __future__ import annotations
@@ -68,27 +68,43 @@ _ROPE = (
     Rule("partial_rotary_factor", _partial_rotary_factor, lambda v: v is None or v == 1,
          "a partial rotary embedding"),
 )
+_POSITIVE = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0
+_WINDOW = Rule("sliding_window", _attr("sliding_window"), lambda v: v is None or _POSITIVE(v),
+               "a sliding window that is not a positive number of keys")
+
+
+def _window_of_sliding_layers(config: Any) -> Any:
+    """``sliding_window`` where ``layer_types`` has sliding layers; qwen2 reads it nowhere else."""
+    return getattr(config, "sliding_window", None) if "sliding_attention" in _layer_types(config) else "unused"
+
+
+def _layer_types(config: Any) -> Any:
+    return getattr(config, "layer_types", None) or ()
+
+
+# Qwen2Config / Qwen3Config set sliding_window to None unless use_sliding_window, and derive layer_types
+# (sliding from max_window_layers on) unless given; only the layers layer_types names slide.
+_LAYER_WINDOWS = (
+    Rule("layer_types", _layer_types, lambda v: set(v) <= {"full_attention", "sliding_attention"},
+         "attention kinds other than full and sliding"),
+    Rule("sliding_window", _window_of_sliding_layers, lambda v: v == "unused" or _POSITIVE(v),
+         "sliding_attention layers without a positive window"),
+)
 _SILU = Rule("hidden_act", _attr("hidden_act", "silu"), lambda v: v == "silu",
              "an MLP activation other than SiLU")
 
 # Per model type, every config attribute its transformers modeling code reads that changes the math
-# and that its family module (jaxinterp.models.llama, .gpt2) does not compute for every value. Attributes the JAX code
-# handles for any value are not listed, each tested equal in tests/test_model_support.py: head_dim
-# (shapes come from the weights, the rotary table from head_dim), tie_word_embeddings, n_inner,
-# llama's attention_bias (q/k/v/o) and mlp_bias, qwen2's q/k/v biases. Attributes these model types'
-# modeling code never reads (soft-capping, qk norms, mistral's layer_types, ...) change nothing.
-# sliding_window is refused whenever it is set, even when it is no shorter than max_position_embeddings:
-# nothing caps a context at max_position_embeddings, and any context longer than the window differs.
+# and that its family module (jaxinterp.models.llama, .gpt2) does not compute for every value.
+# Attributes the JAX code handles for any value are not listed, each tested equal in tests/test_model_support.py and
+# tests/test_model_families.py: head_dim (shapes come from the weights, the rotary table from
+# head_dim), tie_word_embeddings, n_inner, llama's attention_bias (q/k/v/o) and mlp_bias, qwen2's q/k/v
+# biases, linear/llama3 RoPE, sliding windows (mistral: every layer; qwen2: the layer_types layers).
+# Attributes these model types' modeling code never reads (soft-capping, qk norms, mistral's
+# layer_types, ...) change nothing.
 JAX_RULES: dict[str, tuple[Rule, ...]] = {
     "llama": (_SILU, *_ROPE),
-    "mistral": (_SILU, *_ROPE,
-                Rule("sliding_window", _attr("sliding_window"), lambda v: v is None, "sliding-window attention")),
-    "qwen2": (_SILU, *_ROPE,
-              # Qwen2Config sets sliding_window to None unless use_sliding_window is true
-              Rule("sliding_window", _attr("sliding_window"), lambda v: v is None,
-                   "sliding-window attention"),
-              Rule("layer_types", _attr("layer_types"), lambda v: not v or set(v) == {"full_attention"},
-                   "sliding-window attention layers")),
+    "mistral": (_SILU, *_ROPE, _WINDOW),  # every layer slides when sliding_window is set
+    "qwen2": (_SILU, *_ROPE, *_LAYER_WINDOWS),
     "gpt2": (
         Rule("activation_function", _attr("activation_function", "gelu_new"),
              lambda v: v in ("gelu_new", "gelu_pytorch_tanh"), "an MLP activation other than tanh-approximated GELU"),
