@@ -9,15 +9,16 @@ non-default where named. What stays refused is tested in tests/test_model_suppor
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, MistralConfig, Qwen2Config
+from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from jaxinterp.models import choose_backend, resolve_model, support, valid_hook_names
+from jaxinterp.models import choose_backend, qwen3, resolve_model, support, valid_hook_names
 from jaxinterp.models.jax_backend import JaxSourceModel
 from jaxinterp.models.layers import causal_mask, rope_inv_freq
 from jaxinterp.models.llama import head_dim, rope_parameters, windows
 from jaxinterp.models.torch_backend import TorchSourceModel
 from tests.test_jax_models import relative_error
+from tests.test_model_support import residual_errors
 from tests.tiny_models import save_tiny_model
 
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
@@ -40,6 +41,14 @@ VARIANTS = {
     "qwen2_window": Qwen2Config(use_sliding_window=True, sliding_window=5, max_window_layers=1, **SMALL),
     "qwen2_layer_types": Qwen2Config(use_sliding_window=True, sliding_window=6, rope_scaling=LINEAR_ROPE,
                                      layer_types=["sliding_attention", "full_attention", "sliding_attention"], **SMALL),
+    # q/k norms; head_dim 24 and 32, not hidden_size / heads = 16
+    "qwen3": Qwen3Config(head_dim=24, **SMALL),
+    "qwen3_window_llama3_rope_biases": Qwen3Config(head_dim=32, attention_bias=True, use_sliding_window=True,
+                                                   sliding_window=5, max_window_layers=1, rope_scaling=LLAMA3_ROPE,
+                                                   tie_word_embeddings=True, **SMALL),
+    "qwen3_layer_types_linear_rope": Qwen3Config(head_dim=24, rope_scaling=LINEAR_ROPE, sliding_window=6,
+                                                 layer_types=["full_attention", "sliding_attention", "full_attention"],
+                                                 use_sliding_window=True, **SMALL),
 }
 
 
@@ -150,6 +159,22 @@ def test_layer_windows_follow_the_model_type():
     assert windows(VARIANTS["qwen2_layer_types"]) == (6, None, 6)
     assert windows(Qwen2Config(sliding_window=5, max_window_layers=1, **SMALL)) == (None,) * 3  # not used
     assert windows(LlamaConfig(**SMALL)) == (None,) * 3
+    assert qwen3.config_from_hf(VARIANTS["qwen3_window_llama3_rope_biases"]).windows == (None, 5, 5)
+    assert qwen3.config_from_hf(VARIANTS["qwen3_layer_types_linear_rope"]).windows == (None, 6, None)
+
+
+def test_qwen3_is_exact_on_both_backends(saved):
+    """Qwen3's layers add their attention and MLP outputs to the residual stream unnormalised, so the torch
+    backend's module hooks are what the JAX forward hooks (compared above with both attention kernels)."""
+    assert "qwen3" in support.TORCH_MODEL_TYPES and choose_backend("qwen3", "torch") == "torch"
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer
+
+    layer = Qwen3DecoderLayer(VARIANTS["qwen3"], 0)  # pre-norms only: no post-attention/feedforward norms
+    assert {name for name, _ in layer.named_children()} == {"self_attn", "mlp", "input_layernorm",
+                                                            "post_attention_layernorm"}
+    model = TorchSourceModel(resolve_model(saved("qwen3_window_llama3_rope_biases")))
+    errors = residual_errors(model, tokens())
+    assert max(errors.values()) <= 1e-5, errors
 
 
 def test_windows_the_code_does_not_compute_stay_refused():

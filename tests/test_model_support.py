@@ -7,7 +7,7 @@ models saved with transformers; every accepted variant is compared hook by hook 
 import numpy as np
 import pytest
 import torch
-from transformers import Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
 from jaxinterp.cli import main
 from jaxinterp.config import ConfigError
@@ -49,12 +49,13 @@ JAX_REFUSED = {
 
 # Accepted variants, each compared with transformers below: head_dim != hidden_size // heads, the
 # qwen2 q/k/v biases, llama's attention (q/k/v/o) and MLP biases with tied embeddings, torch's tanh GELU, a
-# sliding window (more in tests/test_model_families.py).
+# sliding window, qwen3's q/k norms (more in tests/test_model_families.py).
 ACCEPTED = {
     "mistral": MistralConfig(sliding_window=None, head_dim=32, **SMALL),
     "qwen2": Qwen2Config(**SMALL),
     "llama_biases": LlamaConfig(attention_bias=True, mlp_bias=True, tie_word_embeddings=True, **SMALL),
     "mistral_window": MistralConfig(sliding_window=4, **SMALL),
+    "qwen3": Qwen3Config(head_dim=24, **SMALL),
     "gpt2_tanh": GPT2Config(activation_function="gelu_pytorch_tanh", n_inner=96, **SMALL_GPT2),
 }
 GEMMA2 = Gemma2Config(head_dim=16, **SMALL)
@@ -104,7 +105,7 @@ def test_model_types_no_backend_computes_are_refused():
     with pytest.raises(UnsupportedModelError) as refused:
         choose_backend(GEMMA2, "torch")
     line = str(refused.value)
-    assert "'gemma2' is not supported by the torch backend" in line and "llama, mistral, qwen2, gpt2" in line
+    assert "'gemma2' is not supported by the torch backend" in line and "llama, mistral, qwen2, qwen3, gpt2" in line
     assert "hook_attn_out/hook_mlp_out" in line and "\n" not in line
     with pytest.raises(UnsupportedModelError, match="no backend computes it exactly: .*JAX.*torch backend"):
         choose_backend(GEMMA2, "auto")
@@ -168,7 +169,7 @@ def residual_errors(model: TorchSourceModel, ids: np.ndarray) -> dict[str, float
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gpt2", "mistral", "mistral_window", "dynamic_rope", "qwen2",
-                                  "llama_biases"])
+                                  "qwen3", "llama_biases"])
 def test_torch_hooks_are_the_residual_stream(name, tiny, request):
     """Every model type the torch backend accepts (sliding windows included), on transformers' own forward."""
     directory = request.getfixturevalue(name) if name.startswith("tiny_") else tiny(name)

@@ -42,7 +42,7 @@ def _edited_logits(graphdef, hook, replace, state, tokens, operand):
 
 
 class JaxSourceModel:
-    """A Llama-family or GPT-2 model in JAX with the same ``run`` interface as the torch backend.
+    """A Llama-family (Llama, Mistral, Qwen2, Qwen3) or GPT-2 model in JAX with the torch backend's ``run`` interface.
 
     A model whose config this code would not compute exactly (e.g. dynamic or YaRN RoPE) is
     refused with an ``UnsupportedModelError`` naming the attribute (:mod:`jaxinterp.models.support`).

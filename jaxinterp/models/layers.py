@@ -16,7 +16,8 @@ from flax import nnx
 
 from jaxinterp.models.support import ROPE_TYPES
 
-__all__ = ["Linear", "RMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask", "rope_inv_freq", "rope_tables", "rotate"]
+__all__ = ["Linear", "RMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask", "rope_inv_freq", "rope_tables",
+           "rotate"]
 
 
 class Linear(nnx.Module):

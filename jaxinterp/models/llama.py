@@ -38,6 +38,7 @@ class LlamaConfig:
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False  # Qwen3: per-head RMSNorm of q and k (``self_attn.q_norm`` / ``k_norm``) before RoPE
 
 
 def head_dim(cfg: Any) -> int:
@@ -100,6 +101,8 @@ class LlamaBlock(nnx.Module):
         self.o_proj = lin("self_attn.o_proj", cfg.o_bias)
         self.gate_proj, self.up_proj, self.down_proj = (lin(f"mlp.{n}_proj", cfg.mlp_bias)
                                                         for n in ("gate", "up", "down"))
+        norm = lambda name: RMSNorm(w[f"{prefix}self_attn.{name}.weight"], cfg.rms_norm_eps, dtype)
+        self.q_norm, self.k_norm = (norm("q_norm"), norm("k_norm")) if cfg.qk_norm else (None, None)
         self.input_layernorm = RMSNorm(w[f"{prefix}input_layernorm.weight"], cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(w[f"{prefix}post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
         self.n_heads, self.n_kv_heads, self.window = cfg.n_heads, cfg.n_kv_heads, cfg.windows[layer]
@@ -110,6 +113,8 @@ class LlamaBlock(nnx.Module):
         q = self.q_proj(h).reshape(b, s, self.n_heads, -1)
         k = self.k_proj(h).reshape(b, s, self.n_kv_heads, -1)
         v = self.v_proj(h).reshape(b, s, self.n_kv_heads, -1)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
         out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, self.window)
         return self.o_proj(out.reshape(b, s, -1))

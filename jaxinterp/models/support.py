@@ -9,7 +9,8 @@ model types whose hooks are tested equal.
 Example::
 
     jax_refusal(MistralConfig(rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
-    # "mistral attribute rope_parameters['rope_type']='dynamic' (RoPE scaling; ...) is not implemented by the JAX backend"
+    # "mistral attribute rope_parameters['rope_type']='dynamic' (RoPE scaling; ...) is not implemented by the
+    #  JAX backend"
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ _WINDOW = Rule("sliding_window", _attr("sliding_window"), lambda v: v is None or
 
 
 def _window_of_sliding_layers(config: Any) -> Any:
-    """``sliding_window`` where ``layer_types`` has sliding layers; qwen2 reads it nowhere else."""
+    """``sliding_window`` where ``layer_types`` has sliding layers; qwen2/qwen3 read it nowhere else."""
     return getattr(config, "sliding_window", None) if "sliding_attention" in _layer_types(config) else "unused"
 
 
@@ -94,7 +95,7 @@ _SILU = Rule("hidden_act", _attr("hidden_act", "silu"), lambda v: v == "silu",
              "an MLP activation other than SiLU")
 
 # Per model type, every config attribute its transformers modeling code reads that changes the math
-# and that its family module (jaxinterp.models.llama, .gpt2) does not compute for every value.
+# and that its family module (jaxinterp.models.llama, .qwen3, .gpt2) does not compute for every value.
 # Attributes the JAX code handles for any value are not listed, each tested equal in tests/test_model_support.py and
 # tests/test_model_families.py: head_dim (shapes come from the weights, the rotary table from
 # head_dim), tie_word_embeddings, n_inner, llama's attention_bias (q/k/v/o) and mlp_bias, qwen2's q/k/v
@@ -105,6 +106,7 @@ JAX_RULES: dict[str, tuple[Rule, ...]] = {
     "llama": (_SILU, *_ROPE),
     "mistral": (_SILU, *_ROPE, _WINDOW),  # every layer slides when sliding_window is set
     "qwen2": (_SILU, *_ROPE, *_LAYER_WINDOWS),
+    "qwen3": (_SILU, *_ROPE, *_LAYER_WINDOWS),  # q/k norms, head_dim and attention_bias: any value
     "gpt2": (
         Rule("activation_function", _attr("activation_function", "gelu_new"),
              lambda v: v in ("gelu_new", "gelu_pytorch_tanh"), "an MLP activation other than tanh-approximated GELU"),
@@ -125,7 +127,7 @@ JAX_RULES: dict[str, tuple[Rule, ...]] = {
 # follows them. The residual-stream hooks (hook_embed, hook_resid_pre/post) read layer inputs and
 # outputs and would likely be right for any decoder-only model, but the rule is "tested equal or
 # refused", so an untested model type is refused whole.
-TORCH_MODEL_TYPES = ("llama", "mistral", "qwen2", "gpt2")
+TORCH_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 _POST_NORM = ("its decoder layer normalises the attention and MLP outputs before adding them to the residual "
               "stream, so hook_attn_out/hook_mlp_out would not be what is added")
 _TORCH_WHY = {"gemma2": _POST_NORM, "gemma3": _POST_NORM, "gemma3_text": _POST_NORM, "olmo2": _POST_NORM,

@@ -29,7 +29,7 @@ def _first(output):
 class TorchSourceModel:
     """A transformers ``AutoModelForCausalLM`` with TransformerLens-named capture hooks.
 
-    Supports the Llama family (``model.layers``: Llama, Mistral, Qwen2, SmolLM) and GPT-2
+    Supports the Llama family (``model.layers``: Llama, Mistral, Qwen2, Qwen3, SmolLM) and GPT-2
     (``transformer.h``): the model types whose hooks are tested equal to transformers. Any other
     model type (e.g. Gemma-2, whose post-attention/post-feedforward norms would leave
     ``hook_attn_out``/``hook_mlp_out`` wrong) is refused with an ``UnsupportedModelError``

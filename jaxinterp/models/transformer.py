@@ -5,8 +5,9 @@ and applies TransformerLens-named hooks: it can *capture* an activation and *edi
 it stops after the last layer a capture needs. Modules are built directly from HF-named weights
 (:func:`build_model`); there is no random init.
 
-One family is one module: :mod:`jaxinterp.models.llama` (Llama, Mistral, Qwen2, SmolLM) and
-:mod:`jaxinterp.models.gpt2`, composed from the shared blocks in :mod:`jaxinterp.models.layers`.
+One family is one module: :mod:`jaxinterp.models.llama` (Llama, Mistral, Qwen2, SmolLM),
+:mod:`jaxinterp.models.qwen3` (the Llama block with q/k norms) and :mod:`jaxinterp.models.gpt2`,
+composed from the shared blocks in :mod:`jaxinterp.models.layers`.
 A config attribute a family does not compute (dynamic or YaRN RoPE, ...) is refused before the model is
 built: see :mod:`jaxinterp.models.support`.
 
@@ -25,16 +26,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models import gpt2, llama
+from jaxinterp.models import gpt2, llama, qwen3
 from jaxinterp.models.support import JAX_RULES, check_jax_support
 
 __all__ = ["build_model", "hooked_forward", "SUPPORTED_MODEL_TYPES", "Edit", "FAMILIES"]
 
-SUPPORTED_MODEL_TYPES = tuple(JAX_RULES)  # ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED_MODEL_TYPES = tuple(JAX_RULES)  # ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 # edit(hook_name, activation) -> activation; the identity for hooks it does not touch.
 Edit = Callable[[str, jax.Array], jax.Array]
 # model_type -> the family module that builds it
-FAMILIES = {model_type: family for family in (llama, gpt2) for model_type in family.MODEL_TYPES}
+FAMILIES = {model_type: family for family in (llama, qwen3, gpt2) for model_type in family.MODEL_TYPES}
 assert set(FAMILIES) == set(SUPPORTED_MODEL_TYPES), "support.JAX_RULES and the family modules disagree"
 
 
