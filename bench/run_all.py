@@ -31,7 +31,7 @@ TABLES = [
     ("buffer.py", ["--tokens", "131072"]),
     ("sae_step.py", ["--steps", "3"]),
     ("sae_step.py", ["--steps", "3", "--compute-dtype", "bfloat16", "--json", str(RESULTS / "sae_step_bf16.json")]),
-    ("sae_quality.py", ["--tokens", "131072", "--eval-tokens", "8192"]),
+    ("sae_quality.py", ["--tokens", "131072", "--eval-tokens", "8192", "--ce-contexts", "16", "--sparsify", "signum"]),
     ("probe_sweep.py", []),
 ]
 N_LATENTS = (4096, 16384, 65536)

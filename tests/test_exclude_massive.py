@@ -84,7 +84,7 @@ def test_training_without_massive_tokens_resumes_bitwise_and_still_evaluates_the
     assert all(line["massive_fraction"] == 0 for line in lines if line["split"] == "train")
 
     # Every step differs from a run that keeps them, and the two cannot be mixed in one directory.
-    kept = train(train_config(outlier_store, tmp_path / "kept", steps=30, normalize=True, norm_tokens=2048),
+    kept = train(train_config(outlier_store, tmp_path / "kept", steps=30, **{**fields, "exclude_massive": False}),
                  progress=False)
     assert kept["eval"]["sae"]["fvu"] != straight["eval"]["sae"]["fvu"]
     assert "excluded_massive_rows" not in kept["eval"]["sae"]
