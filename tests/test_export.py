@@ -232,11 +232,21 @@ def test_hookpoints():
              ("blocks.1.hook_attn_out", "GPTNeoForCausalLM"): "h.1.attn",
              ("blocks.3.hook_resid_pre", "llama"): "layers.2",
              ("hook_embed", "llama"): "embed_tokens",
-             ("hook_embed", "gpt2"): "wte"}
+             ("hook_embed", "gpt2"): "wte",
+             # Gemma: what the layer adds is the post-norm output; GPT-NeoX: attention / embed_in
+             ("blocks.1.hook_mlp_out", "Gemma2ForCausalLM"): "layers.1.post_feedforward_layernorm",
+             ("blocks.1.hook_resid_post", "Gemma"): "layers.1",
+             ("blocks.2.hook_attn_out", "GPTNeoXForCausalLM"): "layers.2.attention",
+             ("blocks.2.hook_mlp_out", "GPTNeoX"): "layers.2.mlp",
+             ("hook_embed", "gpt_neox"): "embed_in",
+             ("hook_embed", "gemma3_text"): "embed_tokens"}
     for (hook, model_class), hookpoint in cases.items():
         assert hookpoint_for_hook(hook, model_class) == hookpoint
         if "resid_pre" not in hook:
             assert hook_for_hookpoint(hookpoint) == hook
+    # Gemma's attention hook reads its post-attention norm, which in Llama is the MLP's input: not read back
+    assert hookpoint_for_hook("blocks.1.hook_attn_out", "gemma2") == "layers.1.post_attention_layernorm"
+    assert hook_for_hookpoint("layers.1.post_attention_layernorm") == ""
     with pytest.raises(ConfigError, match="first layer's input"):
         hookpoint_for_hook("blocks.0.hook_resid_pre", "llama")
     with pytest.raises(ConfigError, match="no sparsify hookpoint"):

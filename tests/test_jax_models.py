@@ -88,10 +88,10 @@ def test_edit_replaces_activations(tiny_llama):
 def test_backend_choice():
     assert choose_backend("llama", "jax") == "jax" and choose_backend("llama", "torch") == "torch"
     with pytest.raises(NotImplementedError, match="no JAX-native implementation"):
-        choose_backend("gpt_neox", "jax")
+        choose_backend("olmo2", "jax")
     # torch computes only the model types whose hooks tests/ compares with transformers (test_model_support.py)
     with pytest.raises(NotImplementedError, match="no backend computes it exactly"):
-        choose_backend("gpt_neox", "auto")
+        choose_backend("olmo2", "auto")
 
 
 def test_jax_store_equals_torch_store(tiny_llama, tmp_path):

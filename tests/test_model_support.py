@@ -7,7 +7,7 @@ models saved with transformers; every accepted variant is compared hook by hook 
 import numpy as np
 import pytest
 import torch
-from transformers import Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+from transformers import GPT2Config, LlamaConfig, MistralConfig, Olmo2Config, Qwen2Config, Qwen3Config
 
 from jaxinterp.cli import main
 from jaxinterp.config import ConfigError
@@ -58,13 +58,13 @@ ACCEPTED = {
     "qwen3": Qwen3Config(head_dim=24, **SMALL),
     "gpt2_tanh": GPT2Config(activation_function="gelu_pytorch_tanh", n_inner=96, **SMALL_GPT2),
 }
-GEMMA2 = Gemma2Config(head_dim=16, **SMALL)
+OLMO2 = Olmo2Config(**SMALL)  # post-norms only: no backend computes it (Gemma's are in test_model_families_gemma_neox.py)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """``tiny(name)`` → the directory of a saved random-weight model (built once per module)."""
-    configs = {**ACCEPTED, "dynamic_rope": JAX_REFUSED["dynamic_rope"][0], "gemma2": GEMMA2}
+    configs = {**ACCEPTED, "dynamic_rope": JAX_REFUSED["dynamic_rope"][0], "olmo2": OLMO2}
     saved = {}
 
     def build(name: str) -> str:
@@ -100,17 +100,17 @@ def test_accepted_configs_pass_the_check(name):
 
 
 def test_model_types_no_backend_computes_are_refused():
-    with pytest.raises(UnsupportedModelError, match="'gemma2' has no JAX-native implementation"):
-        choose_backend(GEMMA2, "jax")
+    with pytest.raises(UnsupportedModelError, match="'olmo2' has no JAX-native implementation"):
+        choose_backend(OLMO2, "jax")
     with pytest.raises(UnsupportedModelError) as refused:
-        choose_backend(GEMMA2, "torch")
+        choose_backend(OLMO2, "torch")
     line = str(refused.value)
-    assert "'gemma2' is not supported by the torch backend" in line and "llama, mistral, qwen2, qwen3, gpt2" in line
+    assert "'olmo2' is not supported by the torch backend" in line and ", ".join(support.TORCH_MODEL_TYPES) in line
     assert "hook_attn_out/hook_mlp_out" in line and "\n" not in line
     with pytest.raises(UnsupportedModelError, match="no backend computes it exactly: .*JAX.*torch backend"):
-        choose_backend(GEMMA2, "auto")
-    with pytest.raises(UnsupportedModelError, match="'gpt_neox' is not supported by the torch backend"):
-        choose_backend("gpt_neox", "torch")
+        choose_backend(OLMO2, "auto")
+    with pytest.raises(UnsupportedModelError, match="'phi' is not supported by the torch backend"):
+        choose_backend("phi", "torch")
 
 
 @pytest.mark.parametrize("name", ACCEPTED)
@@ -179,13 +179,13 @@ def test_torch_hooks_are_the_residual_stream(name, tiny, request):
     assert max(errors.values()) <= 1e-5, errors
 
 
-def test_torch_refuses_gemma2(tiny, monkeypatch):
-    directory = tiny("gemma2")
-    with pytest.raises(UnsupportedModelError, match="'gemma2' is not supported by the torch backend.*hook_attn_out"):
+def test_torch_refuses_olmo2(tiny, monkeypatch):
+    directory = tiny("olmo2")
+    with pytest.raises(UnsupportedModelError, match="'olmo2' is not supported by the torch backend.*hook_attn_out"):
         TorchSourceModel(resolve_model(directory))
     with pytest.raises(UnsupportedModelError, match="no backend computes it exactly"):
         load_source_model(directory, backend="auto")
     # Why: let it through, and its attention/MLP hooks are not what its layers add to the residual stream
-    monkeypatch.setattr(support, "TORCH_MODEL_TYPES", (*support.TORCH_MODEL_TYPES, "gemma2"))
+    monkeypatch.setattr(support, "TORCH_MODEL_TYPES", (*support.TORCH_MODEL_TYPES, "olmo2"))
     errors = residual_errors(TorchSourceModel(resolve_model(directory)), tokens())
     assert errors["hook_attn_out+hook_mlp_out"] > 0.1, errors

@@ -3,20 +3,25 @@
 sparsify hooks the *output* of a module of the model's base model (``LlamaModel``,
 ``GPT2Model``), so a hookpoint is a module path relative to it:
 
-=============================  =======================  ==================
-jaxinterp hook                 Llama family             GPT-2
-=============================  =======================  ==================
-``blocks.L.hook_resid_post``   ``layers.L``             ``h.L``
-``blocks.L.hook_mlp_out``      ``layers.L.mlp``         ``h.L.mlp``
-``blocks.L.hook_attn_out``     ``layers.L.self_attn``   ``h.L.attn``
-``blocks.L.hook_resid_pre``    ``layers.{L-1}``         ``h.{L-1}``  (L ≥ 1)
-``hook_embed``                 ``embed_tokens``         ``wte``
-=============================  =======================  ==================
+=============================  =======================  ==================  =================================  ======================
+jaxinterp hook                 Llama family             GPT-2               Gemma-2/3                          GPT-NeoX
+=============================  =======================  ==================  =================================  ======================
+``blocks.L.hook_resid_post``   ``layers.L``             ``h.L``             ``layers.L``                       ``layers.L``
+``blocks.L.hook_mlp_out``      ``layers.L.mlp``         ``h.L.mlp``         ``layers.L.post_feedforward_...``  ``layers.L.mlp``
+``blocks.L.hook_attn_out``     ``layers.L.self_attn``   ``h.L.attn``        ``layers.L.post_attention_...``    ``layers.L.attention``
+``blocks.L.hook_resid_pre``    ``layers.{L-1}``         ``h.{L-1}``         ``layers.{L-1}``                   ``layers.{L-1}`` (L ≥ 1)
+``hook_embed``                 ``embed_tokens``         ``wte``             ``embed_tokens``                   ``embed_in``
+=============================  =======================  ==================  =================================  ======================
+
+Gemma's attention and MLP hooks are the post-attention / post-feedforward norm outputs (``..._layernorm``),
+what its layers add to the residual stream, as jaxinterp's torch backend hooks them.
 
 The naming comes from the run's ``source.model_class`` (an HF class such as ``LlamaForCausalLM``,
 ``GPT2LMHeadModel``, or a model type such as ``llama``, ``gpt2``): GPT-2, GPT-J and GPT-Neo keep
 their blocks in ``transformer.h`` (GPT-2's column); every other model jaxinterp's extractor runs is
-Llama-family (``model.layers`` with ``self_attn`` and ``mlp``), as jaxinterp's torch backend assumes.
+Llama-family (``model.layers`` with ``self_attn`` and ``mlp``) except Gemma (class or type naming
+``gemma``) and GPT-NeoX (naming ``neox``), as in jaxinterp's torch backend (``HOOK_MODULES``).
+Reading a hookpoint back, ``post_attention_layernorm`` stays unknown: in Llama it is the MLP's input norm.
 Unsupported: ``blocks.0.hook_resid_pre`` (the input of the first layer is no module's output:
 for GPT-2 it is token plus position embeddings) and any hook jaxinterp does not define.
 """
@@ -30,7 +35,7 @@ from jaxinterp.config import ConfigError
 __all__ = ["hook_for_hookpoint", "hookpoint_for_hook", "gpt2_style"]
 
 _HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out|hook_resid_pre)$")
-_HOOKPOINT = re.compile(r"^(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn))?$")
+_HOOKPOINT = re.compile(r"^(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|attention|post_feedforward_layernorm))?$")
 
 
 _GPT2_STYLE = ("gpt2", "gptj", "gpt_neo", "gptneo")
@@ -49,10 +54,14 @@ def hookpoint_for_hook(hook_name: str, model_class: str) -> str:
     Raises:
       ConfigError: a hook no module outputs (``blocks.0.hook_resid_pre``) or an unknown hook.
     """
-    gpt2 = gpt2_style(model_class)
-    layers, attn = ("h", "attn") if gpt2 else ("layers", "self_attn")
+    gpt2, name = gpt2_style(model_class), (model_class or "").lower()
+    layers, embed, attn, mlp = ("h", "wte", "attn", "mlp") if gpt2 else ("layers", "embed_tokens", "self_attn", "mlp")
+    if "gemma" in name:
+        attn, mlp = "post_attention_layernorm", "post_feedforward_layernorm"
+    elif "neox" in name:
+        embed, attn = "embed_in", "attention"
     if hook_name == "hook_embed":
-        return "wte" if gpt2 else "embed_tokens"
+        return embed
     match = _HOOK.match(hook_name)
     if not match:
         raise ConfigError(f"hook {hook_name!r} has no sparsify hookpoint; sparsify exports support "
@@ -64,17 +73,18 @@ def hookpoint_for_hook(hook_name: str, model_class: str) -> str:
             raise ConfigError(f"hook {hook_name!r} is the first layer's input, which no module outputs, so "
                               f"sparsify cannot hook it; export it as 'saelens' instead")
         return f"{layers}.{layer - 1}"
-    suffix = {"hook_resid_post": "", "hook_mlp_out": ".mlp", "hook_attn_out": f".{attn}"}[kind]
+    suffix = {"hook_resid_post": "", "hook_mlp_out": f".{mlp}", "hook_attn_out": f".{attn}"}[kind]
     return f"{layers}.{layer}{suffix}"
 
 
 def hook_for_hookpoint(hookpoint: str) -> str:
     """The jaxinterp hook of a sparsify hookpoint (``layers.L`` → ``blocks.L.hook_resid_post``);
     ``''`` for a hookpoint with no jaxinterp hook (e.g. ``layers.3.mlp.act_fn``)."""
-    if hookpoint in ("embed_tokens", "wte"):
+    if hookpoint in ("embed_tokens", "wte", "embed_in"):
         return "hook_embed"
     match = _HOOKPOINT.match(hookpoint)
     if not match:
         return ""
-    kind = {None: "hook_resid_post", "mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "hook_attn_out"}
+    kind = {None: "hook_resid_post", "mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "hook_attn_out",
+            "attention": "hook_attn_out", "post_feedforward_layernorm": "hook_mlp_out"}
     return f"blocks.{match.group(1)}.{kind[match.group(2)]}"

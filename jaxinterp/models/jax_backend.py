@@ -25,10 +25,12 @@ from jaxinterp.models.weights import load_hf_weights
 __all__ = ["JaxSourceModel", "MODEL_RULES"]
 
 # Column-parallel input projections, row-parallel output projections (Megatron layout).
+# GPT-NeoX's fused query_key_value is per head ([heads, 3 * head_size] columns), so its columns split by heads too.
+_COLUMN = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc|query_key_value|dense_h_to_4h)"
 MODEL_RULES: Rules = (
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc)'\]\['kernel", P(None, "model")),
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc)'\]\['bias", P("model")),
-    (r"(o_proj|down_proj|attn_proj|mlp_proj)'\]\['kernel", P("model", None)),
+    (_COLUMN + r"'\]\['kernel", P(None, "model")),
+    (_COLUMN + r"'\]\['bias", P("model")),
+    (r"\['(o_proj|down_proj|attn_proj|mlp_proj|dense|dense_4h_to_h)'\]\['kernel", P("model", None)),
 )
 
 
@@ -42,7 +44,8 @@ def _edited_logits(graphdef, hook, replace, state, tokens, operand):
 
 
 class JaxSourceModel:
-    """A Llama-family (Llama, Mistral, Qwen2, Qwen3) or GPT-2 model in JAX with the torch backend's ``run`` interface.
+    """A Llama-family (Llama, Mistral, Qwen2, Qwen3), Gemma-2/3, GPT-2 or GPT-NeoX model in JAX with the torch
+    backend's ``run`` interface.
 
     A model whose config this code would not compute exactly (e.g. dynamic or YaRN RoPE) is
     refused with an ``UnsupportedModelError`` naming the attribute (:mod:`jaxinterp.models.support`).

@@ -16,8 +16,16 @@ from flax import nnx
 
 from jaxinterp.models.support import ROPE_TYPES
 
-__all__ = ["Linear", "RMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask", "rope_inv_freq", "rope_tables",
-           "rotate"]
+__all__ = ["ACTIVATIONS", "Linear", "RMSNorm", "GemmaRMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask",
+           "rope_inv_freq", "rope_tables", "rotate", "softcap"]
+
+# transformers' ACT2FN names -> the same function in JAX (the tanh approximation for gelu_new and gelu_pytorch_tanh)
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+}
 
 
 class Linear(nnx.Module):
@@ -44,6 +52,24 @@ class RMSNorm(nnx.Module):
         return self.weight[...] * normed.astype(x.dtype)
 
 
+class GemmaRMSNorm(nnx.Module):
+    """Gemma's RMSNorm: ``normed(x) * (1 + weight)``, both factors in float32, then cast back (transformers'
+    ``Gemma2RMSNorm`` / ``Gemma3RMSNorm``, which multiply before casting, unlike Llama's)."""
+
+    def __init__(self, weight: np.ndarray, eps: float, dtype: jnp.dtype):
+        self.weight, self.eps = nnx.Param(jnp.asarray(weight, dtype)), eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (normed * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """``cap * tanh(x / cap)`` (Gemma-2's attention-logit and final-logit soft-capping); ``x`` when ``cap`` is None."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
 class LayerNorm(nnx.Module):
     """GPT-2 LayerNorm, computed in float32."""
 
@@ -65,15 +91,18 @@ def causal_mask(seq: int, window: int | None = None) -> jax.Array:
     return (k <= q) & (k > q - window) if window is not None else k <= q
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, window: int | None = None) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, window: int | None = None, scale: float | None = None,
+           logit_cap: float | None = None) -> jax.Array:
     """Causal softmax attention over [batch, seq, heads, head_dim]; kv heads repeated for GQA.
 
-    Scores are scaled by 1/sqrt(head_dim) and softmaxed in float32; ``window`` restricts each query
-    to the last ``window`` keys (:func:`causal_mask`).
+    Scores are scaled by 1/sqrt(head_dim) (or multiplied by ``scale``: Gemma's
+    ``query_pre_attn_scalar ** -0.5``), soft-capped by ``logit_cap`` before the mask (Gemma-2) and
+    softmaxed in float32; ``window`` restricts each query to the last ``window`` keys (:func:`causal_mask`).
     """
     groups = q.shape[2] // k.shape[2]
     k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    scores = softcap(scores / math.sqrt(q.shape[-1]) if scale is None else scores * scale, logit_cap)
     scores = jnp.where(causal_mask(q.shape[1], window), scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
@@ -114,7 +143,14 @@ def rope_tables(inv_freq: np.ndarray, seq: int, dtype: jnp.dtype) -> tuple[jax.A
 
 
 def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotary embedding on [batch, seq, heads, head_dim], half-split pairs (transformers' rotate_half)."""
+    """Rotary embedding on [batch, seq, heads, head_dim], half-split pairs (transformers' rotate_half).
+
+    A table narrower than ``head_dim`` (GPT-NeoX's partial rotary) rotates the first ``cos.shape[-1]``
+    dimensions of each head and passes the rest through, as transformers' ``apply_rotary_pos_emb`` does.
+    """
+    if cos.shape[-1] < x.shape[-1]:
+        dim = cos.shape[-1]
+        return jnp.concatenate([rotate(x[..., :dim], cos, sin), x[..., dim:]], axis=-1)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin

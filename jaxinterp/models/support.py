@@ -94,8 +94,50 @@ _LAYER_WINDOWS = (
 _SILU = Rule("hidden_act", _attr("hidden_act", "silu"), lambda v: v == "silu",
              "an MLP activation other than SiLU")
 
+_NOT_BIDIRECTIONAL = Rule("use_bidirectional_attention", _attr("use_bidirectional_attention", None), lambda v: not v,
+                          "bidirectional (non-causal) attention")
+_GEMMA_GELU = Rule("hidden_activation", _attr("hidden_activation", "gelu_pytorch_tanh"),
+                   lambda v: v == "gelu_pytorch_tanh", "an MLP activation other than tanh-approximated GELU")
+
+
+def _per_layer_type_rope(config: Any) -> Any:
+    """Gemma-3's ``rope_parameters`` nests one RoPE per layer type; each type's ``rope_type``, or the whole
+    entry when a layer type has none (or the nesting is missing)."""
+    params = _rope_parameters(config)
+    kinds = sorted(set(_layer_types(config)))
+    if not all(isinstance(params.get(kind), dict) for kind in kinds):
+        return params
+    return {kind: params[kind].get("rope_type", params[kind].get("type", "default")) for kind in kinds}
+
+
+def _per_layer_type_partial_rotary(config: Any) -> Any:
+    """Any partial rotary factor, per layer type or top-level (which transformers' gemma3 RoPE ignores, but a
+    checkpoint that sets it expects: refused either way, as for the Llama family)."""
+    params = _rope_parameters(config)
+    factors = {kind: params[kind].get("partial_rotary_factor") for kind in sorted(set(_layer_types(config)))
+               if isinstance(params.get(kind), dict)}
+    factors["top-level"] = getattr(config, "partial_rotary_factor", None)
+    return None if all(factor in (None, 1, 1.0) for factor in factors.values()) else factors
+
+
+def _neox_rotary_ndims(config: Any) -> Any:
+    """``int(head_size * partial_rotary_factor)``, the rotated width of each GPT-NeoX head (or the factor, if odd)."""
+    factor = _rope_parameters(config).get("partial_rotary_factor", 1.0)
+    if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        return factor
+    return int(config.hidden_size // config.num_attention_heads * factor)
+
+
+_GEMMA3_ROPE = (
+    Rule("rope_parameters", _per_layer_type_rope,
+         lambda v: isinstance(v, dict) and all(isinstance(t, str) and t in ROPE_TYPES for t in v.values()),
+         f"per-layer-type RoPE other than {', '.join(ROPE_TYPES)} for every layer type"),
+    Rule("partial_rotary_factor", _per_layer_type_partial_rotary, lambda v: v is None, "a partial rotary embedding"),
+)
+
 # Per model type, every config attribute its transformers modeling code reads that changes the math
-# and that its family module (jaxinterp.models.llama, .qwen3, .gpt2) does not compute for every value.
+# and that its family module (jaxinterp.models.llama, .qwen3, .gemma, .gpt2, .gpt_neox) does not compute
+# for every value.
 # Attributes the JAX code handles for any value are not listed, each tested equal in tests/test_model_support.py and
 # tests/test_model_families.py: head_dim (shapes come from the weights, the rotary table from
 # head_dim), tie_word_embeddings, n_inner, llama's attention_bias (q/k/v/o) and mlp_bias, qwen2's q/k/v
@@ -107,6 +149,26 @@ JAX_RULES: dict[str, tuple[Rule, ...]] = {
     "mistral": (_SILU, *_ROPE, _WINDOW),  # every layer slides when sliding_window is set
     "qwen2": (_SILU, *_ROPE, *_LAYER_WINDOWS),
     "qwen3": (_SILU, *_ROPE, *_LAYER_WINDOWS),  # q/k norms, head_dim and attention_bias: any value
+    # (1+w) RMSNorms, post-norms, embedding scale, query_pre_attn_scalar, head_dim, attention_bias, both
+    # soft-caps (any value, None included) and linear/llama3 RoPE are computed (tests/test_model_families_gemma_neox.py)
+    "gemma2": (_GEMMA_GELU, *_ROPE, *_LAYER_WINDOWS, _NOT_BIDIRECTIONAL),
+    "gemma3_text": (
+        _GEMMA_GELU, *_GEMMA3_ROPE, *_LAYER_WINDOWS, _NOT_BIDIRECTIONAL,
+        # Gemma3Attention sets it but never passes it to the attention function: a checkpoint that sets it
+        # may expect a soft-cap that transformers does not apply, so neither reading is trusted.
+        Rule("attn_logit_softcapping", _attr("attn_logit_softcapping"), lambda v: v is None,
+             "attention-logit soft-capping, which transformers' gemma3 attention does not apply"),
+    ),
+    # parallel and sequential residuals, attention_bias, tie_word_embeddings, rotary_pct and linear/llama3 RoPE
+    "gpt_neox": (
+        Rule("hidden_act", _attr("hidden_act", "gelu"), lambda v: v in ("gelu", "gelu_new", "gelu_pytorch_tanh"),
+             "an MLP activation other than GELU (exact or tanh-approximated)"),
+        _ROPE[0],
+        Rule("rotary_ndims", _neox_rotary_ndims, lambda v: _POSITIVE(v) and v % 2 == 0,
+             "a rotated width per head (head_size x partial_rotary_factor) that is not a positive even number"),
+        Rule("head_dim", _attr("head_dim"),  # transformers' rotary table would read it, its attention would not
+             lambda v: v is None, "a head_dim attribute (GPT-NeoX heads are hidden_size / num_attention_heads)"),
+    ),
     "gpt2": (
         Rule("activation_function", _attr("activation_function", "gelu_new"),
              lambda v: v in ("gelu_new", "gelu_pytorch_tanh"), "an MLP activation other than tanh-approximated GELU"),
@@ -122,16 +184,22 @@ JAX_RULES: dict[str, tuple[Rule, ...]] = {
 }
 
 # The model types whose every hook the torch backend is tested to read exactly (tests/test_jax_models.py,
-# tests/test_model_support.py). A whitelist: hook_attn_out / hook_mlp_out are the outputs of the
-# layer's attention and MLP modules, which are what is added to the residual stream only where no norm
-# follows them. The residual-stream hooks (hook_embed, hook_resid_pre/post) read layer inputs and
+# tests/test_model_support.py, tests/test_model_families_gemma_neox.py). A whitelist: hook_attn_out /
+# hook_mlp_out are the outputs of the modules torch_backend.HOOK_MODULES names per model type — the
+# attention and MLP modules, or for Gemma-2/3 the post-attention / post-feedforward norms after them —
+# which must be what the layer adds to the residual stream (OLMo-2's post-norms have no such module
+# hook: refused). The residual-stream hooks (hook_embed, hook_resid_pre/post) read layer inputs and
 # outputs and would likely be right for any decoder-only model, but the rule is "tested equal or
 # refused", so an untested model type is refused whole.
-TORCH_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+TORCH_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox")
 _POST_NORM = ("its decoder layer normalises the attention and MLP outputs before adding them to the residual "
               "stream, so hook_attn_out/hook_mlp_out would not be what is added")
-_TORCH_WHY = {"gemma2": _POST_NORM, "gemma3": _POST_NORM, "gemma3_text": _POST_NORM, "olmo2": _POST_NORM,
-              "olmo3": _POST_NORM}
+_GEMMA3_MULTIMODAL = ("'gemma3' is the multimodal (vision + text) checkpoint, whose text decoder sits under "
+                      "model.language_model; text-only Gemma-3 checkpoints (model_type 'gemma3_text', e.g. "
+                      "gemma-3-1b) are supported")
+_TORCH_WHY = {"gemma3": _GEMMA3_MULTIMODAL, "olmo2": _POST_NORM, "olmo3": _POST_NORM}
+# Model types with no JAX implementation but a more specific reason than "not implemented"
+_JAX_WHY = {"gemma3": _GEMMA3_MULTIMODAL}
 
 
 def jax_refusal(config: Any) -> str | None:
@@ -141,8 +209,9 @@ def jax_refusal(config: Any) -> str | None:
     """
     model_type = config if isinstance(config, str) else config.model_type
     if model_type not in JAX_RULES:
+        why = f"; {_JAX_WHY[model_type]}" if model_type in _JAX_WHY else ""
         return (f"model_type {model_type!r} has no JAX-native implementation "
-                f"(supported: {', '.join(JAX_RULES)})")
+                f"(supported: {', '.join(JAX_RULES)}){why}")
     if isinstance(config, str):
         return None
     refused = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -15,7 +16,35 @@ from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, parse_ho
 from jaxinterp.models.source import ModelFiles, load_hf_config
 from jaxinterp.models.support import check_torch_support
 
-__all__ = ["TorchSourceModel"]
+__all__ = ["TorchSourceModel", "HOOK_MODULES"]
+
+
+class HookModules(NamedTuple):
+    """Where a model type's hooks read: module paths in its ``AutoModelForCausalLM``.
+
+    ``hook_embed`` is the output of ``embed``; ``hook_resid_pre`` / ``hook_resid_post`` the input and
+    output of ``layers[L]``; ``hook_attn_out`` / ``hook_mlp_out`` the outputs of its ``attn_out`` /
+    ``mlp_out`` submodules, each the module whose output the layer adds to the residual stream.
+    """
+
+    embed: str
+    layers: str
+    attn_out: str
+    mlp_out: str
+
+
+_LLAMA_LAYOUT = HookModules("model.embed_tokens", "model.layers", "self_attn", "mlp")
+# Gemma-2/3 normalise the attention and MLP outputs before adding them: the hooks read those norms
+_GEMMA_LAYOUT = HookModules("model.embed_tokens", "model.layers", "post_attention_layernorm",
+                            "post_feedforward_layernorm")
+# per model type (the whitelist itself is support.TORCH_MODEL_TYPES); tested in tests/test_model_support.py and
+# tests/test_model_families_gemma_neox.py: resid_post = resid_pre + attn_out + mlp_out, every hook equal to JAX
+HOOK_MODULES: dict[str, HookModules] = {
+    "llama": _LLAMA_LAYOUT, "mistral": _LLAMA_LAYOUT, "qwen2": _LLAMA_LAYOUT, "qwen3": _LLAMA_LAYOUT,
+    "gemma2": _GEMMA_LAYOUT, "gemma3_text": _GEMMA_LAYOUT,
+    "gpt2": HookModules("transformer.wte", "transformer.h", "attn", "mlp"),
+    "gpt_neox": HookModules("gpt_neox.embed_in", "gpt_neox.layers", "attention", "mlp"),
+}
 
 
 class _StopForward(Exception):
@@ -29,10 +58,11 @@ def _first(output):
 class TorchSourceModel:
     """A transformers ``AutoModelForCausalLM`` with TransformerLens-named capture hooks.
 
-    Supports the Llama family (``model.layers``: Llama, Mistral, Qwen2, Qwen3, SmolLM) and GPT-2
-    (``transformer.h``): the model types whose hooks are tested equal to transformers. Any other
-    model type (e.g. Gemma-2, whose post-attention/post-feedforward norms would leave
-    ``hook_attn_out``/``hook_mlp_out`` wrong) is refused with an ``UnsupportedModelError``
+    Supports the model types whose hooks are tested equal to transformers (``support.TORCH_MODEL_TYPES``):
+    the Llama family (Llama, Mistral, Qwen2, Qwen3, SmolLM), Gemma-2 and Gemma-3 text (whose attention
+    and MLP hooks read the post-attention / post-feedforward norms, what their layers add), GPT-2 and
+    GPT-NeoX; :data:`HOOK_MODULES` says which module each hook reads. Any other model type (e.g.
+    OLMo-2, whose post-norms sit where no hook reads them) is refused with an ``UnsupportedModelError``
     (:mod:`jaxinterp.models.support`). Example::
 
         model = TorchSourceModel(resolve_model("smollm2"), dtype="float32")
@@ -64,16 +94,14 @@ class TorchSourceModel:
         check_torch_support(model.config.model_type)
         self.model = model.eval()
         self.config = model.config
-        if hasattr(model, "model") and hasattr(model.model, "layers"):
-            self._embed, self._layers = model.model.embed_tokens, model.model.layers
-            self._attn, self._mlp = "self_attn", "mlp"
-        elif hasattr(model, "transformer") and hasattr(model.transformer, "h"):
-            self._embed, self._layers = model.transformer.wte, model.transformer.h
-            self._attn, self._mlp = "attn", "mlp"
-        else:
+        modules = HOOK_MODULES.get(model.config.model_type, _LLAMA_LAYOUT)
+        try:
+            self._embed, self._layers = model.get_submodule(modules.embed), model.get_submodule(modules.layers)
+        except AttributeError:
             raise NotImplementedError(
-                f"{type(model).__name__}: only Llama-family (model.layers) and GPT-2 (transformer.h) are supported"
-            )
+                f"{type(model).__name__}: no {modules.embed} / {modules.layers} to hook"
+            ) from None
+        self._attn, self._mlp = modules.attn_out, modules.mlp_out
         self.model_class = type(model).__name__
         self.n_layers = len(self._layers)
         self.d_model = int(self.config.hidden_size)

@@ -6,14 +6,17 @@ it stops after the last layer a capture needs. Modules are built directly from H
 (:func:`build_model`); there is no random init.
 
 One family is one module: :mod:`jaxinterp.models.llama` (Llama, Mistral, Qwen2, SmolLM),
-:mod:`jaxinterp.models.qwen3` (the Llama block with q/k norms) and :mod:`jaxinterp.models.gpt2`,
-composed from the shared blocks in :mod:`jaxinterp.models.layers`.
+:mod:`jaxinterp.models.qwen3` (the Llama block with q/k norms), :mod:`jaxinterp.models.gemma`
+(Gemma-2, Gemma-3 text: post-norms, soft-capping), :mod:`jaxinterp.models.gpt2` and
+:mod:`jaxinterp.models.gpt_neox` (GPT-NeoX / Pythia: parallel residual, partial rotary), composed from the
+shared blocks in :mod:`jaxinterp.models.layers`.
 A config attribute a family does not compute (dynamic or YaRN RoPE, ...) is refused before the model is
 built: see :mod:`jaxinterp.models.support`.
 
 A family module provides ``build(hf_config, weights, dtype)`` returning a model with ``embed``,
 ``add_positions``, ``rope``, ``layers`` (blocks with ``attention(x, rope)`` and ``mlp(x, rope)``,
-each returning what is added to the residual stream) and ``unembed``.
+each returning what is added to the residual stream) and ``unembed``. A block whose
+``parallel_residual`` is true (GPT-NeoX) has its MLP read the layer input, not ``x + attention``.
 """
 
 from __future__ import annotations
@@ -26,16 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models import gpt2, llama, qwen3
+from jaxinterp.models import gemma, gpt2, gpt_neox, llama, qwen3
 from jaxinterp.models.support import JAX_RULES, check_jax_support
 
 __all__ = ["build_model", "hooked_forward", "SUPPORTED_MODEL_TYPES", "Edit", "FAMILIES"]
 
-SUPPORTED_MODEL_TYPES = tuple(JAX_RULES)  # ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+SUPPORTED_MODEL_TYPES = tuple(JAX_RULES)  # ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", ...)
 # edit(hook_name, activation) -> activation; the identity for hooks it does not touch.
 Edit = Callable[[str, jax.Array], jax.Array]
 # model_type -> the family module that builds it
-FAMILIES = {model_type: family for family in (llama, qwen3, gpt2) for model_type in family.MODEL_TYPES}
+FAMILIES = {model_type: family for family in (llama, qwen3, gemma, gpt2, gpt_neox)
+            for model_type in family.MODEL_TYPES}
 assert set(FAMILIES) == set(SUPPORTED_MODEL_TYPES), "support.JAX_RULES and the family modules disagree"
 
 
@@ -79,8 +83,12 @@ def hooked_forward(model: nnx.Module, tokens: jax.Array, capture: frozenset[str]
         x = hook(prefix + "hook_resid_pre", x)
         if done():
             return None, captured
-        x = x + hook(prefix + "hook_attn_out", block.attention(x, rope))
-        x = x + hook(prefix + "hook_mlp_out", block.mlp(x, rope))
+        attn = hook(prefix + "hook_attn_out", block.attention(x, rope))
+        if getattr(block, "parallel_residual", False):  # GPT-NeoX: the MLP reads the layer input too
+            x = hook(prefix + "hook_mlp_out", block.mlp(x, rope)) + attn + x  # transformers' order of sums
+        else:
+            x = x + attn
+            x = x + hook(prefix + "hook_mlp_out", block.mlp(x, rope))
         x = hook(prefix + "hook_resid_post", x)
     if done():
         return None, captured
