@@ -63,6 +63,7 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         "extract_tokens_per_s": extracted.tokens_per_s,
         "train_tokens_per_s": trained["train_tokens_per_s"],
         "train_tokens": evaluation["train_tokens"],
+        "excluded_massive_rows": evaluation.get("excluded_massive_rows"),  # None when exclude_massive is off
         "mesh": trained["mesh"],
         "holdout": {key: evaluation[key] for key in (*_FVU_KEYS, "l0", "tokens")},
         "dead_fraction": evaluation["dead_fraction"],
@@ -82,7 +83,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join([
         f"jaxinterp demo: {summary['model']} @ {summary['hook']}",
         f"  tokens extracted  {summary['tokens_extracted']:,} ({rate(summary['extract_tokens_per_s'])})",
-        f"  SAE training      {summary['train_tokens']:,} tokens on mesh {summary['mesh']} ({rate(summary['train_tokens_per_s'])})",
+        f"  SAE training      {summary['train_tokens']:,} tokens on mesh {summary['mesh']} ({rate(summary['train_tokens_per_s'])})"
+        + ("" if summary.get("excluded_massive_rows") is None else
+           f"; {summary['excluded_massive_rows']:,} massive-activation tokens left out of training"),
         f"  holdout ({h['tokens']:,} tokens)  FVU {h['fvu']:.3f}  explained variance {h['explained_variance']:.3f}  "
         f"L0 {h['l0']:.1f}  dead fraction {summary['dead_fraction']:.3f}",
         f"    without massive activations ({h['massive_fraction']:.2%} of tokens left out)  "

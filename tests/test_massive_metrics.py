@@ -159,5 +159,6 @@ def test_demo_summary_shows_both_fvus():
         "outputs": {"store": "s", "run": "r", "eval": "e", "saelens": "l"}, "wall_seconds": 60.0,
     }
     text = format_summary(summary)
-    assert "FVU 0.796  explained variance 0.204" in text
+    assert "FVU 0.796  explained variance 0.204" in text and "left out of training" not in text
+    assert "; 12 massive-activation tokens left out of training" in format_summary({**summary, "excluded_massive_rows": 12})
     assert "without massive activations (0.15% of tokens left out)  FVU 0.122  explained variance 0.878" in text
