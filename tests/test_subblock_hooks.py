@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig,
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
                           Qwen3Config)
 
 from jaxinterp.config import ConfigError
@@ -27,6 +27,8 @@ FAMILIES = {
     "qwen3": Qwen3Config(head_dim=24, **SMALL),  # hook_z is 4 * 24 = 96 wide, not hidden_size
     "gemma2": Gemma2Config(head_dim=16, query_pre_attn_scalar=8, sliding_window=5, attn_logit_softcapping=1.0,
                            final_logit_softcapping=2.0, **SMALL),
+    "gemma3_text": Gemma3TextConfig(head_dim=24, query_pre_attn_scalar=24, sliding_window=5,
+                                    layer_types=["sliding_attention", "full_attention", "sliding_attention"], **SMALL),
     "gpt_neox": GPTNeoXConfig(rotary_pct=0.25, **SMALL_NEOX),
     "gpt_neox_sequential": GPTNeoXConfig(use_parallel_residual=False, rotary_pct=0.5, **SMALL_NEOX),
     "gpt2": GPT2Config(vocab_size=512, n_embd=64, n_layer=3, n_head=4, n_positions=512, n_inner=96,
@@ -38,6 +40,7 @@ TABLE = {
     "llama": ("model.layers", "self_attn.o_proj", "post_attention_layernorm", "mlp", "mlp.down_proj"),
     "qwen3": ("model.layers", "self_attn.o_proj", "post_attention_layernorm", "mlp", "mlp.down_proj"),
     "gemma2": ("model.layers", "self_attn.o_proj", "pre_feedforward_layernorm", "mlp", "mlp.down_proj"),
+    "gemma3_text": ("model.layers", "self_attn.o_proj", "pre_feedforward_layernorm", "mlp", "mlp.down_proj"),
     "gpt_neox": ("gpt_neox.layers", "attention.dense", "post_attention_layernorm", "mlp", "mlp.dense_4h_to_h"),
     "gpt2": ("transformer.h", "attn.c_proj", "ln_2", "mlp", "mlp.c_proj"),
 }
