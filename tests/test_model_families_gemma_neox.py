@@ -115,7 +115,7 @@ def test_variant_matches_transformers(name, saved):
     assert choose_backend(config, "jax") == "jax" and choose_backend(config, "torch") == "torch"
     files = resolve_model(saved(name))
     ours = JaxSourceModel(files)
-    hooks = valid_hook_names(ours.n_layers)
+    hooks = valid_hook_names(ours.n_layers, ours.config)
     ids = tokens()
     logits, captured = ours.forward(ids, capture=frozenset(hooks))
     errors = {}

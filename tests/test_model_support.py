@@ -154,7 +154,7 @@ def residual_errors(model: TorchSourceModel, ids: np.ndarray) -> dict[str, float
     resid_pre(l) is transformers' hidden_states[l].
     """
     n = model.n_layers
-    acts = model.run(ids, valid_hook_names(n))
+    acts = model.run(ids, valid_hook_names(n, model.config))
     with torch.inference_mode():
         hidden = model.model(torch.as_tensor(ids), output_hidden_states=True).hidden_states
         embedded = model.model.get_input_embeddings()(torch.as_tensor(ids)).numpy()

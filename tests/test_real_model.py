@@ -27,6 +27,40 @@ def test_smollm2_hooks_match_hidden_states():
         np.testing.assert_allclose(captured[name], hidden[index].numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_smollm2_subblock_hooks_match_transformers_modules():
+    """The sub-block hooks on both backends against forward pre-hooks on SmolLM2's modules (the README's table)."""
+    import torch
+
+    from jaxinterp.models import load_source_model
+    from jaxinterp.models.jax_backend import JaxSourceModel
+    from tests.test_jax_models import relative_error
+
+    model = load_source_model("smollm2", backend="torch")
+    tokens = np.asarray([[1, 504, 476, 3391, 18, 4814, 198, 16540, 5398, 828]])
+    block = model.model.model.layers[12]
+    reads = {"attn.hook_z": "self_attn.o_proj", "hook_resid_mid": "post_attention_layernorm",
+             "ln2.hook_normalized": "post_attention_layernorm", "mlp.hook_in": "mlp", "mlp.hook_post": "mlp.down_proj"}
+    expected, handles = {}, []
+    for kind, path in reads.items():
+        def pre_hook(module, args, kind=kind):
+            x = args[0].float()
+            if kind == "ln2.hook_normalized":
+                x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+            expected[f"blocks.12.{kind}"] = x.detach().numpy()
+        handles.append(block.get_submodule(path).register_forward_pre_hook(pre_hook))
+    with torch.inference_mode():
+        model.model(torch.as_tensor(tokens))
+    for handle in handles:
+        handle.remove()
+    hooks = sorted(expected)
+    torch_acts = model.run(tokens, hooks)
+    jax_acts = JaxSourceModel(model.files).run(tokens, hooks)
+    assert torch_acts["blocks.12.mlp.hook_post"].shape == (1, 10, 1536)
+    for hook in hooks:
+        assert relative_error(torch_acts[hook], expected[hook]) <= 1e-6, hook
+        assert relative_error(jax_acts[hook], expected[hook]) <= 1e-4, hook
+
+
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
     run = lambda *args: subprocess.run([sys.executable, "-m", "jaxinterp.cli", *args], capture_output=True, text=True)

@@ -11,7 +11,15 @@ jaxinterp hook                 Llama family             GPT-2               Gemm
 ``blocks.L.hook_attn_out``     ``layers.L.self_attn``   ``h.L.attn``        ``layers.L.post_attention_...``    ``layers.L.attention``
 ``blocks.L.hook_resid_pre``    ``layers.{L-1}``         ``h.{L-1}``         ``layers.{L-1}``                   ``layers.{L-1}`` (L ≥ 1)
 ``hook_embed``                 ``embed_tokens``         ``wte``             ``embed_tokens``                   ``embed_in``
+``blocks.L.mlp.hook_in``       ``layers.L.post_...``    ``h.L.ln_2``        ``layers.L.pre_feedforward_...``   ``layers.L.post_...``
+``blocks.L.mlp.hook_post``     (refused: SwiGLU)        ``h.L.mlp.act``     (refused: GeGLU)                   ``layers.L.mlp.act``
 =============================  =======================  ==================  =================================  ======================
+
+``mlp.hook_in`` is the pre-MLP norm's output (``post_attention_layernorm`` in Llama and GPT-NeoX). The other
+sub-block hooks are no module's output, so sparsify cannot hook them: ``attn.hook_z`` (the output projection's
+input), ``hook_resid_mid`` (the pre-MLP norm's input), ``ln2.hook_normalized`` (inside the norm, before its
+weight) and a gated MLP's ``mlp.hook_post`` (``act_fn``'s output is multiplied by ``up_proj``'s before
+``down_proj`` reads it); export those as SAELens.
 
 Gemma's attention and MLP hooks are the post-attention / post-feedforward norm outputs (``..._layernorm``),
 what its layers add to the residual stream, as jaxinterp's torch backend hooks them.
@@ -22,7 +30,7 @@ their blocks in ``transformer.h`` (GPT-2's column); every other model jaxinterp'
 Llama-family (``model.layers`` with ``self_attn`` and ``mlp``) except Gemma (class or type naming
 ``gemma``) and GPT-NeoX (naming ``neox``), as in jaxinterp's torch backend (``HOOK_MODULES``).
 Reading a hookpoint back, ``post_attention_layernorm`` stays unknown: in Llama it is the MLP's input norm.
-Unsupported: ``blocks.0.hook_resid_pre`` (the input of the first layer is no module's output:
+Unsupported: the sub-block hooks above that no module outputs, ``blocks.0.hook_resid_pre`` (the input of the first layer is no module's output:
 for GPT-2 it is token plus position embeddings) and any hook jaxinterp does not define.
 """
 
@@ -34,8 +42,11 @@ from jaxinterp.config import ConfigError
 
 __all__ = ["hook_for_hookpoint", "hookpoint_for_hook", "gpt2_style"]
 
-_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out|hook_resid_pre)$")
-_HOOKPOINT = re.compile(r"^(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|attention|post_feedforward_layernorm))?$")
+_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out|hook_resid_pre|mlp\.hook_in|"
+                   r"mlp\.hook_post)$")
+_HOOKPOINT = re.compile(r"^(?:layers|h)\.(\d+)(?:\.(mlp|self_attn|attn|attention|post_feedforward_layernorm|"
+                        r"pre_feedforward_layernorm|ln_2|mlp\.act))?$")
+_NO_MODULE = re.compile(r"^blocks\.\d+\.(attn\.hook_z|hook_resid_mid|ln2\.hook_normalized)$")
 
 
 _GPT2_STYLE = ("gpt2", "gptj", "gpt_neo", "gptneo")
@@ -60,20 +71,26 @@ def hookpoint_for_hook(hook_name: str, model_class: str) -> str:
         attn, mlp = "post_attention_layernorm", "post_feedforward_layernorm"
     elif "neox" in name:
         embed, attn = "embed_in", "attention"
+    ln2 = "ln_2" if gpt2 else "pre_feedforward_layernorm" if "gemma" in name else "post_attention_layernorm"
+    gated = not gpt2 and "neox" not in name  # Llama-family and Gemma MLPs: act_fn(gate) * up
     if hook_name == "hook_embed":
         return embed
+    if _NO_MODULE.match(hook_name) or (gated and hook_name.endswith(".mlp.hook_post")):
+        raise ConfigError(f"hook {hook_name!r} has no sparsify hookpoint: it is no module's output on "
+                          f"{model_class or 'this model'}, so sparsify cannot hook it; export it as 'saelens' instead")
     match = _HOOK.match(hook_name)
     if not match:
         raise ConfigError(f"hook {hook_name!r} has no sparsify hookpoint; sparsify exports support "
-                          f"blocks.L.hook_resid_post / hook_mlp_out / hook_attn_out / hook_resid_pre (L >= 1) "
-                          f"and hook_embed; export it as 'saelens' instead")
+                          f"blocks.L.hook_resid_post / hook_mlp_out / hook_attn_out / hook_resid_pre (L >= 1) / "
+                          f"mlp.hook_in / mlp.hook_post (GPT-2, GPT-NeoX) and hook_embed; export it as 'saelens' instead")
     layer, kind = int(match.group(1)), match.group(2)
     if kind == "hook_resid_pre":
         if layer == 0:
             raise ConfigError(f"hook {hook_name!r} is the first layer's input, which no module outputs, so "
                               f"sparsify cannot hook it; export it as 'saelens' instead")
         return f"{layers}.{layer - 1}"
-    suffix = {"hook_resid_post": "", "hook_mlp_out": f".{mlp}", "hook_attn_out": f".{attn}"}[kind]
+    suffix = {"hook_resid_post": "", "hook_mlp_out": f".{mlp}", "hook_attn_out": f".{attn}", "mlp.hook_in": f".{ln2}",
+              "mlp.hook_post": ".mlp.act"}[kind]
     return f"{layers}.{layer}{suffix}"
 
 
@@ -86,5 +103,6 @@ def hook_for_hookpoint(hookpoint: str) -> str:
     if not match:
         return ""
     kind = {None: "hook_resid_post", "mlp": "hook_mlp_out", "self_attn": "hook_attn_out", "attn": "hook_attn_out",
-            "attention": "hook_attn_out", "post_feedforward_layernorm": "hook_mlp_out"}
+            "attention": "hook_attn_out", "post_feedforward_layernorm": "hook_mlp_out",
+            "pre_feedforward_layernorm": "mlp.hook_in", "ln_2": "mlp.hook_in", "mlp.act": "mlp.hook_post"}
     return f"blocks.{match.group(1)}.{kind[match.group(2)]}"

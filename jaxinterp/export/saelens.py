@@ -50,7 +50,9 @@ def saelens_config(sae: PortableSAE) -> dict[str, Any]:
         "device": "cpu",
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
-        "reshape_activations": "none",
+        # SAELens flattens TransformerLens' hook_z [.., n_heads, d_head] to [.., n_heads * d_head] (head-major),
+        # which is jaxinterp's attn.hook_z activation
+        "reshape_activations": "hook_z" if _is_hook_z(sae.hook_name) else "none",
         "metadata": {
             "sae_lens_version": SAELENS_VERSION,
             "sae_lens_training_version": sae.metadata.get("sae_lens_training_version"),
@@ -60,6 +62,10 @@ def saelens_config(sae: PortableSAE) -> dict[str, Any]:
             **{key: value for key, value in sae.metadata.items() if key not in own},
         },
     }
+
+
+def _is_hook_z(hook_name: str | None) -> bool:
+    return bool(hook_name) and hook_name.endswith(".attn.hook_z")
 
 
 def saelens_weights(sae: PortableSAE) -> dict[str, np.ndarray]:
@@ -110,9 +116,12 @@ def _check_options(path: Path, cfg: dict[str, Any], metadata: dict[str, Any]) ->
                       "transforms activations at run time, which jaxinterp SAEs do not; only 'none' is "
                       "importable (fold a constant scale into the weights with SAELens first: "
                       "sae.fold_activation_norm_scaling_factor(factor), then sae.save_model(dir))")
-    if cfg.get("reshape_activations", "none") not in ("none", None):
-        raise _refuse(path, "reshape_activations", cfg["reshape_activations"],
-                      "reshapes per-head activations; jaxinterp has no hook_z hooks, only 'none' is importable")
+    reshape = cfg.get("reshape_activations", "none")
+    hook_name = metadata.get("hook_name") or cfg.get("hook_name") or ""
+    if reshape not in ("none", None) and not (reshape == "hook_z" and _is_hook_z(hook_name)):
+        raise _refuse(path, "reshape_activations", reshape,
+                      f"reshapes per-head activations, which jaxinterp reads only at blocks.L.attn.hook_z (flattened "
+                      f"n_heads * d_head), not at hook_name={hook_name!r}")
     head = metadata.get("hook_head_index", cfg.get("hook_head_index"))
     if head is not None:
         raise _refuse(path, "hook_head_index", head, "selects one attention head; jaxinterp hooks have no heads")
@@ -152,7 +161,8 @@ def read_saelens(path: str | Path) -> PortableSAE:
 
     Raises:
       ValueError: what jaxinterp cannot represent: other architectures (gated, …),
-        ``normalize_activations`` other than ``none``, ``hook_z`` reshaping, a head index,
+        ``normalize_activations`` other than ``none``, ``hook_z`` reshaping at a hook other than
+        ``blocks.L.attn.hook_z``, a head index,
         a fine-tuning scaling factor, or weights that do not match ``cfg.json``.
     """
     path = Path(path)

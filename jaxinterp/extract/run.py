@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from jaxinterp.extract.corpus import corpus_hash, load_documents
 from jaxinterp.extract.packing import Packed, check_max_tokens, pack_documents
 from jaxinterp.config import ConfigError
+from jaxinterp.models.hooks import hook_width
 from jaxinterp.models import (HookPoint, choose_backend, load_hf_config, load_source_model, load_tokenizer,
                               parse_hooks, resolve_model)
 from jaxinterp.store import StoreWriter, plan_layout
@@ -63,12 +64,12 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
     files = resolve_model(cfg["model"])
     tokenizer, model_config = load_tokenizer(files), load_hf_config(files)
     n_layers = int(getattr(model_config, "num_hidden_layers", getattr(model_config, "n_layer", 0)))
-    hooks = parse_hooks(cfg["hooks"], n_layers)
+    hooks = parse_hooks(cfg["hooks"], n_layers, model_config)
     backend = choose_backend(model_config, cfg["backend"])  # a model no backend computes exactly stops here
     check_max_tokens(cfg["max_tokens"], cfg["context_size"])  # before the corpus is read and tokenised
     documents = load_documents(cfg["data"], cfg["text_field"])
     packed = tokenize_corpus(tokenizer, documents, cfg)
-    d_in = int(model_config.hidden_size)
+    d_in = _store_width(hooks, model_config)
     layout = plan_layout(d_in, _ITEMSIZE[cfg["dtype"]], cfg["context_size"], cfg["chunk_mib"], cfg["shard_mib"])
     architectures = getattr(model_config, "architectures", None)
     manifest = {
@@ -95,6 +96,17 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
         "writer_version": WRITER_VERSION,
     }
     return hooks, packed, manifest
+
+
+def _store_width(hooks: list[HookPoint], model_config: Any) -> int:
+    """The one activation width (the manifest's ``d_in``) of a store of ``hooks``; hooks of different widths
+    (``attn.hook_z`` is n_heads * d_head wide, ``mlp.hook_post`` d_mlp) are refused: extract them to separate stores."""
+    widths = {h.name: hook_width(model_config, h.kind) for h in hooks}
+    if len(set(widths.values())) > 1:
+        listed = ", ".join(f"{name} ({width})" for name, width in widths.items())
+        raise ConfigError(f"config field 'hooks': a store holds activations of one width, these differ: {listed}; "
+                          f"extract hooks of different widths to separate stores")
+    return next(iter(widths.values()))
 
 
 def _process_share(cfg: Mapping[str, Any]) -> tuple[int, int]:

@@ -1,12 +1,14 @@
 """Source transformers: hook names, model resolution, JAX-native (flax.nnx) and torch backends."""
 
-from jaxinterp.models.hooks import LAYER_KINDS, HookEdit, HookError, HookPoint, parse_hooks, valid_hook_names
+from jaxinterp.models.hooks import (LAYER_KINDS, SUBBLOCK_KINDS, HookEdit, HookError, HookPoint, hook_width, parse_hooks,
+                                    valid_hook_names)
 from jaxinterp.models.source import (SMOLLM2, ModelFiles, choose_backend, load_hf_config, load_source_model,
                                      load_tokenizer, resolve_model)
 from jaxinterp.models.support import UnsupportedModelError
 
 __all__ = [
     "LAYER_KINDS",
+    "SUBBLOCK_KINDS",
     "SMOLLM2",
     "HookEdit",
     "HookError",
@@ -14,6 +16,7 @@ __all__ = [
     "ModelFiles",
     "UnsupportedModelError",
     "choose_backend",
+    "hook_width",
     "load_hf_config",
     "load_source_model",
     "load_tokenizer",

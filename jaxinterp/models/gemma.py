@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import ACTIVATIONS, GemmaRMSNorm, Linear, attend, rope_inv_freq, rope_tables, rotate, softcap
+from jaxinterp.models.layers import (ACTIVATIONS, GemmaRMSNorm, Hook, Linear, attend, no_hook, pre_mlp, rope_inv_freq,
+                                     rope_tables, rotate, softcap)
 
 __all__ = ["GemmaConfig", "config_from_hf", "Gemma", "GemmaBlock", "MODEL_TYPES", "build"]
 
@@ -97,7 +98,7 @@ class GemmaBlock(nnx.Module):
         self.layer_type, self.window = cfg.layer_types[layer], cfg.windows[layer]
         self.attn_scale, self.attn_softcap, self.activation = cfg.attn_scale, cfg.attn_softcap, cfg.activation
 
-    def attention(self, x: jax.Array, rope: dict) -> jax.Array:
+    def attention(self, x: jax.Array, rope: dict, hook: Hook = no_hook) -> jax.Array:
         h = self.input_layernorm(x)
         b, s, _ = h.shape
         q = self.q_proj(h).reshape(b, s, self.n_heads, -1)
@@ -107,11 +108,11 @@ class GemmaBlock(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope[self.layer_type]
         out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, self.window, self.attn_scale, self.attn_softcap)
-        return self.post_attention_layernorm(self.o_proj(out.reshape(b, s, -1)))
+        return self.post_attention_layernorm(self.o_proj(hook("attn.hook_z", out.reshape(b, s, -1))))
 
-    def mlp(self, x: jax.Array, rope=None) -> jax.Array:
-        h = self.pre_feedforward_layernorm(x)
-        out = self.down_proj(ACTIVATIONS[self.activation](self.gate_proj(h)) * self.up_proj(h))
+    def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
+        h = pre_mlp(self.pre_feedforward_layernorm, x, hook)
+        out = self.down_proj(hook("mlp.hook_post", ACTIVATIONS[self.activation](self.gate_proj(h)) * self.up_proj(h)))
         return self.post_feedforward_layernorm(out)
 
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import LayerNorm, Linear, attend
+from jaxinterp.models.layers import Hook, LayerNorm, Linear, attend, no_hook, pre_mlp
 
 __all__ = ["GPT2", "GPT2Block", "MODEL_TYPES", "build"]
 
@@ -30,14 +30,14 @@ class GPT2Block(nnx.Module):
         self.c_fc, self.mlp_proj = lin("mlp.c_fc"), lin("mlp.c_proj")
         self.n_heads = cfg.n_head
 
-    def attention(self, x: jax.Array, rope=None) -> jax.Array:
+    def attention(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
         b, s, d = x.shape
         q, k, v = jnp.split(self.c_attn(self.ln_1(x)), 3, axis=-1)
         heads = lambda t: t.reshape(b, s, self.n_heads, -1)
-        return self.attn_proj(attend(heads(q), heads(k), heads(v)).reshape(b, s, d))
+        return self.attn_proj(hook("attn.hook_z", attend(heads(q), heads(k), heads(v)).reshape(b, s, d)))
 
-    def mlp(self, x: jax.Array, rope=None) -> jax.Array:
-        return self.mlp_proj(jax.nn.gelu(self.c_fc(self.ln_2(x)), approximate=True))
+    def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
+        return self.mlp_proj(hook("mlp.hook_post", jax.nn.gelu(self.c_fc(pre_mlp(self.ln_2, x, hook)), approximate=True)))
 
 
 class GPT2(nnx.Module):

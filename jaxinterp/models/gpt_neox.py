@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import ACTIVATIONS, LayerNorm, Linear, attend, rope_inv_freq, rope_tables, rotate
+from jaxinterp.models.layers import (ACTIVATIONS, Hook, LayerNorm, Linear, attend, no_hook, pre_mlp, rope_inv_freq,
+                                     rope_tables, rotate)
 
 __all__ = ["GPTNeoX", "GPTNeoXBlock", "MODEL_TYPES", "build", "rotary_ndims"]
 
@@ -49,15 +50,16 @@ class GPTNeoXBlock(nnx.Module):
         self.n_heads, self.activation = cfg.num_attention_heads, cfg.hidden_act
         self.parallel_residual = bool(cfg.use_parallel_residual)  # read by transformer.hooked_forward
 
-    def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], hook: Hook = no_hook) -> jax.Array:
         b, s, d = x.shape
         qkv = self.query_key_value(self.input_layernorm(x)).reshape(b, s, self.n_heads, -1)
         q, k, v = jnp.split(qkv, 3, axis=-1)  # per head: [q | k | v], as transformers' view + chunk
         cos, sin = rope
-        return self.dense(attend(rotate(q, cos, sin), rotate(k, cos, sin), v).reshape(b, s, d))
+        return self.dense(hook("attn.hook_z", attend(rotate(q, cos, sin), rotate(k, cos, sin), v).reshape(b, s, d)))
 
-    def mlp(self, x: jax.Array, rope=None) -> jax.Array:
-        return self.dense_4h_to_h(ACTIVATIONS[self.activation](self.dense_h_to_4h(self.post_attention_layernorm(x))))
+    def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
+        h = pre_mlp(self.post_attention_layernorm, x, hook)
+        return self.dense_4h_to_h(hook("mlp.hook_post", ACTIVATIONS[self.activation](self.dense_h_to_4h(h))))
 
 
 class GPTNeoX(nnx.Module):

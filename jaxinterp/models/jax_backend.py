@@ -78,7 +78,7 @@ class JaxSourceModel:
 
     def parse_hooks(self, names: str | Sequence[str]) -> list[HookPoint]:
         """Parses hook names against this model's depth."""
-        return parse_hooks(names, self.n_layers)
+        return parse_hooks(names, self.n_layers, self.config)
 
     def _place(self, tokens: np.ndarray) -> jax.Array:
         data = self.mesh.shape["data"]
@@ -97,11 +97,12 @@ class JaxSourceModel:
         """Logits [batch, seq, vocab] (float32, on device), with ``edit`` applied during the pass."""
         if edit is None:
             return self.forward(tokens)[0].astype(np.float32)
+        parse_hooks([edit.hook], self.n_layers, self.config)  # an unknown or refused hook would edit nothing
         operand = jax.device_put(edit.operand, NamedSharding(self.mesh, P()))
         return self._jitted_edit(edit.hook, edit.replace, self.state, self._place(tokens), operand).astype(np.float32)
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
         """``{hook name: [batch, seq, d] float32 numpy}``; the pass stops after the last hook needed."""
-        points = as_hook_points(hooks, self.n_layers)
+        points = as_hook_points(hooks, self.n_layers, self.config)
         _, captured = self.forward(tokens, capture=frozenset(p.name for p in points), logits=False)
         return {name: np.asarray(value, np.float32) for name, value in captured.items()}

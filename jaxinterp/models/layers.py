@@ -8,6 +8,7 @@ softmax in float32, rotary angles in float32). A family module (:mod:`jaxinterp.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +17,7 @@ from flax import nnx
 
 from jaxinterp.models.support import ROPE_TYPES
 
-__all__ = ["ACTIVATIONS", "Linear", "RMSNorm", "GemmaRMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask",
+__all__ = ["ACTIVATIONS", "Hook", "no_hook", "pre_mlp", "Linear", "RMSNorm", "GemmaRMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask",
            "rope_inv_freq", "rope_tables", "rotate", "softcap"]
 
 # transformers' ACT2FN names -> the same function in JAX (the tanh approximation for gelu_new and gelu_pytorch_tanh)
@@ -26,6 +27,21 @@ ACTIVATIONS = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
+
+
+# hook(kind, activation) -> activation: what a block calls at each of its sub-block hook points
+# ("attn.hook_z", "ln2.hook_normalized", "mlp.hook_in", "mlp.hook_post"); the identity when nothing is hooked
+Hook = Callable[[str, jax.Array], jax.Array]
+
+
+def no_hook(kind: str, x: jax.Array) -> jax.Array:
+    return x
+
+
+def pre_mlp(norm, x: jax.Array, hook: Hook) -> jax.Array:
+    """The pre-MLP ``norm`` of ``x`` through the ``ln2.hook_normalized`` (before the weight) and
+    ``mlp.hook_in`` (after it) hook points."""
+    return hook("mlp.hook_in", norm.scale(hook("ln2.hook_normalized", norm.normalize(x)), x.dtype))
 
 
 class Linear(nnx.Module):
@@ -46,10 +62,17 @@ class RMSNorm(nnx.Module):
     def __init__(self, weight: np.ndarray, eps: float, dtype: jnp.dtype):
         self.weight, self.eps = nnx.Param(jnp.asarray(weight, dtype)), eps
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def normalize(self, x: jax.Array) -> jax.Array:
+        """``x * rsqrt(mean(x²) + eps)`` in float32: what the norm computes before its weight."""
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return self.weight[...] * normed.astype(x.dtype)
+        return x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+
+    def scale(self, normed: jax.Array, dtype: jnp.dtype) -> jax.Array:
+        """The weight applied to ``normed`` (cast to the input ``dtype`` first, as transformers)."""
+        return self.weight[...] * normed.astype(dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.scale(self.normalize(x), x.dtype)
 
 
 class GemmaRMSNorm(nnx.Module):
@@ -59,10 +82,16 @@ class GemmaRMSNorm(nnx.Module):
     def __init__(self, weight: np.ndarray, eps: float, dtype: jnp.dtype):
         self.weight, self.eps = nnx.Param(jnp.asarray(weight, dtype)), eps
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def normalize(self, x: jax.Array) -> jax.Array:
+        """``x * rsqrt(mean(x²) + eps)`` in float32, before the ``(1 + weight)`` multiply."""
         x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-        return (normed * (1.0 + self.weight[...].astype(jnp.float32))).astype(x.dtype)
+        return x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+
+    def scale(self, normed: jax.Array, dtype: jnp.dtype) -> jax.Array:
+        return (normed.astype(jnp.float32) * (1.0 + self.weight[...].astype(jnp.float32))).astype(dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.scale(self.normalize(x), x.dtype)
 
 
 def softcap(x: jax.Array, cap: float | None) -> jax.Array:
@@ -76,11 +105,18 @@ class LayerNorm(nnx.Module):
     def __init__(self, weight: np.ndarray, bias: np.ndarray, eps: float, dtype: jnp.dtype):
         self.weight, self.bias, self.eps = nnx.Param(jnp.asarray(weight, dtype)), nnx.Param(jnp.asarray(bias, dtype)), eps
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def normalize(self, x: jax.Array) -> jax.Array:
+        """``(x - mean) * rsqrt(var + eps)`` in float32: what the norm computes before its weight and bias."""
         x32 = x.astype(jnp.float32)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        return ((x32 - mean) * jax.lax.rsqrt(var + self.eps)).astype(x.dtype) * self.weight[...] + self.bias[...]
+        return (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+
+    def scale(self, normed: jax.Array, dtype: jnp.dtype) -> jax.Array:
+        return normed.astype(dtype) * self.weight[...] + self.bias[...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.scale(self.normalize(x), x.dtype)
 
 
 def causal_mask(seq: int, window: int | None = None) -> jax.Array:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import Linear, RMSNorm, attend, rope_inv_freq, rope_tables, rotate
+from jaxinterp.models.layers import Hook, Linear, RMSNorm, attend, no_hook, pre_mlp, rope_inv_freq, rope_tables, rotate
 
 __all__ = ["LlamaConfig", "config_from_hf", "Llama", "LlamaBlock", "MODEL_TYPES", "build"]
 
@@ -107,7 +107,7 @@ class LlamaBlock(nnx.Module):
         self.post_attention_layernorm = RMSNorm(w[f"{prefix}post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
         self.n_heads, self.n_kv_heads, self.window = cfg.n_heads, cfg.n_kv_heads, cfg.windows[layer]
 
-    def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
+    def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], hook: Hook = no_hook) -> jax.Array:
         h = self.input_layernorm(x)
         b, s, _ = h.shape
         q = self.q_proj(h).reshape(b, s, self.n_heads, -1)
@@ -117,11 +117,11 @@ class LlamaBlock(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
         out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, self.window)
-        return self.o_proj(out.reshape(b, s, -1))
+        return self.o_proj(hook("attn.hook_z", out.reshape(b, s, -1)))
 
-    def mlp(self, x: jax.Array, rope=None) -> jax.Array:
-        h = self.post_attention_layernorm(x)
-        return self.down_proj(jax.nn.silu(self.gate_proj(h)) * self.up_proj(h))
+    def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
+        h = pre_mlp(self.post_attention_layernorm, x, hook)
+        return self.down_proj(hook("mlp.hook_post", jax.nn.silu(self.gate_proj(h)) * self.up_proj(h)))
 
 
 class Llama(nnx.Module):

@@ -14,8 +14,9 @@ A config attribute a family does not compute (dynamic or YaRN RoPE, ...) is refu
 built: see :mod:`jaxinterp.models.support`.
 
 A family module provides ``build(hf_config, weights, dtype)`` returning a model with ``embed``,
-``add_positions``, ``rope``, ``layers`` (blocks with ``attention(x, rope)`` and ``mlp(x, rope)``,
-each returning what is added to the residual stream) and ``unembed``. A block whose
+``add_positions``, ``rope``, ``layers`` (blocks with ``attention(x, rope, hook)`` and ``mlp(x, rope, hook)``,
+each returning what is added to the residual stream and calling ``hook(kind, activation)`` at its sub-block
+hook points: ``attn.hook_z``, ``ln2.hook_normalized``, ``mlp.hook_in``, ``mlp.hook_post``) and ``unembed``. A block whose
 ``parallel_residual`` is true (GPT-NeoX) has its MLP read the layer input, not ``x + attention``.
 """
 
@@ -80,15 +81,16 @@ def hooked_forward(model: nnx.Module, tokens: jax.Array, capture: frozenset[str]
         if done():
             return None, captured
         prefix = f"blocks.{layer}."
+        sub = lambda kind, value, prefix=prefix: hook(prefix + kind, value)  # the block's own hook points
         x = hook(prefix + "hook_resid_pre", x)
         if done():
             return None, captured
-        attn = hook(prefix + "hook_attn_out", block.attention(x, rope))
-        if getattr(block, "parallel_residual", False):  # GPT-NeoX: the MLP reads the layer input too
-            x = hook(prefix + "hook_mlp_out", block.mlp(x, rope)) + attn + x  # transformers' order of sums
+        attn = hook(prefix + "hook_attn_out", block.attention(x, rope, sub))
+        if getattr(block, "parallel_residual", False):  # GPT-NeoX: the MLP reads the layer input too (no resid_mid)
+            x = hook(prefix + "hook_mlp_out", block.mlp(x, rope, sub)) + attn + x  # transformers' order of sums
         else:
-            x = x + attn
-            x = x + hook(prefix + "hook_mlp_out", block.mlp(x, rope))
+            x = hook(prefix + "hook_resid_mid", x + attn)
+            x = x + hook(prefix + "hook_mlp_out", block.mlp(x, rope, sub))
         x = hook(prefix + "hook_resid_post", x)
     if done():
         return None, captured
