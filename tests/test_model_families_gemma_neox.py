@@ -26,7 +26,7 @@ from jaxinterp.models.transformer import build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
 from tests.test_jax_models import relative_error
 from tests.test_model_support import residual_errors
-from tests.tiny_models import save_tiny_model
+from tests.tiny_models import saved_on_demand
 
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -82,14 +82,7 @@ FEATURES = {
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    directories = {}
-
-    def save(name: str) -> str:
-        if name not in directories:
-            directories[name] = save_tiny_model(VARIANTS[name], tmp_path_factory.mktemp(name), random_norms=True)
-        return directories[name]
-
-    return save
+    return saved_on_demand(VARIANTS, tmp_path_factory)
 
 
 def tokens(seq: int = SEQ) -> np.ndarray:

@@ -16,7 +16,7 @@ from jaxinterp.models.hooks import SUBBLOCK_KINDS, hook_width
 from jaxinterp.models.jax_backend import JaxSourceModel
 from jaxinterp.models.torch_backend import TorchSourceModel
 from tests.test_jax_models import relative_error
-from tests.tiny_models import save_tiny_model
+from tests.tiny_models import save_tiny_model, saved_on_demand
 
 SMALL = dict(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -48,14 +48,7 @@ TABLE = {
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    directories = {}
-
-    def save(name: str) -> str:
-        if name not in directories:
-            directories[name] = save_tiny_model(FAMILIES[name], tmp_path_factory.mktemp(name), random_norms=True)
-        return directories[name]
-
-    return save
+    return saved_on_demand(FAMILIES, tmp_path_factory)
 
 
 def tokens(seq: int = 24) -> np.ndarray:

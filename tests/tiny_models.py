@@ -1,5 +1,6 @@
 """Tiny random-weight transformers with a real (small) BPE tokenizer, built offline for tests."""
 
+from collections.abc import Callable
 from pathlib import Path
 
 from jaxinterp.extract import load_documents
@@ -60,3 +61,15 @@ def save_tiny_model(config, directory: Path, tokenizer: bool = False, random_nor
     if tokenizer:
         _tokenizer(config.vocab_size).save_pretrained(directory)
     return str(directory)
+
+
+def saved_on_demand(configs: dict, tmp_path_factory) -> Callable[[str], str]:
+    """``save(name)``: ``configs[name]`` saved once (random biases and norms) on first use, for a module fixture."""
+    directories: dict[str, str] = {}
+
+    def save(name: str) -> str:
+        if name not in directories:
+            directories[name] = save_tiny_model(configs[name], tmp_path_factory.mktemp(name), random_norms=True)
+        return directories[name]
+
+    return save

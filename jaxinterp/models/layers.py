@@ -56,6 +56,12 @@ class Linear(nnx.Module):
         return y + self.bias[...] if self.bias is not None else y
 
 
+def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
+    """``x * rsqrt(mean(x²) + eps)`` over the last axis, in float32 as transformers computes it."""
+    x32 = x.astype(jnp.float32)
+    return x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+
+
 class RMSNorm(nnx.Module):
     """Llama RMSNorm over the last axis, computed in float32 like transformers."""
 
@@ -64,8 +70,7 @@ class RMSNorm(nnx.Module):
 
     def normalize(self, x: jax.Array) -> jax.Array:
         """``x * rsqrt(mean(x²) + eps)`` in float32: what the norm computes before its weight."""
-        x32 = x.astype(jnp.float32)
-        return x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return rms_normalize(x, self.eps)
 
     def scale(self, normed: jax.Array, dtype: jnp.dtype) -> jax.Array:
         """The weight applied to ``normed`` (cast to the input ``dtype`` first, as transformers)."""
@@ -84,8 +89,7 @@ class GemmaRMSNorm(nnx.Module):
 
     def normalize(self, x: jax.Array) -> jax.Array:
         """``x * rsqrt(mean(x²) + eps)`` in float32, before the ``(1 + weight)`` multiply."""
-        x32 = x.astype(jnp.float32)
-        return x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return rms_normalize(x, self.eps)
 
     def scale(self, normed: jax.Array, dtype: jnp.dtype) -> jax.Array:
         return (normed.astype(jnp.float32) * (1.0 + self.weight[...].astype(jnp.float32))).astype(dtype)
