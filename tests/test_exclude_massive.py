@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxinterp.buffer import ActivationBuffer
+from jaxinterp.config import ConfigError
 from jaxinterp.store import open_store
 from jaxinterp.train import train
 from jaxinterp.train.checkpoint import RunExistsError
@@ -91,3 +92,13 @@ def test_training_without_massive_tokens_resumes_bitwise_and_still_evaluates_the
     with pytest.raises(RunExistsError, match="exclude_massive"):
         train(train_config(outlier_store, tmp_path / "straight", steps=40, **{**fields, "exclude_massive": False}),
               progress=False)
+
+
+def test_a_batch_larger_than_an_epoch_is_refused_as_without_the_filter(outlier_store):  # noqa: F811
+    thresholds = buffer(outlier_store).estimate_massive_norms(2048, 10.0)
+    store = open_store(outlier_store)
+    for massive_norms in (None, thresholds):
+        too_big = ActivationBuffer(store, [HOOK], 2**16, seed=3, holdout_fraction=0.1, mixing_chunks=4,
+                                   exclude_bos=True, massive_norms=massive_norms)
+        with pytest.raises(ConfigError, match="config field 'batch_size'"):
+            next(too_big._numpy_batches())

@@ -246,12 +246,17 @@ class ActivationBuffer:
         streams = self.local_streams if stream is None else [stream]
         return sum(self._kept_rows(c) for s in streams for group in self._epoch_groups(0, s) for c in group)
 
-    def _seek(self, step: int, stream: int) -> tuple[int, int, int]:
-        """(epoch, group, row offset in that group) of ``stream``'s first row of batch ``step``."""
+    def _check_stream_rows(self, stream: int) -> int:
+        """``stream``'s training rows per epoch (before any data-dependent filter); refuses fewer than a batch."""
         epoch_rows = self.epoch_rows(stream)
         if epoch_rows < self.stream_batch:
             raise ConfigError(f"config field 'batch_size': stream {stream} of {self.streams} holds only {epoch_rows} "
                               f"training rows per epoch, fewer than its {self.stream_batch} rows of a batch")
+        return epoch_rows
+
+    def _seek(self, step: int, stream: int) -> tuple[int, int, int]:
+        """(epoch, group, row offset in that group) of ``stream``'s first row of batch ``step``."""
+        epoch_rows = self._check_stream_rows(stream)
         epoch, position = divmod(step * self.stream_batch, epoch_rows)
         sizes = [sum(self._kept_rows(c) for c in group) for group in self._epoch_groups(epoch, stream)]
         group = int(np.searchsorted(np.cumsum(sizes), position, side="right"))
@@ -294,6 +299,7 @@ class ActivationBuffer:
 
     def _stream_from(self, stream: int, start_step: int) -> Iterator[Batch]:
         if self.on_nonfinite == "skip" or self.massive_norms is not None:  # data-dependent counts: replay
+            self._check_stream_rows(stream)  # a stream without rows would otherwise wait forever
             return itertools.islice(self._stream(stream, 0, 0, 0), start_step, None)
         return self._stream(stream, *self._seek(start_step, stream))
 
