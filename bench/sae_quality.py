@@ -2,7 +2,7 @@
 
     python bench/sae_quality.py                                  # SmolLM2 on the embedded pydoc corpus
     python bench/sae_quality.py --store stores/mine --hook blocks.20.hook_resid_post
-    python bench/sae_quality.py --ours "default: ; lr 2x: lr=0.0031; no massive: exclude_massive=true"
+    python bench/sae_quality.py --ours "default: ; lr 2x: lr=0.0031; drop massive: massive_tokens=drop"
 
 Trains jaxinterp with ``jaxinterp train`` itself (configs/train_topk.py's defaults plus each
 ``--ours`` variant's overrides) and sparsify (its default, schedule-free signum at
@@ -77,7 +77,7 @@ def train_ours(args, store: str, hook: str, name: str, overrides: dict, workdir:
     summary = train(load_config("configs/train_topk.py", fields, schemas.TRAIN, "train"), progress=False)
     seconds = time.perf_counter() - began
     evaluation = summary["eval"]["sae"]
-    return load_sae(str(out)), evaluation["dead_fraction"], seconds, evaluation.get("excluded_massive_rows")
+    return load_sae(str(out)), evaluation["dead_fraction"], seconds, evaluation.get("shrunk_massive_rows", evaluation.get("dropped_massive_rows"))
 
 
 def train_sparsify(args, batches, d_in: int, optimizer: str, workdir: Path):
@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--massive-ratio", type=float, default=10.0)
-    parser.add_argument("--ours", default="jaxinterp: ; jaxinterp, no massive: exclude_massive=true",
+    parser.add_argument("--ours", default="jaxinterp: ; jaxinterp, drop massive: massive_tokens=drop; jaxinterp, keep massive: massive_tokens=keep",
                         help="jaxinterp rows: 'name: field=value, ...; ...' over train config fields")
     parser.add_argument("--sparsify", default="signum,adam", help="sparsify optimizers, one row each ('' = none)")
     parser.add_argument("--backend", default="auto", help="source-model backend for the CE rows")
@@ -180,7 +180,7 @@ def main() -> None:
         for name, (sae, dead, seconds, excluded) in loaded.items():
             metrics, _ = evaluate_reconstruction(sae.architecture, sae.params, sae.arch_state, holdout,
                                                  massive_ratio=args.massive_ratio)
-            rows[name] = {**metrics, "dead_fraction": dead, "train_seconds": seconds, "excluded_massive_rows": excluded}
+            rows[name] = {**metrics, "dead_fraction": dead, "train_seconds": seconds, "massive_training_rows": excluded}
         ids = heldout_context_ids(store, buffer.split.holdout)[: args.ce_contexts]
         if len(ids) and args.ce_contexts:
             contexts = read_contexts(store, ids, [hook]).tokens

@@ -63,7 +63,9 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         "extract_tokens_per_s": extracted.tokens_per_s,
         "train_tokens_per_s": trained["train_tokens_per_s"],
         "train_tokens": evaluation["train_tokens"],
-        "excluded_massive_rows": evaluation.get("excluded_massive_rows"),  # None when exclude_massive is off
+        # at most one of them: massive_tokens=shrink or drop (None for keep)
+        "shrunk_massive_rows": evaluation.get("shrunk_massive_rows"),
+        "dropped_massive_rows": evaluation.get("dropped_massive_rows"),
         "mesh": trained["mesh"],
         "holdout": {key: evaluation[key] for key in (*_FVU_KEYS, "l0", "tokens")},
         "dead_fraction": evaluation["dead_fraction"],
@@ -76,6 +78,14 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     return summary
 
 
+def _massive_note(summary: Mapping[str, Any]) -> str:
+    if summary.get("shrunk_massive_rows") is not None:
+        return f"; {summary['shrunk_massive_rows']:,} massive-activation tokens shrunk to the threshold norm"
+    if summary.get("dropped_massive_rows") is not None:
+        return f"; {summary['dropped_massive_rows']:,} massive-activation tokens left out of training"
+    return ""
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """A few readable lines for the terminal."""
     rate = lambda r: f"{r:,.0f} tok/s" if r else "already done"
@@ -84,8 +94,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"jaxinterp demo: {summary['model']} @ {summary['hook']}",
         f"  tokens extracted  {summary['tokens_extracted']:,} ({rate(summary['extract_tokens_per_s'])})",
         f"  SAE training      {summary['train_tokens']:,} tokens on mesh {summary['mesh']} ({rate(summary['train_tokens_per_s'])})"
-        + ("" if summary.get("excluded_massive_rows") is None else
-           f"; {summary['excluded_massive_rows']:,} massive-activation tokens left out of training"),
+        + _massive_note(summary),
         f"  holdout ({h['tokens']:,} tokens)  FVU {h['fvu']:.3f}  explained variance {h['explained_variance']:.3f}  "
         f"L0 {h['l0']:.1f}  dead fraction {summary['dead_fraction']:.3f}",
         f"    without massive activations ({h['massive_fraction']:.2%} of tokens left out)  "

@@ -85,9 +85,11 @@ TRAIN = Schema(
         "massive_ratio": Field(float, "a token is massive when its norm exceeds this times the median (a batch's "
                                       "in training metrics, the holdout's in eval); *_nonmassive metrics leave those "
                                       "out", minimum=1.0),
-        "exclude_massive": Field(bool, "leave tokens above massive_ratio x the median norm (of norm_tokens training "
-                                       "rows, fixed at the start) out of training and the normalisation estimate; "
-                                       "evaluation still sees them"),
+        "massive_tokens": Field(str, "training tokens above massive_ratio x the median norm (of norm_tokens "
+                                     "training rows, fixed at the start): shrink = rescaled to that norm, "
+                                     "direction kept; drop = left out; keep = as they are (also in the "
+                                     "normalisation estimate and b_dec init); evaluation sees them as they are",
+                                choices=("shrink", "drop", "keep")),
         "sae.architecture": Field(str, "SAE architecture",
                                   choices=("topk", "batch_topk", "matryoshka", "jumprelu", "relu")),
         "sae.n_latents": Field(int, "dictionary size d_sae", minimum=1),

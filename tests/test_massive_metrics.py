@@ -97,7 +97,7 @@ def test_evaluate_reconstruction_on_a_store_matches_numpy(outlier_store):
 def test_train_logs_both_fvus_per_sae_and_resumes_with_another_ratio(outlier_store, tmp_path):
     run = tmp_path / "run"
     summary = train(train_config(outlier_store, run, steps=20, log_every=10, checkpoint_every=10,
-                                 sweep="sae: ; small: k=4", exclude_massive=False), progress=False)
+                                 sweep="sae: ; small: k=4", massive_tokens="keep"), progress=False)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_lines = [line for line in lines if line["split"] == "train"]
     assert {line["sae"] for line in train_lines} == {"sae", "small"}
@@ -119,7 +119,7 @@ def test_train_logs_both_fvus_per_sae_and_resumes_with_another_ratio(outlier_sto
 
     # massive_ratio only changes metrics: a rerun with another one resumes the run.
     resumed = train(train_config(outlier_store, run, steps=30, log_every=10, checkpoint_every=10,
-                                 sweep="sae: ; small: k=4", massive_ratio=1e6, exclude_massive=False), progress=False)
+                                 sweep="sae: ; small: k=4", massive_ratio=1e6, massive_tokens="keep"), progress=False)
     assert resumed["steps"] == 30 and resumed["eval"]["sae"]["massive_fraction"] == 0
     assert resumed["eval"]["sae"]["fvu_nonmassive"] == pytest.approx(resumed["eval"]["sae"]["fvu"], rel=1e-5)
 
@@ -160,5 +160,7 @@ def test_demo_summary_shows_both_fvus():
     }
     text = format_summary(summary)
     assert "FVU 0.796  explained variance 0.204" in text and "left out of training" not in text
-    assert "; 12 massive-activation tokens left out of training" in format_summary({**summary, "excluded_massive_rows": 12})
+    assert "; 12 massive-activation tokens left out of training" in format_summary({**summary, "dropped_massive_rows": 12})
+    assert "; 7 massive-activation tokens shrunk to the threshold norm" in format_summary(
+        {**summary, "shrunk_massive_rows": 7})
     assert "without massive activations (0.15% of tokens left out)  FVU 0.122  explained variance 0.878" in text

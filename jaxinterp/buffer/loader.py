@@ -12,11 +12,13 @@ its own share ``order[s::streams]`` of every epoch's chunks, grouped and shuffle
 process reads only the streams whose rows land on its devices (disjoint chunk sets), so the
 sequence of global batches depends on ``streams`` alone, not on how many processes read it.
 
-With ``massive_norms`` set (``exclude_massive`` in the train config), training rows whose norm at
-any hook exceeds that hook's threshold (massive activations, Sun et al. 2024) are removed from the
-stream after the shuffle, so the stream is exactly the unfiltered one without those rows. Kept-row
-counts then depend on the data, and a resume replays the stream to its step instead of seeking.
-Holdout rows are never filtered: evaluation sees every token.
+With ``massive_norms`` set (``massive_tokens`` in the train config), training rows whose norm at a
+hook exceeds that hook's threshold (massive activations, Sun et al. 2024) are either shrunk
+(``massive_mode="shrink"``: the row's vector at that hook is rescaled to the threshold norm, its
+direction kept, in place) or removed from the stream after the shuffle (``"drop"``: the stream is
+exactly the unfiltered one without those rows; kept-row counts then depend on the data, and a
+resume replays the stream to its step instead of seeking). Holdout rows are never changed:
+evaluation sees every token as it is.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ from jaxinterp.store import Store
 __all__ = ["ActivationBuffer", "BufferState", "ChunkSplit", "NonFiniteRowsError", "split_chunks"]
 
 Batch = dict[str, np.ndarray]
+MASSIVE_MODES = ("shrink", "drop")
+
+
+def shrink_rows(values: np.ndarray, max_norm: float) -> int:
+    """Rescales, in place, the rows of ``values`` whose norm exceeds ``max_norm`` to that norm (their
+    direction kept); returns how many. NaN rows are left alone (the non-finite check owns them)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", values, values))
+    limit = np.float32(max_norm)
+    big = np.flatnonzero(norms > limit)
+    values[big] *= (limit / norms[big])[:, None]
+    return len(big)
 
 
 def aligned_empty(shape: tuple[int, int]) -> np.ndarray:
@@ -97,8 +110,10 @@ class ActivationBuffer:
       exclude_bos: drop BOS tokens (``pos == 0`` when the store prepends BOS; pads are never written).
       on_nonfinite: ``"error"`` (name hook, rows and shard file) or ``"skip"`` (drop and count rows).
       scales: per-hook factors applied to every row (see :meth:`estimate_scales`); default 1.
-      massive_norms: per-hook raw-norm thresholds (see :meth:`estimate_massive_norms`): training
-        rows above any of them are left out. ``None`` keeps every row.
+      massive_norms: per-hook raw-norm thresholds (see :meth:`estimate_massive_norms`) of training
+        rows; ``None`` keeps every row as it is.
+      massive_mode: what happens to a training row above a threshold: ``"shrink"`` rescales its
+        vector at that hook to the threshold norm; ``"drop"`` leaves the row out at every hook.
       sharding: a ``NamedSharding`` for batches; ``None`` yields numpy arrays.
       streams: parts each batch is made of, each read from its own share of the chunks; -1 = one
         per process. Fix it (to a multiple of every process count you may use) to get the same
@@ -108,7 +123,8 @@ class ActivationBuffer:
     def __init__(self, store: Store, hooks: Sequence[str], batch_size: int, seed: int, holdout_fraction: float,
                  mixing_chunks: int, exclude_bos: bool, on_nonfinite: str = "error",
                  scales: dict[str, float] | None = None, sharding: jax.sharding.NamedSharding | None = None,
-                 prefetch: int = 4, streams: int = -1, massive_norms: dict[str, float] | None = None):
+                 prefetch: int = 4, streams: int = -1, massive_norms: dict[str, float] | None = None,
+                 massive_mode: str = "drop"):
         self.store, self.hooks, self.seed = store, list(hooks), seed
         self.arrays = {hook: store.array(hook) for hook in self.hooks}
         self.rows_per_chunk = store.layout.rows_per_chunk
@@ -117,9 +133,11 @@ class ActivationBuffer:
         self.drop_bos = exclude_bos and bool(store.manifest.get("prepend_bos"))
         self.on_nonfinite = on_nonfinite
         self.scales = {hook: 1.0 for hook in self.hooks} | dict(scales or {})
-        self.massive_norms = massive_norms
+        if massive_mode not in MASSIVE_MODES:
+            raise ValueError(f"massive_mode {massive_mode!r}: expected one of {', '.join(MASSIVE_MODES)}")
+        self.massive_norms, self.massive_mode = massive_norms, massive_mode
         self.skipped_rows = 0
-        self.massive_rows = 0  # training rows left out as massive (counts the reader's look-ahead too)
+        self.massive_rows = 0  # training rows shrunk or left out as massive (counts the reader's look-ahead too)
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         self.streams = self.process_count if streams == -1 else streams
         if self.streams % self.process_count:
@@ -159,7 +177,8 @@ class ActivationBuffer:
         """Waits for a read; drops excluded and bad rows, shuffles the survivors with ``order_seed``
         (if given) and scales. Each chunk's kept rows are scattered straight to their shuffled
         places in one aligned array per hook (one pass over the data). Massive rows (when
-        ``massive_norms`` is set and ``drop_massive``) are removed after the shuffle."""
+        ``massive_norms`` is set and ``drop_massive``) are removed after the shuffle, or shrunk
+        (``massive_mode="shrink"``)."""
         chunks, keep, massive = [], [], []
         for (start, stop), futures in pending:
             rows = {}
@@ -170,7 +189,7 @@ class ActivationBuffer:
                     raise self.store.read_failed(name, start, stop, error) from error
             kept = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
             keep.append(kept & self._finite_rows(rows, start))
-            if drop_massive and self.massive_norms is not None:
+            if drop_massive and self.massive_norms is not None and self.massive_mode == "drop":
                 massive.append(self._massive_rows(rows))
             chunks.append(rows)
         keep = np.concatenate(keep)
@@ -196,6 +215,8 @@ class ActivationBuffer:
                 values[place[first: first + len(rows[hook])]] = rows[hook]
                 first += len(rows[hook])
             values = values[:n_kept]
+            if drop_massive and self.massive_norms is not None and self.massive_mode == "shrink":
+                self.massive_rows += shrink_rows(values, self.massive_norms[hook])
             scale = self.scales[hook] if scaled else 1.0
             out[hook] = values if scale == 1.0 else np.multiply(values, np.float32(scale), out=values)
         return out
@@ -298,7 +319,8 @@ class ActivationBuffer:
             carry = {hook: rows[hook][first + n_full * size:] for hook in self.hooks}
 
     def _stream_from(self, stream: int, start_step: int) -> Iterator[Batch]:
-        if self.on_nonfinite == "skip" or self.massive_norms is not None:  # data-dependent counts: replay
+        if self.on_nonfinite == "skip" or (self.massive_norms is not None and self.massive_mode == "drop"):
+            # data-dependent counts: replay
             self._check_stream_rows(stream)  # a stream without rows would otherwise wait forever
             return itertools.islice(self._stream(stream, 0, 0, 0), start_step, None)
         return self._stream(stream, *self._seek(start_step, stream))
@@ -359,7 +381,8 @@ class ActivationBuffer:
 
     def estimate_scales(self, n_tokens: int) -> dict[str, float]:
         """Per-hook ``√d / mean‖x‖`` over training rows, so inputs have mean norm √d (Conerly et al.
-        2024); without the rows :attr:`massive_norms` leaves out of training, when it is set."""
+        2024); over the rows as training sees them (massive rows shrunk or left out, when
+        :attr:`massive_norms` is set)."""
         # The same rows on every process, whatever the streams: the first chunks of epoch 0's order.
         rows = self._rows_of(self._epoch_order(0), n_tokens, scaled=False)
         return {hook: float(np.sqrt(values.shape[1]) / np.mean(np.linalg.norm(values, axis=1)))
@@ -367,7 +390,7 @@ class ActivationBuffer:
 
     def estimate_massive_norms(self, n_tokens: int, ratio: float) -> dict[str, float]:
         """Per-hook ``ratio`` × the median row norm over the rows :meth:`estimate_scales` reads (raw
-        units): the thresholds above which :attr:`massive_norms` leaves rows out of training."""
+        units): the thresholds above which training rows count as massive (:attr:`massive_norms`)."""
         rows = self._rows_of(self._epoch_order(0), n_tokens, scaled=False, drop_massive=False)
         return {hook: float(ratio * np.median(np.linalg.norm(values, axis=1))) for hook, values in rows.items()}
 

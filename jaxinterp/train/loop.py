@@ -103,7 +103,7 @@ def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, 
             raise ConfigError(f"config field 'streams' ({cfg['streams']}) differs from the checkpoint's "
                               f"({buffer_state.streams}); leave it at -1 to resume with the checkpoint's")
         return state, buffer_state, shardings
-    if cfg["exclude_massive"]:  # before the scales: the normalisation is estimated without those rows
+    if cfg["massive_tokens"] != "keep":  # before the scales: the normalisation sees the rows as training does
         buffer.massive_norms = buffer.estimate_massive_norms(cfg["norm_tokens"], cfg["massive_ratio"])
     if cfg["normalize"]:
         scales = buffer.estimate_scales(cfg["norm_tokens"])
@@ -162,7 +162,8 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     def make_buffer(streams: int) -> ActivationBuffer:
         return ActivationBuffer(store, hooks, cfg["batch_size"], cfg["seed"], cfg["holdout_fraction"],
                                 cfg["mixing_chunks"], cfg["exclude_bos"], on_nonfinite=cfg["on_nonfinite"],
-                                sharding=batch_sharding(mesh), streams=streams)
+                                sharding=batch_sharding(mesh), streams=streams,
+                                massive_mode="drop" if cfg["massive_tokens"] == "drop" else "shrink")
 
     buffer = make_buffer(cfg["streams"])
     lock = RunLock(out) if is_primary() else contextlib.nullcontext()  # a multi-process job is one writer
@@ -213,10 +214,10 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
 
 
 def _row_counts(buffer: ActivationBuffer) -> dict[str, int]:
-    """Rows the buffer left out so far (both counts include its read-ahead)."""
+    """Rows the buffer left out or shrunk so far (both counts include its read-ahead)."""
     counts = {"skipped_nonfinite_rows": buffer.skipped_rows}
     if buffer.massive_norms is not None:
-        counts["excluded_massive_rows"] = buffer.massive_rows
+        counts[f"{'dropped' if buffer.massive_mode == 'drop' else 'shrunk'}_massive_rows"] = buffer.massive_rows
     return counts
 
 

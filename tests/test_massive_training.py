@@ -1,5 +1,6 @@
-"""``exclude_massive``: training without massive-activation tokens changes which rows the buffer
-yields and nothing else; evaluation still sees them; a resumed run stays bitwise exact."""
+"""``massive_tokens``: shrinking massive-activation training tokens to the threshold norm, or leaving
+them out, changes which rows the buffer yields (or their norms) and nothing else; evaluation still
+sees them as they are; a resumed run stays bitwise exact."""
 
 import json
 
@@ -32,11 +33,32 @@ def test_thresholds_are_ratio_times_the_median_norm_of_the_estimate_rows(outlier
     assert thresholds[HOOK] == pytest.approx(10 * np.median(np.linalg.norm(rows, axis=1)), rel=1e-6)
     massive = np.linalg.norm(rows, axis=1) > thresholds[HOOK]
     assert 0 < massive.sum() < 0.05 * len(rows)
-    # The normalisation estimate leaves the same rows out as training does.
+    # The normalisation estimate sees the rows as training does: without them, or shrunk to the threshold.
     kept = buffer(outlier_store, thresholds)
     assert kept.estimate_scales(2048)[HOOK] == pytest.approx(
         np.sqrt(rows.shape[1]) / np.mean(np.linalg.norm(rows[~massive], axis=1)), rel=1e-3)
     assert plain.estimate_scales(2048)[HOOK] < 0.8 * kept.estimate_scales(2048)[HOOK]
+    shrunk_norms = np.minimum(np.linalg.norm(rows, axis=1), thresholds[HOOK])
+    shrunk = buffer(outlier_store, thresholds, massive_mode="shrink")
+    assert shrunk.estimate_scales(2048)[HOOK] == pytest.approx(np.sqrt(rows.shape[1]) / np.mean(shrunk_norms), rel=1e-3)
+
+
+def test_shrinking_rescales_the_massive_rows_of_the_unfiltered_stream_to_the_threshold(outlier_store):  # noqa: F811
+    thresholds = buffer(outlier_store).estimate_massive_norms(2048, 10.0)
+    everything = concatenated(buffer(outlier_store)._numpy_batches(), 70)  # over two epochs
+    norms = np.linalg.norm(everything, axis=1)
+    massive = norms > thresholds[HOOK]
+    assert massive.sum() > 50
+    shrunk = buffer(outlier_store, thresholds, massive_mode="shrink")
+    got = concatenated(shrunk._numpy_batches(), 70)
+    np.testing.assert_array_equal(got[~massive], everything[~massive])  # same rows, same order
+    np.testing.assert_allclose(np.linalg.norm(got[massive], axis=1), thresholds[HOOK], rtol=1e-5)
+    np.testing.assert_allclose(got[massive], everything[massive] * (thresholds[HOOK] / norms[massive])[:, None],
+                               rtol=1e-5)  # the direction kept
+    assert shrunk.massive_rows >= massive.sum()
+    # Row counts do not change, so a start step seeks; the same batches as the uninterrupted stream.
+    np.testing.assert_array_equal(concatenated(shrunk._numpy_batches(start_step=37), 5), got[37 * 256: 42 * 256])
+    np.testing.assert_array_equal(shrunk.holdout(4096)[HOOK], buffer(outlier_store).holdout(4096)[HOOK])
 
 
 def test_the_stream_is_the_unfiltered_stream_without_its_massive_rows(outlier_store):  # noqa: F811
@@ -65,9 +87,11 @@ def test_each_stream_drops_only_its_own_massive_rows(outlier_store):  # noqa: F8
         np.testing.assert_array_equal(got, expected[: len(got)])
 
 
-def test_training_without_massive_tokens_resumes_bitwise_and_still_evaluates_them(outlier_store, tmp_path,  # noqa: F811
-                                                                                   monkeypatch):
-    fields = {"exclude_massive": True, "normalize": True, "norm_tokens": 2048, "checkpoint_every": 10}
+@pytest.mark.parametrize("mode", ["drop", "shrink"])
+def test_training_with_massive_tokens_handled_resumes_bitwise_and_still_evaluates_them(outlier_store, tmp_path,  # noqa: F811
+                                                                                        monkeypatch, mode):
+    fields = {"massive_tokens": mode, "normalize": True, "norm_tokens": 2048, "checkpoint_every": 10}
+    counted = f"{'dropped' if mode == 'drop' else 'shrunk'}_massive_rows"
     straight = train(train_config(outlier_store, tmp_path / "straight", steps=30, **fields), progress=False)
     polls = iter(range(1, 100))
     with monkeypatch.context() as patch:  # a SIGTERM seen at step 13: checkpoint there and stop
@@ -78,27 +102,29 @@ def test_training_without_massive_tokens_resumes_bitwise_and_still_evaluates_the
     a, b = load_trained(str(tmp_path / "straight")), load_trained(str(tmp_path / "resumed"))
     for name in a.state.params:
         np.testing.assert_array_equal(a.state.params[name], b.state.params[name], err_msg=name)
-    assert straight["eval"]["sae"]["excluded_massive_rows"] > 0
+    assert straight["eval"]["sae"][counted] > 0
     assert straight["eval"]["sae"]["massive_fraction"] > 0  # the holdout keeps its massive rows
     assert resumed["eval"]["sae"]["fvu"] == straight["eval"]["sae"]["fvu"]
     lines = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert all(line["massive_fraction"] == 0 for line in lines if line["split"] == "train")
+    if mode == "drop":  # shrunk rows sit at the threshold, which a batch's own median may put above or below
+        assert all(line["massive_fraction"] == 0 for line in lines if line["split"] == "train")
+    assert all(counted in line for line in lines if line["split"] == "train")
 
     # Every step differs from a run that keeps them, and the two cannot be mixed in one directory.
-    kept = train(train_config(outlier_store, tmp_path / "kept", steps=30, **{**fields, "exclude_massive": False}),
+    kept = train(train_config(outlier_store, tmp_path / "kept", steps=30, **{**fields, "massive_tokens": "keep"}),
                  progress=False)
     assert kept["eval"]["sae"]["fvu"] != straight["eval"]["sae"]["fvu"]
-    assert "excluded_massive_rows" not in kept["eval"]["sae"]
-    with pytest.raises(RunExistsError, match="exclude_massive"):
-        train(train_config(outlier_store, tmp_path / "straight", steps=40, **{**fields, "exclude_massive": False}),
+    assert counted not in kept["eval"]["sae"]
+    with pytest.raises(RunExistsError, match="massive_tokens"):
+        train(train_config(outlier_store, tmp_path / "straight", steps=40, **{**fields, "massive_tokens": "keep"}),
               progress=False)
 
 
 def test_a_batch_larger_than_an_epoch_is_refused_as_without_the_filter(outlier_store):  # noqa: F811
     thresholds = buffer(outlier_store).estimate_massive_norms(2048, 10.0)
     store = open_store(outlier_store)
-    for massive_norms in (None, thresholds):
+    for massive_norms, mode in ((None, "drop"), (thresholds, "drop"), (thresholds, "shrink")):
         too_big = ActivationBuffer(store, [HOOK], 2**16, seed=3, holdout_fraction=0.1, mixing_chunks=4,
-                                   exclude_bos=True, massive_norms=massive_norms)
+                                   exclude_bos=True, massive_norms=massive_norms, massive_mode=mode)
         with pytest.raises(ConfigError, match="config field 'batch_size'"):
             next(too_big._numpy_batches())
