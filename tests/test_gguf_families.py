@@ -66,7 +66,7 @@ def as_llama_cpp_stores(architecture: str, gguf_name: str, values: np.ndarray, c
 
 
 def write_gguf(model, path, architecture: str, quantized: bool = False, name: str = "tiny",
-               extra_tensors: dict | None = None) -> str:
+               extra_tensors: dict | None = None, drop: tuple[str, ...] = ()) -> str:
     """``model`` as a llama.cpp GGUF file of ``architecture`` (2-D tensors as Q8_0 when ``quantized``)."""
     import gguf
 
@@ -93,6 +93,8 @@ def write_gguf(model, path, architecture: str, quantized: bool = False, name: st
     for hf_name, values in tensors.items():
         module, _, kind = hf_name.rpartition(".")
         gguf_name = f"{hf_to_gguf[module]}.{kind}"
+        if gguf_name in drop:
+            continue
         values = as_llama_cpp_stores(architecture, gguf_name, values, config)
         if quantized and values.ndim == 2:
             writer.add_tensor(gguf_name, gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0),
@@ -185,6 +187,15 @@ def test_unknown_tensor_is_refused(models, tmp_path):
                       extra_tensors={"blk.0.ffn_gate_exps.weight": np.zeros((2, 4, 8), dtype=np.float32)})
     with pytest.raises(NotImplementedError, match=r"GGUF tensor 'blk\.0\.ffn_gate_exps\.weight' of architecture "
                                                   r"'qwen2' has no mapped HF parameter; install torch"):
+        load_hf_weights(resolve_model(path, convert_gguf=False))
+
+
+def test_missing_tensor_is_refused(models, tmp_path):
+    """transformers would initialise a missing parameter at random; we refuse the file, naming the tensor."""
+    path = write_gguf(models("gemma3"), tmp_path / "tiny-gemma3-short.gguf", "gemma3",
+                      drop=("blk.1.attn_k_norm.weight", "blk.2.ffn_up.weight"))
+    with pytest.raises(ValueError, match=r"GGUF file of architecture 'gemma3' lacks tensor 'blk\.1\.attn_k_norm"
+                                         r"\.weight' and 1 more"):
         load_hf_weights(resolve_model(path, convert_gguf=False))
 
 

@@ -110,7 +110,8 @@ def test_unmapped_gguf_architecture_is_refused(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(NotImplementedError, match="GGUF architecture 'gpt2' is not supported without torch") as refused:
+    refusal = "GGUF architecture 'gpt2' is not supported by jaxinterp's torch-free GGUF reader"
+    with pytest.raises(NotImplementedError, match=refusal) as refused:
         load_hf_weights(resolve_model(str(path), convert_gguf=False))
     assert "install torch" in str(refused.value) and "\n" not in str(refused.value)
 

@@ -112,8 +112,8 @@ def open_gguf(path: Path) -> GGUFReader:
     architecture = reader.fields["general.architecture"].contents()
     if architecture not in GGUF_ARCHITECTURES:
         raise NotImplementedError(
-            f"{path.name}: GGUF architecture '{architecture}' is not supported without torch (tensor layouts "
-            f"mapped for {', '.join(GGUF_ARCHITECTURES)}); {_WHAT_TO_DO}"
+            f"{path.name}: GGUF architecture '{architecture}' is not supported by jaxinterp's torch-free GGUF reader "
+            f"(tensor layouts mapped for {', '.join(GGUF_ARCHITECTURES)}); {_WHAT_TO_DO}"
         )
     return reader
 
@@ -128,6 +128,7 @@ def read_gguf(reader: GGUFReader, config: Any) -> dict[str, np.ndarray]:
     Raises:
       NotImplementedError: transformers parsed the file as a model type the table does not map for its
         architecture, or the file holds a tensor the table does not name (e.g. MoE experts).
+      ValueError: the file lacks a parameter of the architecture (any but the tied ``output.weight``).
     """
     from gguf.quants import dequantize
 
@@ -154,4 +155,11 @@ def read_gguf(reader: GGUFReader, config: Any) -> dict[str, np.ndarray]:
         # Copy: for F32 tensors dequantize returns a view into the memory-mapped file.
         values = np.array(dequantize(tensor.data, tensor.tensor_type).reshape(hf_shape), dtype=np.float32)
         weights[f"{names[module]}.{kind}"] = table.fixup(tensor.name, values, config)
+    # transformers would leave a missing parameter randomly initialised; only lm_head may be absent (tied).
+    missing = [f"{module}.weight" for module, hf_module in names.items()
+               if hf_module != "lm_head" and f"{hf_module}.weight" not in weights]
+    if missing:
+        raise ValueError(f"GGUF file of architecture '{architecture}' lacks tensor '{missing[0]}'"
+                         f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}: truncated or not a "
+                         f"{table.model_type} checkpoint")
     return weights
