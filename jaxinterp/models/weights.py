@@ -23,7 +23,7 @@ from jaxinterp.faults import read_json
 from jaxinterp.models.gguf_weights import open_gguf, read_gguf
 from jaxinterp.models.source import ModelFiles, load_hf_config
 
-__all__ = ["load_hf_weights"]
+__all__ = ["load_hf_weights", "safetensors_files"]
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX_FILE = "model.safetensors.index.json"
@@ -52,7 +52,7 @@ def load_hf_weights(files: ModelFiles) -> tuple[transformers.PretrainedConfig, d
     return config, _read_safetensors(Path(files.directory))
 
 
-def _safetensors_files(directory: Path) -> list[Path]:
+def safetensors_files(directory: Path) -> list[Path]:
     """The weight files ``from_pretrained`` reads: one file, or the shards a sharded index lists."""
     if (directory / SAFETENSORS_FILE).exists():
         return [directory / SAFETENSORS_FILE]
@@ -70,7 +70,7 @@ def _read_safetensors(directory: Path) -> dict[str, np.ndarray]:
     from safetensors import safe_open
 
     weights = {}
-    for path in _safetensors_files(directory):
+    for path in safetensors_files(directory):
         # The numpy framework yields bf16/fp8 as ml_dtypes arrays, which upcast exactly.
         with safe_open(str(path), framework="numpy") as checkpoint:
             for name in checkpoint.keys():
