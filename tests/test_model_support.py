@@ -128,6 +128,7 @@ def test_dynamic_rope_is_refused_before_the_weights_are_read(tiny, monkeypatch):
         raise AssertionError("weights read before the refusal")
 
     monkeypatch.setattr(jax_backend, "load_hf_weights", no_weights)
+    monkeypatch.setattr(jax_backend, "lazy_safetensors", no_weights)
     with pytest.raises(UnsupportedModelError,
                        match=r"mistral attribute rope_parameters\['rope_type'\]='dynamic' \(RoPE scaling"):
         JaxSourceModel(resolve_model(directory))

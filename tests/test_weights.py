@@ -8,7 +8,8 @@ import pytest
 from safetensors import safe_open
 
 from jaxinterp.models import resolve_model
-from jaxinterp.models.weights import _gguf_llama_hf_name, _unpermute_rotary_rows, load_hf_weights
+from jaxinterp.models.gguf_weights import NON_PARAMETERS, _unpermute_rotary_rows, gguf_hf_names
+from jaxinterp.models.weights import load_hf_weights
 
 
 def state_dict_as_stored(model) -> dict[str, np.ndarray]:
@@ -72,14 +73,17 @@ def test_missing_safetensors_is_an_error(tiny_llama, tmp_path):
 
 
 def test_gguf_tensor_names():
-    assert _gguf_llama_hf_name("token_embd.weight") == "model.embed_tokens.weight"
-    assert _gguf_llama_hf_name("blk.12.attn_output.weight") == "model.layers.12.self_attn.o_proj.weight"
-    assert _gguf_llama_hf_name("blk.0.ffn_norm.weight") == "model.layers.0.post_attention_layernorm.weight"
-    assert _gguf_llama_hf_name("blk.3.attn_q.bias") == "model.layers.3.self_attn.q_proj.bias"
-    assert _gguf_llama_hf_name("output.weight") == "lm_head.weight"
-    assert _gguf_llama_hf_name("rope_freqs.weight") is None
-    with pytest.raises(NotImplementedError, match="ffn_gate_exps"):
-        _gguf_llama_hf_name("blk.0.ffn_gate_exps.weight")
+    names = gguf_hf_names("llama", 13)
+    assert names["token_embd"] == "model.embed_tokens"
+    assert names["blk.12.attn_output"] == "model.layers.12.self_attn.o_proj"
+    assert names["blk.0.ffn_norm"] == "model.layers.0.post_attention_layernorm"
+    assert names["output"] == "lm_head"
+    assert "blk.0.ffn_gate_exps" not in names
+    assert NON_PARAMETERS.fullmatch("rope_freqs.weight") and NON_PARAMETERS.fullmatch("blk.3.attn_rot_embd.weight")
+    gemma2 = gguf_hf_names("gemma2", 2)
+    assert gemma2["blk.1.ffn_norm"] == "model.layers.1.pre_feedforward_layernorm"
+    assert gemma2["blk.1.post_attention_norm"] == "model.layers.1.post_attention_layernorm"
+    assert "output" not in gemma2  # Gemma-2 GGUF files have no output tensor: the embedding is tied
 
 
 @pytest.mark.parametrize("tensor", ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_k.bias"])
@@ -96,7 +100,7 @@ def test_rotary_unpermute_matches_transformers(tensor):
     np.testing.assert_array_equal(ours, expected)
 
 
-def test_non_llama_gguf_is_refused(tmp_path):
+def test_unmapped_gguf_architecture_is_refused(tmp_path):
     import gguf
 
     path = tmp_path / "tiny-gpt2.gguf"
@@ -106,8 +110,10 @@ def test_non_llama_gguf_is_refused(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(NotImplementedError, match="'gpt2'"):
+    refusal = "GGUF architecture 'gpt2' is not supported by jaxinterp's torch-free GGUF reader"
+    with pytest.raises(NotImplementedError, match=refusal) as refused:
         load_hf_weights(resolve_model(str(path), convert_gguf=False))
+    assert "install torch" in str(refused.value) and "\n" not in str(refused.value)
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import (ACTIVATIONS, GemmaRMSNorm, Hook, Linear, attend, no_hook, pre_mlp, rope_inv_freq,
-                                     rope_tables, rotate, softcap)
+from jaxinterp.models.layers import (ACTIVATIONS, GemmaRMSNorm, Hook, Linear, attend, no_hook, param, pre_mlp,
+                                     rope_inv_freq, rope_tables, rotate, softcap)
 
 __all__ = ["GemmaConfig", "config_from_hf", "Gemma", "GemmaBlock", "MODEL_TYPES", "build"]
 
@@ -120,7 +120,7 @@ class Gemma(nnx.Module):
     """Gemma-2 / Gemma-3 text causal LM."""
 
     def __init__(self, w: Mapping[str, np.ndarray], cfg: GemmaConfig, dtype: jnp.dtype):
-        self.embed_tokens = nnx.Param(jnp.asarray(w["model.embed_tokens.weight"], dtype))
+        self.embed_tokens = param(w["model.embed_tokens.weight"], dtype)
         self.layers = nnx.List([GemmaBlock(w, i, cfg, dtype) for i in range(cfg.n_layers)])
         self.norm = GemmaRMSNorm(w["model.norm.weight"], cfg.rms_norm_eps, dtype)
         self.lm_head = Linear(w.get("lm_head.weight", w["model.embed_tokens.weight"]).T, None, dtype)

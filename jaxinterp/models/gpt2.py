@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import Hook, LayerNorm, Linear, attend, no_hook, pre_mlp
+from jaxinterp.models.layers import Hook, LayerNorm, Linear, attend, no_hook, param, pre_mlp
 
 __all__ = ["GPT2", "GPT2Block", "MODEL_TYPES", "build"]
 
@@ -44,8 +44,8 @@ class GPT2(nnx.Module):
     """GPT-2 causal LM."""
 
     def __init__(self, w: Mapping[str, np.ndarray], cfg: Any, dtype: jnp.dtype):
-        self.wte = nnx.Param(jnp.asarray(w["transformer.wte.weight"], dtype))
-        self.wpe = nnx.Param(jnp.asarray(w["transformer.wpe.weight"], dtype))
+        self.wte = param(w["transformer.wte.weight"], dtype)
+        self.wpe = param(w["transformer.wpe.weight"], dtype)
         self.layers = nnx.List([GPT2Block(w, f"transformer.h.{i}.", cfg, dtype) for i in range(cfg.n_layer)])
         self.ln_f = LayerNorm(w["transformer.ln_f.weight"], w["transformer.ln_f.bias"], cfg.layer_norm_epsilon, dtype)
         self.lm_head = Linear(w.get("lm_head.weight", w["transformer.wte.weight"]).T, None, dtype)

@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import (ACTIVATIONS, Hook, LayerNorm, Linear, attend, no_hook, pre_mlp, rope_inv_freq,
-                                     rope_tables, rotate)
+from jaxinterp.models.layers import (ACTIVATIONS, Hook, LayerNorm, Linear, attend, no_hook, param, pre_mlp,
+                                     rope_inv_freq, rope_tables, rotate)
 
 __all__ = ["GPTNeoX", "GPTNeoXBlock", "MODEL_TYPES", "build", "rotary_ndims"]
 
@@ -66,7 +66,7 @@ class GPTNeoX(nnx.Module):
     """GPT-NeoX causal LM."""
 
     def __init__(self, w: Mapping[str, np.ndarray], cfg: Any, dtype: jnp.dtype):
-        self.embed_in = nnx.Param(jnp.asarray(w["gpt_neox.embed_in.weight"], dtype))
+        self.embed_in = param(w["gpt_neox.embed_in.weight"], dtype)
         self.layers = nnx.List([GPTNeoXBlock(w, i, cfg, dtype) for i in range(cfg.num_hidden_layers)])
         self.final_layer_norm = LayerNorm(w["gpt_neox.final_layer_norm.weight"], w["gpt_neox.final_layer_norm.bias"],
                                           cfg.layer_norm_eps, dtype)

@@ -1,14 +1,20 @@
 """The JAX-native extraction backend: flax.nnx models, jitted, sharded by a rules table.
 
 Weights come from safetensors directories or GGUF files (dequantised with ``gguf``; no torch).
-Parameters are sharded over the mesh's 'model' axis (attention heads / MLP width), token batches
-over 'data'; a dimension that does not divide its mesh axis stays replicated.
+A safetensors checkpoint (one file or ``model-0000k-of-0000N`` shards + index) is read lazily
+(:mod:`jaxinterp.models.checkpoint`): the model is built from the headers, then each addressable
+device reads only its slice of each parameter, straight into the model dtype, one shard file at a
+time, so the whole model never sits on one host (nor in float32); a GGUF is dequantised in memory
+first. Parameters are sharded over the mesh's 'model' axis (attention heads / MLP width, the
+vocabulary of the embedding and unembedding), token batches over 'data'; a dimension that does not
+divide its mesh axis stays replicated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxinterp.mesh import Rules, make_mesh, tree_shardings
+from jaxinterp.models.checkpoint import lazy_safetensors, place
 from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, parse_hooks
 from jaxinterp.models.source import ModelFiles, load_hf_config
 from jaxinterp.models.support import check_jax_support
@@ -26,11 +33,14 @@ __all__ = ["JaxSourceModel", "MODEL_RULES"]
 
 # Column-parallel input projections, row-parallel output projections (Megatron layout).
 # GPT-NeoX's fused query_key_value is per head ([heads, 3 * head_size] columns), so its columns split by heads too.
-_COLUMN = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc|query_key_value|dense_h_to_4h)"
+# The vocabulary splits too, so no device holds a whole table: the unembedding's columns (lm_head), the
+# embedding's rows (a gather from a row-split table is exact). GPT-2's position table stays replicated.
+_COLUMN = r"(q_proj|k_proj|v_proj|gate_proj|up_proj|c_attn|c_fc|query_key_value|dense_h_to_4h|lm_head)"
 MODEL_RULES: Rules = (
     (_COLUMN + r"'\]\['kernel", P(None, "model")),
     (_COLUMN + r"'\]\['bias", P("model")),
     (r"\['(o_proj|down_proj|attn_proj|mlp_proj|dense|dense_4h_to_h)'\]\['kernel", P("model", None)),
+    (r"\['(embed_tokens|wte|embed_in)'\]", P("model", None)),
 )
 
 
@@ -61,15 +71,18 @@ class JaxSourceModel:
 
     def __init__(self, files: ModelFiles, dtype: str = "float32", mesh: Mesh | None = None):
         self.files = files
-        if files.gguf_file is None:  # refuse before reading the weights (build_model checks a GGUF's config)
-            check_jax_support(load_hf_config(files))
-        self.config, weights = load_hf_weights(files)
+        if files.gguf_file is None:  # refuse before reading the headers (build_model checks a GGUF's config)
+            self.config = load_hf_config(files)
+            check_jax_support(self.config)
+            weights = lazy_safetensors(Path(files.directory))  # refs: the model is built without reading a tensor
+        else:
+            self.config, weights = load_hf_weights(files)
         graphdef, state = nnx.split(build_model(self.config, weights, dtype))
         # This process's devices only: with several processes each runs its own contexts (its own
         # shards, or the same eval contexts), so a forward must not wait on the other processes.
         self.mesh = mesh if mesh is not None else make_mesh(data=-1, model=1, devices=jax.local_devices())
         self.graphdef = graphdef
-        self.state = jax.device_put(state, tree_shardings(state, MODEL_RULES, self.mesh))
+        self.state = place(state, tree_shardings(state, MODEL_RULES, self.mesh))
         self.model_class = type(nnx.merge(graphdef, state)).__name__
         self.n_layers = int(getattr(self.config, "num_hidden_layers", getattr(self.config, "n_layer", 0)))
         self.d_model = int(self.config.hidden_size)

@@ -3,6 +3,11 @@
 Small functions and leaf modules, each computed the way transformers computes it (norms in float32,
 softmax in float32, rotary angles in float32). A family module (:mod:`jaxinterp.models.llama`,
 :mod:`jaxinterp.models.gpt2`) builds its blocks from these; nothing here knows a model type.
+
+Every parameter is made by :func:`param`: from a numpy array it is a device array in the model dtype; from a
+:class:`~jaxinterp.models.checkpoint.TensorRef` it stays an unread ref in the model dtype, so a model built
+from :func:`~jaxinterp.models.checkpoint.lazy_safetensors` allocates nothing until
+:func:`~jaxinterp.models.checkpoint.place` reads each device's slice.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxinterp.models.checkpoint import TensorRef
 from jaxinterp.models.support import ROPE_TYPES
 
-__all__ = ["ACTIVATIONS", "Hook", "no_hook", "pre_mlp", "Linear", "RMSNorm", "GemmaRMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask",
+__all__ = ["ACTIVATIONS", "Hook", "no_hook", "pre_mlp", "Weight", "param", "Linear", "RMSNorm", "GemmaRMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask",
            "rope_inv_freq", "rope_tables", "rotate", "softcap"]
 
 # transformers' ACT2FN names -> the same function in JAX (the tanh approximation for gelu_new and gelu_pytorch_tanh)
@@ -44,12 +50,23 @@ def pre_mlp(norm, x: jax.Array, hook: Hook) -> jax.Array:
     return hook("mlp.hook_in", norm.scale(hook("ln2.hook_normalized", norm.normalize(x)), x.dtype))
 
 
+# A parameter's source: an array, or a checkpoint tensor not read yet
+Weight = np.ndarray | TensorRef
+
+
+def param(value: Weight, dtype: jnp.dtype) -> nnx.Param:
+    """The parameter ``value`` in ``dtype``: a device array, or for a ``TensorRef`` the ref itself (read when placed)."""
+    if isinstance(value, TensorRef):
+        return nnx.Param(value.astype(dtype))
+    return nnx.Param(jnp.asarray(value, dtype))
+
+
 class Linear(nnx.Module):
     """``x @ kernel + bias`` with ``kernel`` [in, out]."""
 
-    def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, dtype: jnp.dtype):
-        self.kernel = nnx.Param(jnp.asarray(kernel, dtype))
-        self.bias = nnx.Param(jnp.asarray(bias, dtype)) if bias is not None else None
+    def __init__(self, kernel: Weight, bias: Weight | None, dtype: jnp.dtype):
+        self.kernel = param(kernel, dtype)
+        self.bias = param(bias, dtype) if bias is not None else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = x @ self.kernel[...]
@@ -65,8 +82,8 @@ def rms_normalize(x: jax.Array, eps: float) -> jax.Array:
 class RMSNorm(nnx.Module):
     """Llama RMSNorm over the last axis, computed in float32 like transformers."""
 
-    def __init__(self, weight: np.ndarray, eps: float, dtype: jnp.dtype):
-        self.weight, self.eps = nnx.Param(jnp.asarray(weight, dtype)), eps
+    def __init__(self, weight: Weight, eps: float, dtype: jnp.dtype):
+        self.weight, self.eps = param(weight, dtype), eps
 
     def normalize(self, x: jax.Array) -> jax.Array:
         """``x * rsqrt(mean(x²) + eps)`` in float32: what the norm computes before its weight."""
@@ -84,8 +101,8 @@ class GemmaRMSNorm(nnx.Module):
     """Gemma's RMSNorm: ``normed(x) * (1 + weight)``, both factors in float32, then cast back (transformers'
     ``Gemma2RMSNorm`` / ``Gemma3RMSNorm``, which multiply before casting, unlike Llama's)."""
 
-    def __init__(self, weight: np.ndarray, eps: float, dtype: jnp.dtype):
-        self.weight, self.eps = nnx.Param(jnp.asarray(weight, dtype)), eps
+    def __init__(self, weight: Weight, eps: float, dtype: jnp.dtype):
+        self.weight, self.eps = param(weight, dtype), eps
 
     def normalize(self, x: jax.Array) -> jax.Array:
         """``x * rsqrt(mean(x²) + eps)`` in float32, before the ``(1 + weight)`` multiply."""
@@ -106,8 +123,8 @@ def softcap(x: jax.Array, cap: float | None) -> jax.Array:
 class LayerNorm(nnx.Module):
     """GPT-2 LayerNorm, computed in float32."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, eps: float, dtype: jnp.dtype):
-        self.weight, self.bias, self.eps = nnx.Param(jnp.asarray(weight, dtype)), nnx.Param(jnp.asarray(bias, dtype)), eps
+    def __init__(self, weight: Weight, bias: Weight, eps: float, dtype: jnp.dtype):
+        self.weight, self.bias, self.eps = param(weight, dtype), param(bias, dtype), eps
 
     def normalize(self, x: jax.Array) -> jax.Array:
         """``(x - mean) * rsqrt(var + eps)`` in float32: what the norm computes before its weight and bias."""

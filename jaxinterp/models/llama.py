@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import Hook, Linear, RMSNorm, attend, no_hook, pre_mlp, rope_inv_freq, rope_tables, rotate
+from jaxinterp.models.layers import (Hook, Linear, RMSNorm, attend, no_hook, param, pre_mlp, rope_inv_freq, rope_tables,
+                                     rotate)
 
 __all__ = ["LlamaConfig", "config_from_hf", "Llama", "LlamaBlock", "MODEL_TYPES", "build"]
 
@@ -128,7 +129,7 @@ class Llama(nnx.Module):
     """Llama-family causal LM."""
 
     def __init__(self, w: Mapping[str, np.ndarray], cfg: LlamaConfig, dtype: jnp.dtype):
-        self.embed_tokens = nnx.Param(jnp.asarray(w["model.embed_tokens.weight"], dtype))
+        self.embed_tokens = param(w["model.embed_tokens.weight"], dtype)
         self.layers = nnx.List([LlamaBlock(w, i, cfg, dtype) for i in range(cfg.n_layers)])
         self.norm = RMSNorm(w["model.norm.weight"], cfg.rms_norm_eps, dtype)
         # tied checkpoints store the embedding only; transformers (5.x) keeps a stored lm_head even when tied

@@ -3,7 +3,7 @@
 Every family is a pre-norm residual stack, so one driver, :func:`hooked_forward`, runs any of them
 and applies TransformerLens-named hooks: it can *capture* an activation and *edit* (replace) it, and
 it stops after the last layer a capture needs. Modules are built directly from HF-named weights
-(:func:`build_model`); there is no random init.
+(:func:`build_model`), arrays or unread checkpoint refs; there is no random init.
 
 One family is one module: :mod:`jaxinterp.models.llama` (Llama, Mistral, Qwen2, SmolLM),
 :mod:`jaxinterp.models.qwen3` (the Llama block with q/k norms), :mod:`jaxinterp.models.gemma`
@@ -27,10 +27,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxinterp.models import gemma, gpt2, gpt_neox, llama, qwen3
+from jaxinterp.models.layers import Weight
 from jaxinterp.models.support import JAX_RULES, check_jax_support
 
 __all__ = ["build_model", "hooked_forward", "SUPPORTED_MODEL_TYPES", "Edit", "FAMILIES"]
@@ -44,8 +44,9 @@ FAMILIES = {model_type: family for family in (llama, qwen3, gemma, gpt2, gpt_neo
 assert set(FAMILIES) == set(SUPPORTED_MODEL_TYPES), "support.JAX_RULES and the family modules disagree"
 
 
-def build_model(cfg: Any, weights: Mapping[str, np.ndarray], dtype: str = "float32") -> nnx.Module:
-    """The nnx model for an HF config and HF-named weights (``weights.load_hf_weights``).
+def build_model(cfg: Any, weights: Mapping[str, Weight], dtype: str = "float32") -> nnx.Module:
+    """The nnx model for an HF config and HF-named weights: arrays (``weights.load_hf_weights``), or refs
+    (``checkpoint.lazy_safetensors``) for a model whose params are read later, each device its slice.
 
     Raises:
       UnsupportedModelError: the model type, or a config attribute, that this code does not compute
