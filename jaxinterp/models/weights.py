@@ -1,6 +1,6 @@
 """Checkpoint tensors as float32 numpy arrays, keyed by the parameter names transformers uses.
 
-``load_hf_weights`` reads a local model (see :func:`jaxinterp.models.source.resolve_model`) without
+``load_hf_weights`` reads a local model (see :func:`jaxinterp.models.files.resolve_model`) without
 torch: safetensors directories through ``safetensors``, Llama-family GGUF files through ``gguf``.
 (The config still comes from transformers, whose GGUF metadata parser insists torch be installed.)
 The arrays equal what ``AutoModelForCausalLM.from_pretrained(...).state_dict()`` holds, so a JAX
@@ -20,7 +20,7 @@ import numpy as np
 import transformers
 
 from jaxinterp.faults import read_json
-from jaxinterp.models.source import ModelFiles, load_hf_config
+from jaxinterp.models.files import ModelFiles, load_hf_config
 
 if TYPE_CHECKING:
     from gguf import GGUFReader
