@@ -55,7 +55,7 @@ def _export(cfg):
 
 
 def _eval(cfg):
-    from jaxinterp.eval import evaluate_run
+    from jaxinterp.eval.run import evaluate_run
 
     return evaluate_run(cfg)
 

@@ -18,7 +18,7 @@ import ml_collections
 
 from jaxinterp import schemas
 from jaxinterp.config import as_dict, validate
-from jaxinterp.eval import evaluate_run
+from jaxinterp.eval.run import evaluate_run
 from jaxinterp.export import export_run
 from jaxinterp.extract import extract
 from jaxinterp.store.paths import location

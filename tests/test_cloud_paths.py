@@ -9,7 +9,7 @@ import pytest
 
 from jaxinterp import schemas
 from jaxinterp.config import ConfigError, load_config
-from jaxinterp.eval import evaluate_run
+from jaxinterp.eval.run import evaluate_run
 from jaxinterp.export import export_run, load_sae
 from jaxinterp.store.paths import location
 from jaxinterp.train import train

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from jaxinterp import schemas
+from jaxinterp.atomic import OUTPUT_MARKER, ForeignDirectoryError, atomic_directory
 from jaxinterp.cli import main
 from jaxinterp.config import ConfigError, load_config
 from jaxinterp.eval.run import evaluate_run
 from jaxinterp.export import export_run, load_sae
-from jaxinterp.export.atomic import OUTPUT_MARKER, ForeignDirectoryError, atomic_directory
 from jaxinterp.faults import machine_error
 
 HOOK = "blocks.1.hook_resid_post"

@@ -11,6 +11,8 @@ from jaxinterp import schemas
 from jaxinterp.cli import main
 from jaxinterp.config import ConfigError, load_config
 from jaxinterp.export.probe import read_probe
+from jaxinterp.models import HookError
+from jaxinterp.models.hooks import layer_count
 from jaxinterp.probe import load_labelled, probe_features, run_probe
 
 pytest.importorskip("matplotlib")
@@ -112,6 +114,39 @@ def test_ksparse_on_sae_latents_of_a_trained_run(tiny_llama, tiny_llama_run, tmp
     assert tensors["W"].shape == (8, 1) and len(config["latent_ids"]) == 8
     assert config["sae_run"] == str(tiny_llama_run / "run")
     assert not (tmp_path / "p" / "steering").exists()  # latents have no activation-space direction
+
+
+def test_probe_hooks_are_checked_against_the_models_config(tmp_path):
+    """A hook the model does not have is refused before its weights are read, as extract refuses it."""
+    from transformers import GPTNeoXConfig
+
+    from tests.tiny_models import save_tiny_model
+
+    neox = save_tiny_model(GPTNeoXConfig(vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                                         num_attention_heads=4, max_position_embeddings=512, bos_token_id=1,
+                                         eos_token_id=2), tmp_path / "neox", tokenizer=True)
+    cfg = probe_config(tmp_path / "p", model=neox, n_examples=40, hooks="blocks.0.hook_resid_mid")
+    with pytest.raises(HookError, match="hook 'blocks.0.hook_resid_mid' does not exist: this GPT-NeoX model has a "
+                                        "parallel residual") as refused:
+        probe_features(cfg, model=_NoModel(), progress=False)
+    assert "\n" not in str(refused.value)
+
+
+class _NoModel:
+    """A source model stand-in that fails if the probe runs it (the hooks must be refused first)."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the model was used ({name}) before its hooks were checked")
+
+
+def test_layer_count_reads_gpt2_and_llama_configs():
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, LlamaConfig
+
+    assert layer_count(GPT2Config(n_layer=5)) == 5
+    assert layer_count(LlamaConfig(num_hidden_layers=7)) == 7
+    assert layer_count(SimpleNamespace(n_layer=2)) == 2  # a config without transformers' attribute alias
 
 
 @pytest.mark.real_model

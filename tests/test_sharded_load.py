@@ -17,7 +17,7 @@ from jaxinterp.mesh import make_mesh, tree_shardings
 from jaxinterp.models import resolve_model
 from jaxinterp.models.checkpoint import TensorRef, lazy_safetensors
 from jaxinterp.models.jax_backend import MODEL_RULES, JaxSourceModel
-from jaxinterp.models.source import load_hf_config
+from jaxinterp.models.files import load_hf_config
 from jaxinterp.models.transformer import build_model
 from jaxinterp.models.weights import load_hf_weights
 

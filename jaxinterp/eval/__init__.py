@@ -1,4 +1,9 @@
-"""Evaluation: metric definitions and holdout evaluation of trained SAEs."""
+"""Evaluation: metric definitions and holdout evaluation of trained SAEs.
+
+The package exports only the metrics, which the trainer uses; the evaluation command,
+:func:`jaxinterp.eval.run.evaluate_run`, loads trained runs and source models, so it is imported
+from its module (importing it here would make the trainer depend on itself).
+"""
 
 from jaxinterp.eval.metrics import (
     dead_fraction,
@@ -15,13 +20,6 @@ __all__ = [
     "explained_variance",
     "fraction_variance_unexplained",
     "l0",
-    "evaluate_run",
     "log10_firing_frequency",
 ]
 
-
-def evaluate_run(cfg):
-    """See :func:`jaxinterp.eval.run.evaluate_run` (imported lazily: it pulls in the trainer)."""
-    from jaxinterp.eval.run import evaluate_run as run
-
-    return run(cfg)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxinterp.atomic import atomic_directory, check_replaceable
 from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
 from jaxinterp.eval.contexts import heldout_context_ids, read_contexts
@@ -29,7 +30,6 @@ from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.eval.plots import plot_feature_density
 from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, zero_ablation
 from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
-from jaxinterp.export.atomic import atomic_directory, check_replaceable
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.store import Store, open_store
 from jaxinterp.store.paths import location

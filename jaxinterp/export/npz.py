@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxinterp.export.atomic import atomic_directory
+from jaxinterp.atomic import atomic_directory
 from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json
 

@@ -15,7 +15,7 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so bf16 safetens
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from jaxinterp.export.atomic import atomic_directory
+from jaxinterp.atomic import atomic_directory
 from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json
 

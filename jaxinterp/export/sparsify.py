@@ -24,7 +24,7 @@ import numpy as np
 from etils import epath
 from safetensors.numpy import load_file, save_file
 
-from jaxinterp.export.atomic import atomic_directory
+from jaxinterp.atomic import atomic_directory
 from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook
 from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json

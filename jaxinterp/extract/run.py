@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from jaxinterp.extract.corpus import corpus_hash, load_documents
 from jaxinterp.extract.packing import Packed, check_max_tokens, pack_documents
 from jaxinterp.config import ConfigError
-from jaxinterp.models.hooks import hook_width
+from jaxinterp.models.hooks import hook_width, layer_count
 from jaxinterp.models import (HookPoint, choose_backend, load_hf_config, load_source_model, load_tokenizer,
                               parse_hooks, resolve_model)
 from jaxinterp.store import StoreWriter, plan_layout
@@ -63,7 +63,7 @@ def plan_extraction(cfg: Mapping[str, Any]) -> tuple[list[HookPoint], Packed, di
     """
     files = resolve_model(cfg["model"])
     tokenizer, model_config = load_tokenizer(files), load_hf_config(files)
-    n_layers = int(getattr(model_config, "num_hidden_layers", getattr(model_config, "n_layer", 0)))
+    n_layers = layer_count(model_config)
     hooks = parse_hooks(cfg["hooks"], n_layers, model_config)
     backend = choose_backend(model_config, cfg["backend"])  # a model no backend computes exactly stops here
     check_max_tokens(cfg["max_tokens"], cfg["context_size"])  # before the corpus is read and tokenised

@@ -2,8 +2,8 @@
 
 from jaxinterp.models.hooks import (LAYER_KINDS, SUBBLOCK_KINDS, HookEdit, HookError, HookPoint, hook_width, parse_hooks,
                                     valid_hook_names)
-from jaxinterp.models.source import (SMOLLM2, ModelFiles, choose_backend, load_hf_config, load_source_model,
-                                     load_tokenizer, resolve_model)
+from jaxinterp.models.files import SMOLLM2, ModelFiles, load_hf_config, load_tokenizer, resolve_model
+from jaxinterp.models.loading import choose_backend, load_source_model
 from jaxinterp.models.support import UnsupportedModelError
 
 __all__ = [

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import (ACTIVATIONS, GemmaRMSNorm, Hook, Linear, attend, no_hook, param, pre_mlp,
-                                     rope_inv_freq, rope_tables, rotate, softcap)
+from jaxinterp.models.layers import (ACTIVATIONS, GemmaRMSNorm, Hook, Linear, grouped_attention, no_hook, param,
+                                     pre_mlp, rope_inv_freq, rope_tables, softcap)
 
 __all__ = ["GemmaConfig", "config_from_hf", "Gemma", "GemmaBlock", "MODEL_TYPES", "build"]
 
@@ -99,16 +99,10 @@ class GemmaBlock(nnx.Module):
         self.attn_scale, self.attn_softcap, self.activation = cfg.attn_scale, cfg.attn_softcap, cfg.activation
 
     def attention(self, x: jax.Array, rope: dict, hook: Hook = no_hook) -> jax.Array:
-        h = self.input_layernorm(x)
-        b, s, _ = h.shape
-        q = self.q_proj(h).reshape(b, s, self.n_heads, -1)
-        k = self.k_proj(h).reshape(b, s, self.n_kv_heads, -1)
-        v = self.v_proj(h).reshape(b, s, self.n_kv_heads, -1)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope[self.layer_type]
-        out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, self.window, self.attn_scale, self.attn_softcap)
-        return self.post_attention_layernorm(self.o_proj(hook("attn.hook_z", out.reshape(b, s, -1))))
+        out = grouped_attention(self, self.input_layernorm(x), cos, sin, self.window, self.attn_scale,
+                                self.attn_softcap)
+        return self.post_attention_layernorm(self.o_proj(hook("attn.hook_z", out)))
 
     def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
         h = pre_mlp(self.pre_feedforward_layernorm, x, hook)

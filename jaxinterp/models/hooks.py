@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 __all__ = ["HookEdit", "HookPoint", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError", "LAYER_KINDS",
-           "RESIDUAL_KINDS", "SUBBLOCK_KINDS", "hook_width", "refused_kinds"]
+           "RESIDUAL_KINDS", "SUBBLOCK_KINDS", "hook_width", "layer_count", "refused_kinds"]
 
 RESIDUAL_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 SUBBLOCK_KINDS = ("attn.hook_z", "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_in", "mlp.hook_post")
@@ -96,6 +96,11 @@ def _check_refused(points: Sequence[HookPoint], config: Any) -> None:
         if point.kind in refused:
             raise HookError(f"hook '{point.name}' does not exist: {refused[point.kind]}; hook "
                             f"blocks.{point.layer}.hook_resid_pre or blocks.{point.layer}.ln2.hook_normalized instead")
+
+
+def layer_count(config: Any) -> int:
+    """The number of transformer blocks an HF ``config`` describes (``num_hidden_layers``, or GPT-2's ``n_layer``)."""
+    return int(getattr(config, "num_hidden_layers", getattr(config, "n_layer", 0)))
 
 
 def parse_hooks(names: str | Sequence[str], n_layers: int, config: Any = None) -> list[HookPoint]:

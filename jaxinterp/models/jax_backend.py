@@ -23,8 +23,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxinterp.mesh import Rules, make_mesh, tree_shardings
 from jaxinterp.models.checkpoint import lazy_safetensors, place
-from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, parse_hooks
-from jaxinterp.models.source import ModelFiles, load_hf_config
+from jaxinterp.models.files import ModelFiles, load_hf_config
+from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, layer_count, parse_hooks
 from jaxinterp.models.support import check_jax_support
 from jaxinterp.models.transformer import Edit, build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
@@ -84,7 +84,7 @@ class JaxSourceModel:
         self.graphdef = graphdef
         self.state = place(state, tree_shardings(state, MODEL_RULES, self.mesh))
         self.model_class = type(nnx.merge(graphdef, state)).__name__
-        self.n_layers = int(getattr(self.config, "num_hidden_layers", getattr(self.config, "n_layer", 0)))
+        self.n_layers = layer_count(self.config)
         self.d_model = int(self.config.hidden_size)
         self._jitted = jax.jit(partial(_forward, graphdef), static_argnames=("capture", "edit", "logits"))
         self._jitted_edit = jax.jit(partial(_edited_logits, graphdef), static_argnums=(0, 1))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +24,9 @@ from flax import nnx
 from jaxinterp.models.checkpoint import TensorRef
 from jaxinterp.models.support import ROPE_TYPES
 
-__all__ = ["ACTIVATIONS", "Hook", "no_hook", "pre_mlp", "Weight", "param", "Linear", "RMSNorm", "GemmaRMSNorm", "LayerNorm", "ROPE_TYPES", "attend", "causal_mask",
-           "rope_inv_freq", "rope_tables", "rotate", "softcap"]
+__all__ = ["ACTIVATIONS", "Hook", "no_hook", "pre_mlp", "Weight", "param", "Linear", "RMSNorm", "GemmaRMSNorm",
+           "LayerNorm", "ROPE_TYPES", "attend", "causal_mask", "rope_inv_freq", "rope_tables", "rotate", "softcap",
+           "grouped_attention"]
 
 # transformers' ACT2FN names -> the same function in JAX (the tanh approximation for gelu_new and gelu_pytorch_tanh)
 ACTIVATIONS = {
@@ -211,3 +213,24 @@ def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
+
+
+def grouped_attention(block: Any, h: jax.Array, cos: jax.Array, sin: jax.Array, window: int | None = None,
+                      scale: float | None = None, logit_cap: float | None = None) -> jax.Array:
+    """Rotary GQA self-attention of the normed input ``h`` [b, s, d] → per-head outputs [b, s, heads * head_dim].
+
+    The Llama-style steps before the output projection: q/k/v projections (``block.q_proj``,
+    ``k_proj``, ``v_proj``) split into ``block.n_heads`` query and ``block.n_kv_heads`` key/value
+    heads, the per-head q/k norms when ``block.q_norm`` is not None (``block.k_norm`` with it),
+    rotary embedding of q and k by ``cos`` / ``sin``, and :func:`attend` (``window``, ``scale``,
+    ``logit_cap``). What a block adds after (the ``attn.hook_z`` hook, ``o_proj``, a post-norm) is
+    its own.
+    """
+    b, s, _ = h.shape
+    q = block.q_proj(h).reshape(b, s, block.n_heads, -1)
+    k = block.k_proj(h).reshape(b, s, block.n_kv_heads, -1)
+    v = block.v_proj(h).reshape(b, s, block.n_kv_heads, -1)
+    if block.q_norm is not None:
+        q, k = block.q_norm(q), block.k_norm(k)
+    out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, window, scale, logit_cap)
+    return out.reshape(b, s, -1)

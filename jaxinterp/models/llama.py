@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxinterp.models.layers import (Hook, Linear, RMSNorm, attend, no_hook, param, pre_mlp, rope_inv_freq, rope_tables,
-                                     rotate)
+from jaxinterp.models.layers import (Hook, Linear, RMSNorm, grouped_attention, no_hook, param, pre_mlp, rope_inv_freq,
+                                     rope_tables)
 
 __all__ = ["LlamaConfig", "config_from_hf", "Llama", "LlamaBlock", "MODEL_TYPES", "build"]
 
@@ -109,16 +109,9 @@ class LlamaBlock(nnx.Module):
         self.n_heads, self.n_kv_heads, self.window = cfg.n_heads, cfg.n_kv_heads, cfg.windows[layer]
 
     def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], hook: Hook = no_hook) -> jax.Array:
-        h = self.input_layernorm(x)
-        b, s, _ = h.shape
-        q = self.q_proj(h).reshape(b, s, self.n_heads, -1)
-        k = self.k_proj(h).reshape(b, s, self.n_kv_heads, -1)
-        v = self.v_proj(h).reshape(b, s, self.n_kv_heads, -1)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope
-        out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, self.window)
-        return self.o_proj(hook("attn.hook_z", out.reshape(b, s, -1)))
+        out = grouped_attention(self, self.input_layernorm(x), cos, sin, self.window)
+        return self.o_proj(hook("attn.hook_z", out))
 
     def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
         h = pre_mlp(self.post_attention_layernorm, x, hook)

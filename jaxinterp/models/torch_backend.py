@@ -12,8 +12,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jaxinterp.models.files import ModelFiles, load_hf_config
 from jaxinterp.models.hooks import SUBBLOCK_KINDS, HookEdit, HookPoint, as_hook_points, parse_hooks
-from jaxinterp.models.source import ModelFiles, load_hf_config
 from jaxinterp.models.support import check_torch_support
 
 __all__ = ["TorchSourceModel", "HOOK_MODULES"]

@@ -1,6 +1,6 @@
 """Checkpoint tensors as float32 numpy arrays, keyed by the parameter names transformers uses.
 
-``load_hf_weights`` reads a local model (see :func:`jaxinterp.models.source.resolve_model`) without
+``load_hf_weights`` reads a local model (see :func:`jaxinterp.models.files.resolve_model`) without
 torch: safetensors directories through ``safetensors``, GGUF files through ``gguf`` for the
 architectures :mod:`jaxinterp.models.gguf_weights` maps (llama, qwen2, qwen3, gemma2, gemma3; any
 other is refused in one line). (The config still comes from transformers, whose GGUF metadata
@@ -20,8 +20,8 @@ import numpy as np
 import transformers
 
 from jaxinterp.faults import read_json
+from jaxinterp.models.files import ModelFiles, load_hf_config
 from jaxinterp.models.gguf_weights import open_gguf, read_gguf
-from jaxinterp.models.source import ModelFiles, load_hf_config
 
 __all__ = ["load_hf_weights", "safetensors_files"]
 

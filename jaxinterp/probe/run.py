@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxinterp.atomic import atomic_directory
 from jaxinterp.config import ConfigError
-from jaxinterp.export.atomic import atomic_directory
 from jaxinterp.export.probe import steering_vector, write_probe, write_steering_vector
-from jaxinterp.models import (HookPoint, load_hf_config, load_source_model, load_tokenizer, parse_hooks,
-                              resolve_model)
+from jaxinterp.models import HookPoint, load_hf_config, load_source_model, load_tokenizer, parse_hooks, resolve_model
+from jaxinterp.models.hooks import layer_count
 from jaxinterp.probe.data import LabelledTexts, Splits, apply_regime, encode_targets, load_labelled, split_rows
 from jaxinterp.probe.families import FittedProbe, fit_probes
 from jaxinterp.probe.features import pool_activations, tokenize_texts
@@ -55,10 +55,12 @@ class ProbeData(NamedTuple):
     dropped_labels: int = 0
 
 
-def _hooks(cfg: Mapping[str, Any], n_layers: int) -> list[HookPoint]:
+def _hooks(cfg: Mapping[str, Any], config: Any) -> list[HookPoint]:
+    """The hooks ``cfg`` names (``all``: every block's residual output), checked against the model's ``config``."""
+    n_layers = layer_count(config)
     if cfg["hooks"] == "all":
-        return parse_hooks([f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)], n_layers)
-    return parse_hooks(cfg["hooks"], n_layers)
+        return parse_hooks([f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)], n_layers, config)
+    return parse_hooks(cfg["hooks"], n_layers, config)
 
 
 def _row_labels(data: LabelledTexts, text_index: np.ndarray,
@@ -94,7 +96,7 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
     data = load_labelled(cfg["data"], cfg["text_field"], cfg["label_field"], cfg["token_label_field"],
                          cfg["n_examples"], cfg["seed"], cfg["missing_labels"])
     files = resolve_model(cfg["model"])
-    n_layers = int(load_hf_config(files).num_hidden_layers)
+    config = load_hf_config(files)
     sae = None
     if cfg["features"] == "sae":
         from jaxinterp.export import load_sae, require_same_model
@@ -103,9 +105,9 @@ def probe_features(cfg: Mapping[str, Any], model=None, progress: bool = True) ->
         require_same_model(sae, files.fingerprint(), files.name, "sae_run", cfg["allow_other_model"])
         if not sae.sae.hook_name:
             raise ConfigError(f"config field 'sae_run': {cfg['sae_run']} does not say which hook it reads")
-        hooks = parse_hooks([sae.sae.hook_name], n_layers)
+        hooks = parse_hooks([sae.sae.hook_name], layer_count(config), config)
     else:
-        hooks = _hooks(cfg, n_layers)
+        hooks = _hooks(cfg, config)
     tokenizer = load_tokenizer(files)
     tokens = tokenize_texts(tokenizer, data.texts, cfg["max_length"], cfg["prepend_bos"])
     model = model or load_source_model(cfg["model"], backend=cfg["backend"], dtype=cfg["model_dtype"])

@@ -1,10 +1,10 @@
 """SAE training: the SAEs of a run, state, the jitted step, checkpoints, and the loop."""
 
 from jaxinterp.train.checkpoint import CheckpointError, RunExistsError, checkpoint_manager, read_run_config
-from jaxinterp.train.loop import abstract_state, run_config, train
+from jaxinterp.train.loop import run_config, train
 from jaxinterp.train.members import Member, build_members, learning_rate, make_optimizer, member_configs
 from jaxinterp.train.run_lock import RunLockedError
-from jaxinterp.train.state import SAEState, TrainState, init_state
+from jaxinterp.train.state import SAEState, TrainState, abstract_state, init_state
 from jaxinterp.train.step import sae_step, train_step
 
 __all__ = [

@@ -35,11 +35,11 @@ from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir, restor
 from jaxinterp.train.members import Member, build_members, member_configs
 from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock
-from jaxinterp.train.state import TrainState, init_state
+from jaxinterp.train.state import TrainState, abstract_state, init_state
 from jaxinterp.train.step import train_step
 from jaxinterp.train.warm_start import warm_start_params
 
-__all__ = ["train", "run_config", "abstract_state"]
+__all__ = ["train", "run_config"]
 
 # Store-manifest keys copied into the run's cfg.json, so a run describes its data by itself.
 _SOURCE_KEYS = ("model", "model_name", "model_hash", "model_class", "context_size", "prepend_bos", "dataset_path",
@@ -56,12 +56,6 @@ def run_config(cfg: Mapping[str, Any], manifest: Mapping[str, Any], d_in: Mappin
     return {"saes": saes, "source": {key: manifest.get(key) for key in _SOURCE_KEYS}, "train": as_dict(cfg)}
 
 
-def abstract_state(members: Sequence[Member], d_in: Mapping[str, int]) -> TrainState:
-    """Shapes and dtypes of a run's state, without computing anything."""
-    samples = {hook: jax.ShapeDtypeStruct((2, d), np.float32) for hook, d in d_in.items()}
-    return jax.eval_shape(partial(init_state, members=members), jax.random.key(0), samples)
-
-
 def _warm_start(cfg, members: Sequence[Member], d_in: Mapping[str, int], scales: Mapping[str, float],
                 manifest: Mapping[str, Any]):
     """``{name: (params, arch_state)}`` from ``cfg.init_from`` (one-SAE runs), or ``None``."""
@@ -69,7 +63,7 @@ def _warm_start(cfg, members: Sequence[Member], d_in: Mapping[str, int], scales:
         return None
     if len(members) > 1:
         raise ConfigError("config field 'init_from' starts one SAE; a sweep run trains several")
-    from jaxinterp.export import load_sae, require_same_model
+    from jaxinterp.export.load import load_sae, require_same_model
 
     (member,) = members
     sae = load_sae(cfg["init_from"])

