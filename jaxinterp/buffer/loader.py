@@ -137,7 +137,7 @@ class ActivationBuffer:
             raise ValueError(f"massive_mode {massive_mode!r}: expected one of {', '.join(MASSIVE_MODES)}")
         self.massive_norms, self.massive_mode = massive_norms, massive_mode
         self.skipped_rows = 0
-        self.massive_rows = 0  # training rows shrunk or left out as massive (counts the reader's look-ahead too)
+        self.massive_rows = 0  # massive training rows left out, or shrunk (per hook); counts the read-ahead too
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
         self.streams = self.process_count if streams == -1 else streams
         if self.streams % self.process_count:
@@ -173,11 +173,11 @@ class ActivationBuffer:
                     for a, b in spans]
 
     def _finish_read(self, pending: list[tuple[tuple[int, int], dict[str, ts.Future]]], scaled: bool = True,
-                     order_seed: Sequence[int] | None = None, drop_massive: bool = True) -> Batch:
+                     order_seed: Sequence[int] | None = None, apply_massive: bool = True) -> Batch:
         """Waits for a read; drops excluded and bad rows, shuffles the survivors with ``order_seed``
         (if given) and scales. Each chunk's kept rows are scattered straight to their shuffled
         places in one aligned array per hook (one pass over the data). Massive rows (when
-        ``massive_norms`` is set and ``drop_massive``) are removed after the shuffle, or shrunk
+        ``massive_norms`` is set and ``apply_massive``) are removed after the shuffle, or shrunk
         (``massive_mode="shrink"``)."""
         chunks, keep, massive = [], [], []
         for (start, stop), futures in pending:
@@ -189,7 +189,7 @@ class ActivationBuffer:
                     raise self.store.read_failed(name, start, stop, error) from error
             kept = rows["pos"] != 0 if self.drop_bos else np.ones(len(rows["pos"]), bool)
             keep.append(kept & self._finite_rows(rows, start))
-            if drop_massive and self.massive_norms is not None and self.massive_mode == "drop":
+            if apply_massive and self.massive_norms is not None and self.massive_mode == "drop":
                 massive.append(self._massive_rows(rows))
             chunks.append(rows)
         keep = np.concatenate(keep)
@@ -215,7 +215,7 @@ class ActivationBuffer:
                 values[place[first: first + len(rows[hook])]] = rows[hook]
                 first += len(rows[hook])
             values = values[:n_kept]
-            if drop_massive and self.massive_norms is not None and self.massive_mode == "shrink":
+            if apply_massive and self.massive_norms is not None and self.massive_mode == "shrink":
                 self.massive_rows += shrink_rows(values, self.massive_norms[hook])
             scale = self.scales[hook] if scaled else 1.0
             out[hook] = values if scale == 1.0 else np.multiply(values, np.float32(scale), out=values)
@@ -391,14 +391,14 @@ class ActivationBuffer:
     def estimate_massive_norms(self, n_tokens: int, ratio: float) -> dict[str, float]:
         """Per-hook ``ratio`` × the median row norm over the rows :meth:`estimate_scales` reads (raw
         units): the thresholds above which training rows count as massive (:attr:`massive_norms`)."""
-        rows = self._rows_of(self._epoch_order(0), n_tokens, scaled=False, drop_massive=False)
+        rows = self._rows_of(self._epoch_order(0), n_tokens, scaled=False, apply_massive=False)
         return {hook: float(ratio * np.median(np.linalg.norm(values, axis=1))) for hook, values in rows.items()}
 
-    def _rows_of(self, chunks: np.ndarray, max_tokens: int, scaled: bool = True, drop_massive: bool = True) -> Batch:
+    def _rows_of(self, chunks: np.ndarray, max_tokens: int, scaled: bool = True, apply_massive: bool = True) -> Batch:
         parts, total = [], 0
         for first in range(0, len(chunks), self.mixing_chunks):
             group = chunks[first: first + self.mixing_chunks]
-            parts.append(self._finish_read(self._start_read(group), scaled, drop_massive=drop_massive))
+            parts.append(self._finish_read(self._start_read(group), scaled, apply_massive=apply_massive))
             total += len(parts[-1][self.hooks[0]])
             if total >= max_tokens:
                 break
@@ -410,8 +410,8 @@ class ActivationBuffer:
         """Up to ``max_tokens`` held-out rows per hook, in store order."""
         if not len(self.split.holdout):
             raise ConfigError("no holdout chunks: set config field 'holdout_fraction' > 0")
-        return self._rows_of(self.split.holdout, max_tokens, drop_massive=False)
+        return self._rows_of(self.split.holdout, max_tokens, apply_massive=False)
 
     def first_rows(self, max_tokens: int) -> Batch:
         """Up to ``max_tokens`` rows per hook from the start of the store (all chunks)."""
-        return self._rows_of(np.arange(len(self.split.train) + len(self.split.holdout)), max_tokens, drop_massive=False)
+        return self._rows_of(np.arange(len(self.split.train) + len(self.split.holdout)), max_tokens, apply_massive=False)
