@@ -31,7 +31,7 @@ from jaxinterp.models import resolve_model
 from jaxinterp.sae import dense_latents
 from jaxinterp.store import open_store
 from jaxinterp.train import train
-from jaxinterp.train.trained import load_trained
+from jaxinterp.runs import load_trained
 
 pytestmark = pytest.mark.real_model
 
