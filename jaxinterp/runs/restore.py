@@ -4,7 +4,7 @@ A step is used only once :func:`~jaxinterp.runs.integrity.check_step` finds it i
 written before digests), so a damaged or half-written step falls back to the one before it, and a
 run with no usable step is one :class:`CheckpointError` naming each step and what is wrong with it.
 Restores take the whole saved tree or, with ``partial``, only the leaves the target names (no
-other leaf is read; evaluation and export never touch the optimizer state).
+other leaf is restored: evaluation and export never restore the optimizer state).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A trained SAE read back from a run directory (eval, export, probes, warm starts): :func:`load_trained`.
 
 Only what using the SAE needs is restored: its params, architecture state and latent counters, the
-run's token count and the buffer's input scales. The optimizer state stays on disk, unread, and no
+run's token count and the buffer's input scales. The optimizer state is not restored, and no
 optimizer is built: the restore target comes from the checkpoint's own metadata, the architecture
 from the SAE's entry of ``cfg.json``.
 """
