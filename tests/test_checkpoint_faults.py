@@ -16,8 +16,8 @@ import pytest
 
 from jaxinterp import schemas
 from jaxinterp.config import load_config
+from jaxinterp.runs import CheckpointError, load_trained
 from jaxinterp.train import train
-from jaxinterp.train.trained import load_trained
 from tests.stores import small_sparse_store
 
 HOOK = "blocks.0.hook_resid_post"
@@ -67,12 +67,28 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def full_state(run: Path):
+    """``(step, state)`` of a run's newest intact step, optimizer state included (what a resume restores)."""
+    import jax
+
+    from jaxinterp.runs import read_run_config, restore_latest
+    from jaxinterp.train import abstract_state, build_members
+
+    run_config = read_run_config(str(run))
+    d_in = {sae["hook_name"]: sae["d_in"] for sae in run_config["saes"].values()}
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                          abstract_state(build_members(run_config["train"]), d_in))
+    step, state, _ = restore_latest(str(run), target)
+    return step, state
+
+
 def assert_same_params(a_dir, b_dir):
-    a, b = load_trained(str(a_dir)), load_trained(str(b_dir))
-    assert a.step == b.step == STEPS
-    for name in a.state.params:
-        np.testing.assert_array_equal(a.state.params[name], b.state.params[name], err_msg=name)
-    for a_leaf, b_leaf in zip(*(jax_leaves(x.state.opt_state) for x in (a, b))):
+    (a_step, a), (b_step, b) = full_state(a_dir), full_state(b_dir)
+    assert a_step == b_step == STEPS
+    for name in a.saes["sae"].params:
+        np.testing.assert_array_equal(a.saes["sae"].params[name], b.saes["sae"].params[name], err_msg=name)
+    for a_leaf, b_leaf in zip(*(jax_leaves(x.saes["sae"].opt_state) for x in (a, b)), strict=True):
         np.testing.assert_array_equal(a_leaf, b_leaf)
 
 
@@ -114,8 +130,6 @@ def test_flipped_byte_is_detected_and_training_falls_back_bitwise(store_url, str
 
 
 def test_missing_files_fall_back_and_no_intact_step_is_one_line_naming_each(store_url, straight, tmp_path, capfd):
-    from jaxinterp.train import CheckpointError
-
     run = copy_run(straight, tmp_path)
     missing = data_files(run, 60)[-1]
     missing.unlink()
@@ -181,6 +195,50 @@ def test_legacy_steps_without_digest_are_restored_with_a_warning(straight, tmp_p
     assert load_trained(str(run)).step == 60
     (warning,) = warnings_in(capfd.readouterr().err)
     assert "checkpoints/60 was written without a digest" in warning
+
+
+def test_load_trained_builds_no_optimizer_and_restores_the_final_values_bitwise(straight, monkeypatch):
+    import optax
+
+    import jaxinterp.train.members
+
+    step, final = full_state(straight)  # the optimizer is built here, before it is forbidden
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("load_trained built an optimizer")
+
+    monkeypatch.setattr(optax, "adam", forbidden)
+    monkeypatch.setattr(jaxinterp.train.members, "make_optimizer", forbidden)
+    monkeypatch.setattr(jaxinterp.train.members, "build_members", forbidden)
+    trained = load_trained(str(straight))
+    assert trained.step == step == STEPS
+    assert not hasattr(trained.state, "opt_state")
+    expected = final.saes["sae"]
+    assert set(trained.state.params) == set(expected.params)
+    for name, value in expected.params.items():
+        np.testing.assert_array_equal(trained.state.params[name], value, err_msg=name)
+        assert trained.state.params[name].dtype == value.dtype
+    for field in ("tokens_since_fired", "fire_count"):
+        np.testing.assert_array_equal(getattr(trained.state, field), getattr(expected, field), err_msg=field)
+    assert set(trained.state.arch_state) == set(expected.arch_state)
+    for a, b in zip(jax_leaves(trained.state.arch_state), jax_leaves(expected.arch_state), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert trained.tokens_seen == float(final.tokens_seen) > 0
+    assert trained.architecture.name == trained.config["architecture"] == "topk"
+
+
+def test_load_trained_names_every_corrupted_step(straight, tmp_path, capfd):
+    run = copy_run(straight, tmp_path)
+    damaged = {step: data_files(run, step)[0] for step in (40, 60)}
+    for path in damaged.values():
+        flip_a_byte(path)
+    capfd.readouterr()
+    with pytest.raises(CheckpointError) as error:
+        load_trained(str(run))
+    message = str(error.value)
+    assert "\n" not in message and "no intact checkpoint" in message
+    for step, path in damaged.items():
+        assert f"{run}/checkpoints/{step}" in message and path.name in message and "changed since" in message
 
 
 # Case 2: one writer job per run directory.

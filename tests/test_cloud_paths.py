@@ -11,9 +11,9 @@ from jaxinterp import schemas
 from jaxinterp.config import ConfigError, load_config
 from jaxinterp.eval.run import evaluate_run
 from jaxinterp.export import export_run, load_sae
+from jaxinterp.runs import load_trained
 from jaxinterp.store.paths import location
 from jaxinterp.train import train
-from jaxinterp.train.trained import load_trained
 from tests.stores import small_sparse_store
 
 HOOK = "blocks.0.hook_resid_post"

@@ -12,10 +12,10 @@ from jaxinterp.config import ConfigError
 from jaxinterp.export import (PortableSAE, detect_format, export_run, load_sae, portable_from_trained, read_npz,
                               to_jaxinterp)
 from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook
+from jaxinterp.runs import load_trained
 from jaxinterp.sae import dense_latents
 from jaxinterp.store import open_store
 from jaxinterp.train import train
-from jaxinterp.train.trained import load_trained
 from tests.stores import small_sparse_store
 from tests.test_train import HOOK, train_config
 

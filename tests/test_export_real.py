@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from jaxinterp.export import export_run, load_sae, portable_from_trained, to_jaxinterp
+from jaxinterp.runs import load_trained
 from jaxinterp.sae import dense_latents
 from jaxinterp.store import open_store
-from jaxinterp.train.trained import load_trained
 from tests.conftest import SMOLLM2_HOOK
 
 pytestmark = pytest.mark.real_model

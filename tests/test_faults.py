@@ -184,7 +184,7 @@ def small_disk(tmp_path):
 
 
 def test_disk_full_during_train_is_one_line_and_the_rerun_resumes_exactly(small_disk, tmp_path):
-    from jaxinterp.train.trained import load_trained
+    from jaxinterp.runs import load_trained
     from tests.stores import small_sparse_store
 
     disk, remount = small_disk

@@ -9,10 +9,10 @@ import pytest
 
 from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
+from jaxinterp.runs import load_trained
 from jaxinterp.store import open_store
 from jaxinterp.train import train
 from jaxinterp.train.checkpoint import RunExistsError
-from jaxinterp.train.trained import load_trained
 from tests.test_massive_metrics import outlier_store  # noqa: F401  (the fixture)
 from tests.test_train import HOOK, train_config
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxinterp.runs import load_trained
 from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
-from jaxinterp.train.trained import load_trained
 
 LAUNCH = str(Path(__file__).parents[1] / "launch" / "local.py")
 HOOK = "blocks.1.hook_resid_post"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxinterp.train.trained import load_trained
+from jaxinterp.runs import load_trained
 from tests.stores import small_sparse_store
 
 HOOK = "blocks.0.hook_resid_post"

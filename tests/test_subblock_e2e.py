@@ -28,10 +28,10 @@ from jaxinterp.eval.contexts import heldout_context_ids, read_contexts
 from jaxinterp.eval.run import evaluate_run
 from jaxinterp.export import export_run, load_sae, portable_from_trained, to_jaxinterp
 from jaxinterp.models import resolve_model
+from jaxinterp.runs import load_trained
 from jaxinterp.sae import dense_latents
 from jaxinterp.store import open_store
 from jaxinterp.train import train
-from jaxinterp.train.trained import load_trained
 
 pytestmark = pytest.mark.real_model
 

@@ -9,9 +9,9 @@ from jaxinterp import schemas
 from jaxinterp.config import ConfigError, load_config
 from jaxinterp.export import export_run
 from jaxinterp.mesh import SAE_RULES, make_mesh, tree_shardings
+from jaxinterp.runs import load_trained
 from jaxinterp.store import open_store
 from jaxinterp.train import RunExistsError, train
-from jaxinterp.train.trained import load_trained
 from tests.stores import small_sparse_store, sparse_activations, write_store
 
 HOOK = "blocks.0.hook_resid_post"

@@ -31,9 +31,9 @@ from jaxinterp.eval.plots import plot_feature_density
 from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, zero_ablation
 from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
+from jaxinterp.runs import load_trained
 from jaxinterp.store import Store, open_store
 from jaxinterp.store.paths import location
-from jaxinterp.train.trained import load_trained
 
 __all__ = ["EVAL_FILES", "evaluate_run", "model_metrics"]
 

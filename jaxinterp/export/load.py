@@ -22,7 +22,7 @@ from jaxinterp.sae import Architecture, Latents
 from jaxinterp.store.paths import local_copy, location
 
 if TYPE_CHECKING:
-    from jaxinterp.train.trained import TrainedSAE
+    from jaxinterp.runs import TrainedSAE
 
 __all__ = ["LoadedSAE", "READERS", "detect_format", "is_run_directory", "load_sae", "loaded_from_trained",
            "require_same_model"]
@@ -142,7 +142,7 @@ def load_sae(path: str | Path | epath.Path, fmt: str = "", name: str = "") -> Lo
     """
     fmt = fmt or detect_format(path)
     if fmt == "run":
-        from jaxinterp.train.trained import load_trained  # the trainer is heavy; imports need none of it
+        from jaxinterp.runs import load_trained  # orbax is heavy; importing export needs none of it
 
         return loaded_from_trained(load_trained(str(path), name))
     if fmt not in READERS:

@@ -25,7 +25,7 @@ from jaxinterp.sae import Architecture, make_architecture
 from jaxinterp.sae.topk import fold_input_scale
 
 if TYPE_CHECKING:
-    from jaxinterp.train.trained import TrainedSAE
+    from jaxinterp.runs import TrainedSAE
 
 __all__ = ["FORMAT_ARCHITECTURES", "PortableSAE", "SAEFileError", "THRESHOLD_ARCHITECTURES", "portable_from_trained",
            "require_format", "to_jaxinterp"]
@@ -78,7 +78,7 @@ class PortableSAE(NamedTuple):
 
 
 def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
-    """The :class:`PortableSAE` of a :class:`~jaxinterp.train.trained.TrainedSAE`.
+    """The :class:`PortableSAE` of a :class:`~jaxinterp.runs.TrainedSAE`.
 
     Input normalisation is folded into the weights (:func:`jaxinterp.sae.topk.fold_input_scale`);
     ``threshold`` is ``exp(log_threshold)`` for JumpReLU and BatchTopK/Matryoshka's global

@@ -9,7 +9,7 @@ from jaxinterp.export.npz import export_npz
 from jaxinterp.export.portable import portable_from_trained, require_format
 from jaxinterp.export.saelens import export_saelens
 from jaxinterp.export.sparsify import export_sparsify
-from jaxinterp.train.trained import load_trained
+from jaxinterp.runs import load_trained
 
 __all__ = ["FORMATS", "export_run"]
 

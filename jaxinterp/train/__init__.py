@@ -1,6 +1,11 @@
-"""SAE training: the SAEs of a run, state, the jitted step, checkpoints, and the loop."""
+"""SAE training: the SAEs of a run, state, the jitted step, checkpoints, and the loop.
 
-from jaxinterp.train.checkpoint import CheckpointError, RunExistsError, checkpoint_manager, read_run_config
+Reading a finished run back (its config, its trained SAEs) is :mod:`jaxinterp.runs`, which this
+package builds on and which imports nothing of it.
+"""
+
+from jaxinterp.runs import CheckpointError  # train raises it too (a run whose verified steps are all damaged)
+from jaxinterp.train.checkpoint import RunExistsError
 from jaxinterp.train.loop import run_config, train
 from jaxinterp.train.members import Member, build_members, learning_rate, make_optimizer, member_configs
 from jaxinterp.train.run_lock import RunLockedError
@@ -16,12 +21,10 @@ __all__ = [
     "TrainState",
     "abstract_state",
     "build_members",
-    "checkpoint_manager",
     "init_state",
     "learning_rate",
     "make_optimizer",
     "member_configs",
-    "read_run_config",
     "run_config",
     "sae_step",
     "train",

@@ -1,15 +1,13 @@
-"""Run directories: orbax checkpoints of the train state plus a self-describing ``cfg.json``.
+"""Writing run directories: a self-describing ``cfg.json`` and orbax checkpoints of the train state.
 
-Layout of ``<run>/``: ``cfg.json`` (train config, d_in, source-model metadata from the store),
-``checkpoints/<step>/`` (orbax, plus ``jaxinterp_digest.json``: :mod:`jaxinterp.train.integrity`),
-``metrics.jsonl``, ``tensorboard/``, ``eval.json``, and ``.lock`` while a train job writes it
-(:mod:`jaxinterp.train.run_lock`). A run directory is a local path or a URL
-(:func:`jaxinterp.store.paths.location`); orbax writes checkpoints straight to ``gs://`` /
+The layout, and everything that reads it back (the newest intact step, trained SAEs), is
+:mod:`jaxinterp.runs`; this module is the train job's side: ``cfg.json`` written or checked,
+checkpoints saved with a digest (:mod:`jaxinterp.runs.integrity`) and rotated, and the damaged steps
+or failed attempts a resume cannot use removed. orbax writes checkpoints straight to ``gs://`` /
 ``s3://``, marking each finished step with a commit file (object stores cannot rename).
 
-Restores take the newest *intact* step (its digest matches), so a damaged or half-written step
-falls back to the one before it; rotation deletes old steps only once a newer one is verified.
-Only a run with a checkpoint is a run: a directory whose attempts never finished a step is reused.
+Rotation deletes old steps only once a newer one is verified. Only a run with a checkpoint is a run:
+a directory whose attempts never finished a step is reused; the lock is :mod:`jaxinterp.train.run_lock`.
 """
 
 from __future__ import annotations
@@ -17,8 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,28 +26,13 @@ from jaxinterp.buffer import BufferState
 from jaxinterp.config import flatten
 from jaxinterp.distributed import is_primary
 from jaxinterp.faults import read_json, require_free_space
-from jaxinterp.store.paths import location, on_object_store
-from jaxinterp.train.integrity import DIGEST, DIGEST_MARKER, check_step, warn, write_digest
-from jaxinterp.train.orbax_s3 import enable_s3_checkpoints
+from jaxinterp.runs.integrity import DIGEST, DIGEST_MARKER, warn, write_digest
+from jaxinterp.runs.restore import RUN_CONFIG, CheckpointError, checkpoint_manager, newest_restorable
+from jaxinterp.store.paths import location
 from jaxinterp.train.run_lock import LOCK
 
-__all__ = [
-    "RUN_CONFIG",
-    "CheckpointError",
-    "CheckpointWriter",
-    "Restorable",
-    "RunExistsError",
-    "checkpoint_manager",
-    "newest_restorable",
-    "prepare_run_dir",
-    "read_run_config",
-    "restore_latest",
-    "restore_step",
-    "save_checkpoint",
-    "write_run_config",
-]
+__all__ = ["CheckpointWriter", "RunExistsError", "prepare_run_dir", "save_checkpoint", "write_run_config"]
 
-RUN_CONFIG = "cfg.json"
 # Changing these does not change what a run *is*, so a rerun with new values resumes it (the mesh
 # included: a run restores onto however many devices the rerun has).
 # Fields a resumed run may change: schedules of logging, metrics-only thresholds, the device and
@@ -62,46 +44,11 @@ _RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "mas
 # What a train attempt leaves besides cfg.json; stale once no checkpoint of it survives.
 _ATTEMPT_FILES = ("metrics.jsonl", "tensorboard", "eval.json", "checkpoints")
 KEEP = 2  # verified steps kept; older ones are deleted once a newer one is verified
-_COMMIT_FILE = "commit_success.txt"  # orbax's mark of a finished step where there is no rename
 _SPACE_SLACK = 1.1  # a step's files over its arrays' bytes (OCDBT indices, metadata), with room to spare
 
 
 class RunExistsError(FileExistsError):
     """The run directory holds a different run."""
-
-
-class CheckpointError(FileNotFoundError):
-    """A run directory has no intact checkpoint to restore."""
-
-
-def checkpoint_manager(run_dir: str, async_save: bool = False) -> ocp.CheckpointManager:
-    """An orbax manager over ``<run_dir>/checkpoints`` that deletes nothing (:class:`CheckpointWriter` rotates).
-
-    With ``async_save`` a save returns once the arrays are copied off the devices and the files are
-    written in the background (call ``wait_until_finished`` before exiting).
-    """
-    run = location(run_dir)
-    atomicity = None
-    if on_object_store(run):
-        if str(run).startswith("s3://"):
-            enable_s3_checkpoints()
-        # No rename on object stores: a step is complete once its commit_success.txt is written.
-        atomicity = ocp.options.AtomicityOptions(mode=ocp.options.AtomicityMode.COMMIT_FILE)
-    else:
-        run = Path(run).absolute()  # orbax wants absolute local paths
-    # max_to_keep=None: orbax would delete the previous step as soon as a new one is committed, before
-    # anything has checked the new one.
-    options = ocp.CheckpointManagerOptions(max_to_keep=None, create=True, enable_async_checkpointing=async_save,
-                                           atomicity_options=atomicity)
-    return ocp.CheckpointManager(run / "checkpoints", options=options)
-
-
-def read_run_config(run_dir: str) -> dict[str, Any]:
-    """The ``cfg.json`` of a run directory."""
-    path = location(run_dir) / RUN_CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a jaxinterp run directory (no {RUN_CONFIG})")
-    return read_json(path, "run config")
 
 
 def write_run_config(run_dir: str, run_config: dict[str, Any], has_checkpoint: bool = True) -> None:
@@ -212,45 +159,6 @@ class CheckpointWriter:
         self.finish()
 
 
-class Restorable(NamedTuple):
-    """The newest step to restore (``None``: none) and the newer steps skipped, with why."""
-
-    step: int | None
-    legacy: bool
-    skipped: list[tuple[epath.Path, str]]
-    damaged: bool = False  # some skipped step was verified once and has changed since
-
-
-def _finalized_steps(directory: epath.Path) -> list[int]:
-    """The steps orbax has finalized under ``directory``, listed directly: creating an orbax manager
-    is a collective, and :func:`prepare_run_dir` runs on process 0 alone."""
-    object_store = on_object_store(directory)
-    steps = []
-    for child in directory.iterdir():
-        # Unfinished steps are '<step>.orbax-checkpoint-tmp…' locally, or lack their commit file on object stores.
-        if child.name.isdigit() and child.is_dir() and (not object_store or (child / _COMMIT_FILE).exists()):
-            steps.append(int(child.name))
-    return sorted(steps)
-
-
-def newest_restorable(run_dir: str) -> Restorable:
-    """The newest intact (or legacy, see :mod:`~jaxinterp.train.integrity`) finalized step of a run."""
-    directory = location(run_dir) / "checkpoints"
-    if not directory.exists():
-        return Restorable(None, False, [])
-    skipped, damaged = [], False
-    for step in reversed(_finalized_steps(directory)):
-        check = check_step(directory / str(step))
-        if not check.problem:
-            if check.legacy:
-                warn(f"{directory / str(step)} was written without a digest (by an older jaxinterp); "
-                     f"restoring it unchecked")
-            return Restorable(step, check.legacy, skipped, damaged)
-        skipped.append((directory / str(step), check.problem))
-        damaged = damaged or check.damaged
-    return Restorable(None, False, skipped, damaged)
-
-
 def prepare_run_dir(run_dir: str, run_config: dict[str, Any]) -> tuple[int | None, bool]:
     """Process 0 of a train job: picks the step to resume from (``None``: start afresh) and whether
     it is a legacy step, writes or checks ``cfg.json``, and removes what no restore can use (damaged
@@ -279,37 +187,3 @@ def prepare_run_dir(run_dir: str, run_config: dict[str, Any]) -> tuple[int | Non
             elif path.exists():
                 path.unlink()
     return found.step, found.legacy
-
-
-def restore_step(run_dir: str, step: int, target: Any, legacy: bool = False) -> tuple[Any, BufferState]:
-    """Restores one step of ``run_dir`` into the structure/shardings of ``target``."""
-    manager = checkpoint_manager(run_dir)
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(target), buffer=ocp.args.JsonRestore())
-    if not legacy:
-        restored = manager.restore(step, args=args)
-    else:
-        try:
-            restored = manager.restore(step, args=args)
-        except Exception as error:  # TensorStore/orbax raise ValueError, OSError, XlaRuntimeError…
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise CheckpointError(f"{manager.directory / str(step)} (written without a digest by an older jaxinterp) "
-                                  f"cannot be restored ({message}); delete it to use an older step") from error
-    return restored["state"], BufferState.from_json(restored["buffer"])
-
-
-def restore_latest(run_dir: str, target: Any) -> tuple[int, Any, BufferState]:
-    """Restores the newest intact step of ``run_dir``; damaged newer steps are reported on stderr.
-
-    Raises:
-      CheckpointError: no step is intact (the message names each step and what is wrong with it).
-    """
-    found = newest_restorable(run_dir)
-    if found.step is None:
-        if not found.skipped:
-            raise CheckpointError(f"run {run_dir} has no checkpoint yet")
-        detail = "; ".join(f"{path}: {problem}" for path, problem in found.skipped)
-        raise CheckpointError(f"run {run_dir} has no intact checkpoint ({detail}); retrain it")
-    for path, problem in found.skipped:
-        warn(f"{path}: {problem}; using step {found.step} instead")
-    state, buffer_state = restore_step(run_dir, found.step, target, found.legacy)
-    return found.step, state, buffer_state

@@ -30,8 +30,9 @@ from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.mesh import SAE_RULES, batch_sharding, make_mesh, tree_shardings
 from jaxinterp.store import open_store
+from jaxinterp.runs import restore_step
 from jaxinterp.store.paths import location
-from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir, restore_step
+from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir
 from jaxinterp.train.members import Member, build_members, member_configs
 from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock

@@ -30,7 +30,7 @@ from typing import Any, Self
 from etils import epath
 
 from jaxinterp.store.paths import on_object_store
-from jaxinterp.train.integrity import warn
+from jaxinterp.runs.integrity import warn
 
 __all__ = ["HEARTBEAT_S", "LOCK", "STALE_AFTER_S", "RunLock", "RunLockedError"]
 
