@@ -51,6 +51,7 @@ def load_trained(run_dir: str, name: str = "") -> TrainedSAE:
         raise ConfigError(f"config field 'sae': run {run_dir} has no SAE {name!r}; it has {', '.join(saes)}")
     members = build_members(run_config["train"])
     d_in = {sae["hook_name"]: sae["d_in"] for sae in saes.values()}
+    d_in.update({sae["target_hook"]: sae["d_out"] for sae in saes.values() if "target_hook" in sae})  # transcoders
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_state(members, d_in))
     step, state, buffer_state = restore_latest(run_dir, target)
