@@ -207,11 +207,11 @@ def test_refusals(store_url, tmp_path):
 
 @pytest.mark.real_model
 def test_smollm2_mlp_transcoder(tmp_path):
-    """Real SmolLM2-135M: a TopK skip transcoder blocks.6.mlp.hook_in → blocks.6.hook_mlp_out on
-    8,192 tokens (pydoc), 80 steps of 256 tokens.
+    """Real SmolLM2-135M: TopK transcoders blocks.6.mlp.hook_in → blocks.6.hook_mlp_out, plain and
+    skip, on 8,192 tokens (pydoc, context 128), 80 steps of 256 tokens, 2048 latents, k 32 (~45 s).
 
-    Measured (one CPU device): holdout target FVU 0.XXX (plain) / 0.XXX (skip), against 1.0 for
-    predicting the mean; the bounds leave margin for the seed-free nondeterminism of XLA:CPU.
+    Measured (one CPU device): holdout target FVU 0.511 (plain) and 0.435 (skip), against 1.0 for
+    predicting the mean; the bounds leave ~20% margin.
     """
     from jaxinterp.extract import extract
 
@@ -226,7 +226,8 @@ def test_smollm2_mlp_transcoder(tmp_path):
         "holdout_fraction": 0.25, "eval_tokens": 1024, "checkpoint_every": 80,
         "sweep": "tc: ; skip: skip=true"}, schemas.TRAIN, "train"), progress=False)
     print({name: round(values["fvu"], 4) for name, values in summary["eval"].items()})
-    assert summary["eval"]["tc"]["fvu"] < 0.9 and summary["eval"]["skip"]["fvu"] < 0.9
+    assert summary["eval"]["tc"]["fvu"] < 0.62 and summary["eval"]["skip"]["fvu"] < 0.53
+    assert summary["eval"]["skip"]["fvu"] < summary["eval"]["tc"]["fvu"]  # the skip connection helps
     saes = json.loads((run / "cfg.json").read_text())["saes"]
     assert saes["skip"]["hook_name"] == layer_in and saes["skip"]["target_hook"] == layer_out
     assert saes["skip"]["d_in"] == saes["skip"]["d_out"] == 576
