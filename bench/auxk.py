@@ -28,7 +28,7 @@ def loss_step_seconds(architecture: str, batch: int, n_latents: int, n_dead: int
     x = jax.random.normal(jax.random.key(0), (batch, d_in))
     params, arch_state = arch.init(jax.random.key(1), d_in, n_latents, x[:256])
     dead = jnp.zeros(n_latents, bool).at[:n_dead].set(True)
-    step = jax.jit(jax.value_and_grad(lambda p: arch.loss(p, arch_state, x, LossContext(jnp.int32(10), dead))[0]))
+    step = jax.jit(jax.value_and_grad(lambda p: arch.loss(p, arch_state, x, x, LossContext(jnp.int32(10), dead))[0]))
     jax.block_until_ready(step(params))
     best = float("inf")
     for _ in range(3):

@@ -104,12 +104,12 @@ def dense_vjp_topk_loss(k: int):
     from jaxinterp.sae.base import LossOutput, total_variance
     from jaxinterp.sae.sparse import SparseLatents
 
-    def loss(params, arch_state, x, ctx):
+    def loss(params, arch_state, x, y, ctx):  # an SAE: y is x
         pre = jnp.dot(x - params["b_dec"], params["W_enc"], preferred_element_type=jnp.float32) + params["b_enc"]
         values, indices = jax.lax.top_k(pre, k)
         values = jax.nn.relu(values)
         x_hat = jnp.einsum("tk,tkd->td", values, jnp.take(params["W_dec"], indices, axis=0)) + params["b_dec"]
-        fvu = jnp.sum(jnp.square(x - x_hat)) / total_variance(x)
+        fvu = jnp.sum(jnp.square(y - x_hat)) / total_variance(y)
         return fvu, LossOutput(SparseLatents(values, indices), {"fvu": fvu}, arch_state, x_hat)
 
     return loss

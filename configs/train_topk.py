@@ -9,6 +9,12 @@ Other architectures and sweeps (several SAEs from the same batches) are override
     jaxinterp train --config configs/train_topk.py --config.sae.architecture=jumprelu --config.normalize=true
     jaxinterp train --config configs/train_topk.py --config.sweep="k16: k=16; k64: k=64; bt: architecture=batch_topk"
 
+A transcoder (Dunefsky et al. 2024) reads one hook and reconstructs another; ``sae.skip`` adds a
+linear skip connection (Paulo et al. 2025)::
+
+    jaxinterp train --config configs/train_topk.py --config.hook=blocks.5.mlp.hook_in \
+        --config.target_hook=blocks.5.hook_mlp_out --config.sae.skip=true --config.out=runs/tc5
+
 Variant ``:quick`` trains 100 steps of a 1024-latent SAE, for a smoke test.
 """
 
@@ -22,6 +28,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
     config.store = "stores/smollm2_pydoc"
     config.hook = "blocks.12.hook_resid_post"
+    config.target_hook = ""  # '' = hook (an SAE); e.g. blocks.12.hook_mlp_out with hook=blocks.12.mlp.hook_in: a transcoder
     config.out = "runs/topk"
     config.seed = 0
     config.init_from = ""  # continue from a run dir or an SAELens/sparsify/npz export

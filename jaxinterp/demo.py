@@ -39,7 +39,7 @@ def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDi
                    "process_index": 0, "process_count": -1}
     first_hook = extract_cfg["hooks"].split(",")[0].strip()
     train_cfg = {**as_dict(cfg["train"]), **job, "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook,
-                 "init_from": "", "allow_other_model": False}
+                 "target_hook": "", "init_from": "", "allow_other_model": False}
     eval_cfg = {**as_dict(cfg["eval"]), **job, "run": str(out / "run"), "sae": "", "store": "", "model": "",
                 "allow_other_model": False, "out": str(out / "eval")}
     return (validate(ml_collections.ConfigDict(extract_cfg), schemas.EXTRACT, "extract"),

@@ -54,7 +54,9 @@ EXTRACT = Schema(
 TRAIN = Schema(
     fields={
         "store": Field(str, "activation store written by `jaxinterp extract`"),
-        "hook": Field(str, "hook in the store to train on, e.g. blocks.12.hook_resid_post"),
+        "hook": Field(str, "hook in the store to train on, e.g. blocks.12.hook_resid_post (a transcoder's input)"),
+        "target_hook": Field(str, "hook the dictionary reconstructs; '' = hook (an SAE). Another hook trains a "
+                                  "transcoder, e.g. hook=blocks.5.mlp.hook_in, target_hook=blocks.5.hook_mlp_out"),
         "out": Field(str, "run directory: orbax checkpoints, cfg.json, metrics.jsonl", check=PATH_OR_URL),
         "seed": Field(int, "seed for init, shuffling and the holdout split"),
         "init_from": Field(str, "start from this SAE instead of a fresh init: a run directory, or a SAELens/sparsify "
@@ -103,9 +105,11 @@ TRAIN = Schema(
         "sae.bandwidth": Field(float, "JumpReLU: straight-through rectangle-kernel width", minimum=1e-9),
         "sae.threshold_rate": Field(float, "BatchTopK/Matryoshka: threshold moving-average rate", minimum=0.0, maximum=1.0),
         "sae.matryoshka_prefixes": Field(str, "Matryoshka: increasing prefix sizes, e.g. 512,2048; empty = d_sae/8,/4,/2"),
+        "sae.skip": Field(bool, "transcoder only: add a zero-initialised linear skip x @ W_skip (Paulo et al. 2025)"),
         "compute_dtype": Field(str, "dtype of the SAE forward/backward; params, optimizer state and grads stay float32",
                                choices=("float32", "bfloat16")),
-        "sweep": Field(str, "more SAEs trained on the same batches: 'name: field=value, ...; ...' over sae.* fields, hook, lr"),
+        "sweep": Field(str, "more SAEs trained on the same batches: 'name: field=value, ...; ...' over sae.* fields, hook, "
+                                "target_hook, lr"),
         "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1),
         "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1),
         **DISTRIBUTED,
@@ -218,7 +222,7 @@ PROBE = Schema(
 
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
 _DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"),
-             "train": ("store", "out", "hook", "init_from", "allow_other_model"),
+             "train": ("store", "out", "hook", "target_hook", "init_from", "allow_other_model"),
              "eval": ("run", "sae", "store", "model", "out", "allow_other_model")}
 
 
@@ -271,4 +275,5 @@ def sae_config(architecture: str = "topk", n_latents: int = 4096, k: int = 32) -
     sae.bandwidth = 1e-3
     sae.threshold_rate = 0.01
     sae.matryoshka_prefixes = ""
+    sae.skip = False
     return sae

@@ -150,7 +150,7 @@ def test_topk_loss_with_dead_latents_is_the_same_on_a_sharded_mesh(n_dead):
     dead = jnp.zeros(256, bool).at[jax.random.permutation(jax.random.key(3), 256)[:n_dead]].set(True)
 
     def loss(params, x, dead):
-        return arch.loss(params, arch_state, x, LossContext(jnp.int32(10), dead))[0]
+        return arch.loss(params, arch_state, x, x, LossContext(jnp.int32(10), dead))[0]
 
     step = jax.jit(jax.value_and_grad(loss))
     value, grads = step(params, x, dead)

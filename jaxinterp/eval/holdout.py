@@ -10,25 +10,31 @@ import numpy as np
 
 from jaxinterp.eval.metrics import MASSIVE_RATIO, fvu_metrics, massive_token_mask, squared_error_sums, token_norms
 from jaxinterp.sae import Architecture, latent_fires
+from jaxinterp.sae.base import skip_term
 
 __all__ = ["evaluate_reconstruction", "reconstruction_sums"]
 
 
 @partial(jax.jit, static_argnums=0)
-def reconstruction_sums(architecture: Architecture, params, arch_state, x, mean, massive, mean_nonmassive):
-    """One batch's sums: ‖x − x̂‖² and ‖x − mean‖² over all rows, the same over the rows not
-    ``massive`` (about ``mean_nonmassive``), active latents, x̂·x̂, x̂·x, and fires per latent."""
+def reconstruction_sums(architecture: Architecture, params, arch_state, x, mean, massive, mean_nonmassive, y=None):
+    """One batch's sums: ‖y − ŷ‖² and ‖y − mean‖² over all rows, the same over the rows not
+    ``massive`` (about ``mean_nonmassive``), active latents, ŷ·ŷ, ŷ·y, and fires per latent; the
+    target ``y`` is ``x`` for an SAE (``None``), another hook's rows for a transcoder."""
     latents = architecture.encode(params, arch_state, x)
-    x_hat = architecture.decode(params, latents)
+    x_hat = skip_term(params, x, architecture.decode(params, latents))
+    y = x if y is None else y
     fires = latent_fires(latents, params["W_dec"].shape[0])
-    return (*squared_error_sums(x, x_hat, mean), *squared_error_sums(x, x_hat, mean_nonmassive, ~massive),
-            jnp.sum(fires), jnp.sum(x_hat * x_hat), jnp.sum(x_hat * x), fires)
+    return (*squared_error_sums(y, x_hat, mean), *squared_error_sums(y, x_hat, mean_nonmassive, ~massive),
+            jnp.sum(fires), jnp.sum(x_hat * x_hat), jnp.sum(x_hat * y), fires)
 
 
 def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Array], arch_state: dict[str, jax.Array],
                             x: np.ndarray, batch_size: int = 4096,
-                            massive_ratio: float = MASSIVE_RATIO) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics over all rows of ``x`` and each latent's firing count there.
+                            massive_ratio: float = MASSIVE_RATIO,
+                            y: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics over all rows of ``x`` and each latent's firing count there; for a transcoder the
+    metrics are of its target ``y`` (row-aligned with ``x``; ``None`` = ``x``, an SAE), and so are
+    the norms that pick massive rows and the means FVU is about.
 
     Returns ``({fvu, explained_variance, fvu_nonmassive, explained_variance_nonmassive,
     massive_fraction, l0, relative_reconstruction_bias, tokens}, fire_count)``.
@@ -41,17 +47,19 @@ def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Ar
     """
     if len(x) == 0:
         raise ValueError("no holdout activations to evaluate")
-    norms = np.concatenate([np.asarray(token_norms(jnp.asarray(x[first: first + batch_size])))
+    target = x if y is None else y
+    norms = np.concatenate([np.asarray(token_norms(jnp.asarray(target[first: first + batch_size])))
                             for first in range(0, len(x), batch_size)])
     massive = np.asarray(massive_token_mask(norms, massive_ratio))
-    mean = jnp.asarray(x.mean(axis=0, dtype=np.float64), jnp.float32)
-    mean_nonmassive = jnp.asarray(x[~massive].mean(axis=0, dtype=np.float64), jnp.float32)
+    mean = jnp.asarray(target.mean(axis=0, dtype=np.float64), jnp.float32)
+    mean_nonmassive = jnp.asarray(target[~massive].mean(axis=0, dtype=np.float64), jnp.float32)
     totals = np.zeros(7)
     fire_count = np.zeros(params["W_dec"].shape[0], np.float64)
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
         *sums, fires = reconstruction_sums(architecture, params, arch_state, jnp.asarray(x[rows]), mean,
-                                           jnp.asarray(massive[rows]), mean_nonmassive)
+                                           jnp.asarray(massive[rows]), mean_nonmassive,
+                                           None if y is None else jnp.asarray(y[rows]))
         totals += np.asarray(sums, np.float64)
         fire_count += np.asarray(fires)
     residual, total, residual_nonmassive, total_nonmassive, active, hat_hat, hat_x = totals

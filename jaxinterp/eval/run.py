@@ -76,6 +76,10 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     store is read from its start, and an imported SAE needs one.
     """
     trained = load_trained(cfg["run"], cfg["sae"]) if is_run_directory(cfg["run"]) else None
+    if trained and trained.config.get("transcode", False):
+        raise ConfigError(f"config field 'run': SAE {trained.name!r} is a transcoder ({trained.config['hook_name']} -> "
+                          f"{trained.config['target_hook']}); jaxinterp eval of a transcoder (its CE-loss splice) is "
+                          "not implemented yet; its holdout metrics are in the run's eval.json")
     sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])
     if not (cfg["store"] or trained):
         raise ConfigError(f"config field 'store': {cfg['run']} is an imported SAE; name the store to evaluate on")

@@ -85,6 +85,9 @@ def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
     threshold broadcast to every latent.
     """
     cfg, source, state = trained.config, trained.run_config["source"], trained.state
+    if cfg.get("transcode", False):  # SAELens, sparsify and npz readers here all take an SAE: d_in = d_out, y = x
+        raise ConfigError(f"SAE {trained.name!r} is a transcoder ({cfg['hook_name']} -> {cfg['target_hook']}): "
+                          "transcoder export is not implemented yet")
     params = fold_input_scale(state.params, trained.input_scale)
     weights = {name: np.asarray(params[name], np.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
     architecture = cfg["architecture"]

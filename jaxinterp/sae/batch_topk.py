@@ -13,8 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, option,
-                                pre_activations, total_variance)
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_dictionary, option,
+                                pre_activations, skip_term, total_variance)
 from jaxinterp.sae.sparse import SparseLatents, dead_top_k
 from jaxinterp.sae.topk import TOPK_BASE_LR, aux_k_size, auxk_loss
 
@@ -64,30 +64,39 @@ def dense_auxk_loss(cfg: Mapping[str, Any], params: Params, pre: jax.Array, resi
     return auxk_loss(SparseLatents(jax.nn.relu(values), indices), residual, params["W_dec"], dead_mask)
 
 
-def threshold_encode(params: Params, arch_state: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+def threshold_encode(params: Params, arch_state: dict[str, jax.Array], x: jax.Array,
+                     transcode: bool = False) -> jax.Array:
     """Inference: a JumpReLU with the learned global threshold (what SAELens' jumprelu computes)."""
-    pre = pre_activations(params, x)
+    pre = pre_activations(params, x, transcode)
     return jax.nn.relu(pre) * (pre > arch_state["threshold"])
 
 
-def init_with_threshold(key: jax.Array, d_in: int, d_sae: int, sample) -> tuple[Params, dict[str, jax.Array]]:
-    return init_tied(key, d_in, d_sae, sample), {"threshold": jnp.zeros((), jnp.float32)}
+def init_with_threshold(key: jax.Array, d_in: int, d_sae: int, sample, d_out: int | None = None, target_sample=None,
+                        cfg: Mapping[str, Any] | None = None) -> tuple[Params, dict[str, jax.Array]]:
+    params = init_dictionary(key, d_in, d_sae, sample, d_out, target_sample, cfg or {})
+    return params, {"threshold": jnp.zeros((), jnp.float32)}
 
 
 def make(cfg: Mapping[str, Any]) -> Architecture:
     """A BatchTopK architecture: ``k`` (mean L0), AuxK as TopK, ``threshold_rate`` = 0.01."""
     k, rate, aux_coefficient = cfg["k"], option(cfg, "threshold_rate", 0.01), option(cfg, "aux_k_coefficient", 1 / 32)
+    transcode = option(cfg, "transcode", False)
 
-    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
-        pre = pre_activations(params, x)
+    def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
+        return init_with_threshold(key, d_in, d_sae, sample, d_out, target_sample, cfg)
+
+    def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
+        return threshold_encode(params, arch_state, x, transcode)
+
+    def loss(params: Params, arch_state, x: jax.Array, y: jax.Array, ctx: LossContext):
+        pre = pre_activations(params, x, transcode)
         acts, kth = batch_topk_activations(pre, k)
-        x_hat = dense_decode(params, acts)
-        fvu = jnp.sum(jnp.square(x - x_hat)) / total_variance(x)
+        x_hat = skip_term(params, x, dense_decode(params, acts))
+        fvu = jnp.sum(jnp.square(y - x_hat)) / total_variance(y)
         terms, total = {"fvu": fvu}, fvu
-        auxk = dense_auxk_loss(cfg, params, pre, x - x_hat, ctx.dead_mask)
+        auxk = dense_auxk_loss(cfg, params, pre, y - x_hat, ctx.dead_mask)
         if auxk is not None:
             terms["auxk"], total = auxk, total + aux_coefficient * auxk
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate), x_hat)
 
-    return Architecture("batch_topk", init_with_threshold, threshold_encode, dense_decode, loss, unit_norm_decoder=True,
-                        base_lr=TOPK_BASE_LR)
+    return Architecture("batch_topk", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)

@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, linear_warmup,
-                                option, pre_activations, total_variance)
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_dictionary,
+                                linear_warmup, option, pre_activations, skip_term, total_variance)
 
 __all__ = ["make", "jump_relu", "heaviside", "initial_log_threshold"]
 
@@ -75,23 +75,24 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
     and ``k``, the L0 the thresholds are initialised for (from the first training batch)."""
     l0_coefficient = linear_warmup(option(cfg, "l0_coefficient", 1.0), option(cfg, "penalty_warmup_steps", 0))
     bandwidth, target_l0 = option(cfg, "bandwidth", 1e-3), cfg["k"]
+    transcode = option(cfg, "transcode", False)
 
-    def init(key, d_in, d_sae, sample):
-        params = init_tied(key, d_in, d_sae, sample)
-        pre = pre_activations(params, jnp.asarray(sample, jnp.float32))
+    def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
+        params = init_dictionary(key, d_in, d_sae, sample, d_out, target_sample, cfg)
+        pre = pre_activations(params, jnp.asarray(sample, jnp.float32), transcode)
         return {**params, "log_threshold": initial_log_threshold(pre, min(target_l0, d_sae))}, {}
 
     def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
-        pre = pre_activations(params, x)
+        pre = pre_activations(params, x, transcode)
         return jax.nn.relu(pre) * (pre > jnp.exp(params["log_threshold"]))
 
-    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
-        pre = pre_activations(params, x)
+    def loss(params: Params, arch_state, x: jax.Array, y: jax.Array, ctx: LossContext):
+        pre = pre_activations(params, x, transcode)
         threshold = jnp.exp(params["log_threshold"])
         acts = jump_relu(jax.nn.relu(pre), threshold, bandwidth)
-        x_hat = dense_decode(params, acts)
-        variance = total_variance(x)
-        squared_error = jnp.sum(jnp.square(x - x_hat))
+        x_hat = skip_term(params, x, dense_decode(params, acts))
+        variance = total_variance(y)
+        squared_error = jnp.sum(jnp.square(y - x_hat))
         l0_sum = jnp.sum(heaviside(pre, threshold, bandwidth))
         total = (squared_error + l0_coefficient(ctx.step) * l0_sum) / variance
         terms = {"fvu": squared_error / variance, "l0_penalty": l0_sum / variance}

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, option, pre_activations,
-                                total_variance)
+                                skip_term, total_variance)
 from jaxinterp.sae.batch_topk import (batch_topk_activations, dense_auxk_loss, init_with_threshold,
                                       threshold_encode, update_threshold)
 from jaxinterp.sae.topk import TOPK_BASE_LR
@@ -33,27 +33,31 @@ def prefix_sizes(spec: str, d_sae: int) -> list[int]:
 def make(cfg: Mapping[str, Any]) -> Architecture:
     """A Matryoshka BatchTopK architecture: BatchTopK's fields plus ``matryoshka_prefixes``."""
     k, rate, aux_coefficient = cfg["k"], option(cfg, "threshold_rate", 0.01), option(cfg, "aux_k_coefficient", 1 / 32)
+    transcode = option(cfg, "transcode", False)
 
-    def init(key, d_in, d_sae, sample):
+    def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
         prefix_sizes(option(cfg, "matryoshka_prefixes", ""), d_sae)  # fail at init, not mid-run
-        return init_with_threshold(key, d_in, d_sae, sample)
+        return init_with_threshold(key, d_in, d_sae, sample, d_out, target_sample, cfg)
 
-    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
+    def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
+        return threshold_encode(params, arch_state, x, transcode)
+
+    def loss(params: Params, arch_state, x: jax.Array, y: jax.Array, ctx: LossContext):
         d_sae = params["W_dec"].shape[0]
-        pre = pre_activations(params, x)
+        pre = pre_activations(params, x, transcode)
         acts, kth = batch_topk_activations(pre, k)
-        variance = total_variance(x)
-        x_hat, start, prefix_fvus = params["b_dec"], 0, []
+        variance = total_variance(y)
+        # Every prefix's prediction includes the skip term (it is not a latent).
+        x_hat, start, prefix_fvus = skip_term(params, x, params["b_dec"]), 0, []
         for stop in prefix_sizes(option(cfg, "matryoshka_prefixes", ""), d_sae):
             x_hat = x_hat + acts[:, start:stop] @ params["W_dec"][start:stop]
-            prefix_fvus.append(jnp.sum(jnp.square(x - x_hat)) / variance)
+            prefix_fvus.append(jnp.sum(jnp.square(y - x_hat)) / variance)
             start = stop
         terms = {"fvu": prefix_fvus[-1], "fvu_prefix_mean": jnp.mean(jnp.stack(prefix_fvus))}
         total = terms["fvu_prefix_mean"]
-        auxk = dense_auxk_loss(cfg, params, pre, x - x_hat, ctx.dead_mask)
+        auxk = dense_auxk_loss(cfg, params, pre, y - x_hat, ctx.dead_mask)
         if auxk is not None:
             terms["auxk"], total = auxk, total + aux_coefficient * auxk
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate), x_hat)
 
-    return Architecture("matryoshka", init, threshold_encode, dense_decode, loss, unit_norm_decoder=True,
-                        base_lr=TOPK_BASE_LR)
+    return Architecture("matryoshka", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)

@@ -10,8 +10,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_tied, linear_warmup,
-                                option, pre_activations, total_variance)
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_dictionary,
+                                linear_warmup, option, pre_activations, skip_term, total_variance)
 
 __all__ = ["make"]
 
@@ -22,18 +22,19 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
     The L1 coefficient ramps up linearly over the warm-up, as in Conerly et al. 2024.
     """
     l1 = linear_warmup(option(cfg, "l1_coefficient", 5.0), option(cfg, "penalty_warmup_steps", 0))
+    transcode = option(cfg, "transcode", False)
 
-    def init(key, d_in, d_sae, sample):
-        return init_tied(key, d_in, d_sae, sample), {}
+    def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
+        return init_dictionary(key, d_in, d_sae, sample, d_out, target_sample, cfg), {}
 
     def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
-        return jax.nn.relu(pre_activations(params, x))
+        return jax.nn.relu(pre_activations(params, x, transcode))
 
-    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
+    def loss(params: Params, arch_state, x: jax.Array, y: jax.Array, ctx: LossContext):
         acts = encode(params, arch_state, x)
-        x_hat = dense_decode(params, acts)
-        variance = total_variance(x)
-        squared_error = jnp.sum(jnp.square(x - x_hat))
+        x_hat = skip_term(params, x, dense_decode(params, acts))
+        variance = total_variance(y)
+        squared_error = jnp.sum(jnp.square(y - x_hat))
         penalty = jnp.sum(acts @ jnp.linalg.norm(params["W_dec"], axis=-1))
         total = (squared_error + l1(ctx.step) * penalty) / variance
         terms = {"fvu": squared_error / variance, "l1": penalty / variance}

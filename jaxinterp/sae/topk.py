@@ -13,7 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxinterp.sae.base import Architecture, LossContext, LossOutput, Params, init_tied, option, total_variance
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, init_dictionary, option, skip_term,
+                                total_variance)
 from jaxinterp.sae.sparse import SparseLatents, dead_decode, sparse_decode, topk_encode
 
 __all__ = ["make", "auxk_loss", "aux_k_size", "fold_input_scale", "TOPK_BASE_LR"]
@@ -62,32 +63,38 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         x_hat = arch.decode(params, arch.encode(params, arch_state, x))
     """
     k, aux_coefficient, multi = cfg["k"], option(cfg, "aux_k_coefficient", 1 / 32), option(cfg, "multi_topk", False)
+    transcode = option(cfg, "transcode", False)
 
-    def init(key, d_in, d_sae, sample):
-        return init_tied(key, d_in, d_sae, sample), {}
+    def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
+        return init_dictionary(key, d_in, d_sae, sample, d_out, target_sample, cfg), {}
+
+    def centre(params: Params, x: jax.Array) -> jax.Array:
+        # What topk_encode subtracts from x: b_dec for an SAE, nothing for a transcoder.
+        return jnp.zeros(x.shape[-1:], x.dtype) if transcode else params["b_dec"]
 
     def encode(params: Params, arch_state, x: jax.Array) -> SparseLatents:
         none_dead = jnp.zeros(params["b_enc"].shape, bool)
-        return topk_encode(x, params["W_enc"], params["b_enc"], params["b_dec"], none_dead, k, 0)[0]
+        return topk_encode(x, params["W_enc"], params["b_enc"], centre(params, x), none_dead, k, 0)[0]
 
     def decode(params: Params, latents: SparseLatents) -> jax.Array:
         return sparse_decode(latents, params["W_dec"]) + params["b_dec"]
 
-    def loss(params: Params, arch_state, x: jax.Array, ctx: LossContext):
-        d_in, d_sae = params["W_dec"].shape[1], params["W_dec"].shape[0]
-        k_aux = aux_k_size(cfg, d_in, d_sae)
+    def loss(params: Params, arch_state, x: jax.Array, y: jax.Array, ctx: LossContext):
+        d_out, d_sae = params["W_dec"].shape[1], params["W_dec"].shape[0]
+        k_aux = aux_k_size(cfg, d_out, d_sae)
         k_total = min(4 * k, d_sae) if multi else k
-        selected, aux = topk_encode(x, params["W_enc"], params["b_enc"], params["b_dec"], ctx.dead_mask, k_total, k_aux)
+        selected, aux = topk_encode(x, params["W_enc"], params["b_enc"], centre(params, x), ctx.dead_mask, k_total,
+                                    k_aux)
         latents = SparseLatents(selected.values[:, :k], selected.indices[:, :k])
-        x_hat = decode(params, latents)
-        variance = total_variance(x)
-        fvu = jnp.sum(jnp.square(x - x_hat)) / variance
+        x_hat = skip_term(params, x, decode(params, latents))
+        variance = total_variance(y)
+        fvu = jnp.sum(jnp.square(y - x_hat)) / variance
         terms, total = {"fvu": fvu}, fvu
         if multi:
-            terms["fvu_multi_topk"] = jnp.sum(jnp.square(x - decode(params, selected))) / variance
+            terms["fvu_multi_topk"] = jnp.sum(jnp.square(y - skip_term(params, x, decode(params, selected)))) / variance
             total = total + terms["fvu_multi_topk"] / 8
         if k_aux:
-            terms["auxk"] = auxk_loss(aux, x - x_hat, params["W_dec"], ctx.dead_mask)
+            terms["auxk"] = auxk_loss(aux, y - x_hat, params["W_dec"], ctx.dead_mask)
             total = total + aux_coefficient * terms["auxk"]
         return total, LossOutput(latents, terms, arch_state, x_hat)
 

@@ -48,12 +48,13 @@ _SOURCE_KEYS = ("model", "model_name", "model_hash", "model_class", "context_siz
 
 
 def run_config(cfg: Mapping[str, Any], manifest: Mapping[str, Any], d_in: Mapping[str, int]) -> dict[str, Any]:
-    """The self-description saved as ``<run>/cfg.json``: one entry per SAE under ``saes``."""
+    """The self-description saved as ``<run>/cfg.json``: one entry per SAE under ``saes`` (its input
+    hook ``hook_name`` of width ``d_in``, its target ``target_hook`` of width ``d_out``: the same for an SAE)."""
     saes = {}
     for name, member in member_configs(cfg).items():
         sae = member["sae"]
         saes[name] = {**sae, "d_in": d_in[member["hook"]], "d_sae": sae["n_latents"], "hook_name": member["hook"],
-                      "lr": member["lr"]}
+                      "target_hook": member["target_hook"], "d_out": d_in[member["target_hook"]], "lr": member["lr"]}
     return {"saes": saes, "source": {key: manifest.get(key) for key in _SOURCE_KEYS}, "train": as_dict(cfg)}
 
 
@@ -150,7 +151,11 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     out = location(cfg["out"], "out")  # a local path or URL; checked before any work
     store = open_store(cfg["store"])
     members = build_members(cfg)
-    hooks = list(dict.fromkeys(member.hook for member in members))
+    if cfg["init_from"] and any(member.transcoder for member in members):  # before anything is written
+        raise ConfigError("config field 'init_from': warm start of a transcoder from an exported SAE is not "
+                          "implemented yet")
+    # Input and target hooks: the buffer yields them row-aligned, each normalised with its own scale.
+    hooks = list(dict.fromkeys(hook for member in members for hook in (member.hook, member.target)))
     d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}  # a missing hook lists the store's
     mesh = make_mesh(cfg["mesh"]["data"], cfg["mesh"]["model"])
 
@@ -196,6 +201,8 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
         values = evaluation[member.name] = _holdout_metrics(member, state, holdout, cfg)
         values.update(train_tokens=int(state.tokens_seen), **_row_counts(buffer))
         values["input_scale"] = buffer.scales[member.hook]
+        if member.transcoder:
+            values["target_scale"] = buffer.scales[member.target]
     if is_primary():
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
     return {
@@ -221,7 +228,8 @@ def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np
     # optimizer state is not needed here, so it is not gathered.
     sae = host_copy(state.saes[member.name]._replace(opt_state=None))
     result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook],
-                                        massive_ratio=cfg["massive_ratio"])
+                                        massive_ratio=cfg["massive_ratio"],
+                                        y=holdout[member.target] if member.transcoder else None)
     result.update(
         dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),
         dense_fraction=float(dense_fraction(sae.fire_count, state.tokens_seen)),

@@ -5,10 +5,14 @@ metrics, so the data cost (store reads, shuffling, transfers) is paid once for a
 
     --config.sweep="k16: k=16; k64: k=64; wide: n_latents=16384; bt: architecture=batch_topk"
 
-Each ``;``-separated member overrides ``sae.*`` fields (and ``hook``, ``lr``) of the base config;
+Each ``;``-separated member overrides ``sae.*`` fields (and ``hook``, ``target_hook``, ``lr``) of the
+base config;
 its name is the text before ``:`` (or made from its overrides). The base config is member
 ``sae`` unless the sweep names it. Every member is initialised from the run's seed alone, so a
 member equals a separate run of the same config.
+
+A member whose ``target_hook`` names another hook than its ``hook`` is a transcoder (its ``sae``
+config gets ``transcode=True``, which the architectures read); ``''`` means the input hook (an SAE).
 """
 
 from __future__ import annotations
@@ -30,10 +34,20 @@ class Member(NamedTuple):
     """The static parts of one SAE of a run (hashable pieces for ``jax.jit``)."""
 
     name: str
-    hook: str
+    hook: str  # the input hook
     d_sae: int
     architecture: Architecture
     optimizer: optax.GradientTransformation
+    target_hook: str = ""  # the hook it reconstructs; '' = hook (an SAE)
+
+    @property
+    def target(self) -> str:
+        """The hook this member reconstructs (its input hook for an SAE)."""
+        return self.target_hook or self.hook
+
+    @property
+    def transcoder(self) -> bool:
+        return self.target != self.hook
 
 
 def _parse_member(spec: str) -> tuple[str | None, dict[str, str]]:
@@ -50,21 +64,24 @@ def _parse_member(spec: str) -> tuple[str | None, dict[str, str]]:
 
 
 def member_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{name: {"hook", "lr", "sae": {...}}}`` for every SAE of the run, validated field by field.
+    """``{name: {"hook", "target_hook", "lr", "sae": {...}}}`` for every SAE of the run, validated field
+    by field; ``target_hook`` is resolved (``''`` → ``hook``) and ``sae["transcode"]`` says whether it differs.
 
     Raises:
-      ConfigError: naming the sweep field that is unknown or has a bad value, or a repeated name.
+      ConfigError: naming the sweep field that is unknown or has a bad value, or a repeated name; a
+        skip connection (``sae.skip``) on an SAE.
     """
-    base = {"hook": cfg["hook"], "lr": cfg["lr"], "sae": as_dict(cfg["sae"])}
+    # .get: the train config of a run made before transcoders has no target_hook or sae.skip.
+    base = {"hook": cfg["hook"], "target_hook": cfg.get("target_hook", ""), "lr": cfg["lr"], "sae": as_dict(cfg["sae"])}
     specs = [s for s in cfg["sweep"].split(";") if s.strip()]
-    members: dict[str, dict[str, Any]] = {} if specs else {"sae": base}
+    members: dict[str, dict[str, Any]] = {} if specs else {"sae": _resolve_target(base)}
     for spec in specs:
         name, overrides = _parse_member(spec)
-        member = {"hook": base["hook"], "lr": base["lr"], "sae": dict(base["sae"])}
+        member = {"hook": base["hook"], "target_hook": base["target_hook"], "lr": base["lr"], "sae": dict(base["sae"])}
         for field, value in overrides.items():
-            path = field if field in ("hook", "lr") else f"sae.{field}"
+            path = field if field in _MEMBER_TOP_FIELDS else f"sae.{field}"
             if path not in TRAIN.fields:
-                valid = ", ".join(["hook", "lr", *sorted(p[4:] for p in TRAIN.fields if p.startswith("sae."))])
+                valid = ", ".join([*_MEMBER_TOP_FIELDS, *sorted(p[4:] for p in TRAIN.fields if p.startswith("sae."))])
                 raise ConfigError(f"config field 'sweep': unknown member field {field!r}; valid: {valid}")
             typed = check_field(f"sweep.{field}", TRAIN.fields[path], value)
             if path.startswith("sae."):
@@ -76,8 +93,21 @@ def member_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         name = name or "_".join(f"{f}{v}" for f, v in overrides.items()) or "sae"
         if name in members:
             raise ConfigError(f"config field 'sweep': member name {name!r} is used twice")
-        members[name] = member
+        members[name] = _resolve_target(member, f"sweep member {name!r}: ")
     return members
+
+
+_MEMBER_TOP_FIELDS = ("hook", "target_hook", "lr")
+
+
+def _resolve_target(member: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``target_hook`` '' → ``hook``; ``sae.transcode``; refuses a skip connection on an SAE."""
+    target = member["target_hook"] or member["hook"]
+    sae = {**member["sae"], "transcode": target != member["hook"]}
+    if sae.get("skip", False) and not sae["transcode"]:
+        raise ConfigError(f"config field 'sae.skip': {where}a skip connection needs a transcoder; set target_hook "
+                          f"to another hook than {member['hook']}")
+    return {**member, "target_hook": target, "sae": sae}
 
 
 def learning_rate(lr: float, n_latents: int, base_lr: float = TOPK_BASE_LR) -> float:
@@ -116,5 +146,6 @@ def build_members(cfg: Mapping[str, Any]) -> list[Member]:
         architecture = make_architecture(member["sae"])
         lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr)
         members.append(Member(name, member["hook"], member["sae"]["n_latents"], architecture,
-                              make_optimizer(cfg, lr, architecture.unit_norm_decoder)))
+                              make_optimizer(cfg, lr, architecture.unit_norm_decoder),
+                              member["target_hook"] if member["sae"]["transcode"] else ""))
     return members

@@ -38,7 +38,8 @@ class TrainState(NamedTuple):
 
 def init_state(key: jax.Array, samples: Mapping[str, jax.Array], members: Sequence[Member],
                initial: Mapping[str, tuple[dict, dict]] | None = None) -> TrainState:
-    """A fresh state; ``samples[hook]`` is a data batch for data-dependent init (``b_dec``, thresholds).
+    """A fresh state; ``samples[hook]`` is a data batch for data-dependent init (``b_dec`` from the
+    member's target hook, thresholds from its input hook).
 
     Every member starts from ``key`` itself, so a sweep member equals a separate run with that seed.
     ``initial[name]`` = ``(params, arch_state)`` replaces a member's init (warm start).
@@ -48,6 +49,10 @@ def init_state(key: jax.Array, samples: Mapping[str, jax.Array], members: Sequen
         sample = samples[member.hook]
         if initial and member.name in initial:
             params, arch_state = initial[member.name]
+        elif member.transcoder:
+            target = samples[member.target]
+            params, arch_state = member.architecture.init(key, sample.shape[1], member.d_sae, sample, target.shape[1],
+                                                          target)
         else:
             params, arch_state = member.architecture.init(key, sample.shape[1], member.d_sae, sample)
         saes[member.name] = SAEState(
@@ -61,6 +66,7 @@ def init_state(key: jax.Array, samples: Mapping[str, jax.Array], members: Sequen
 
 
 def abstract_state(members: Sequence[Member], d_in: Mapping[str, int]) -> TrainState:
-    """Shapes and dtypes of a run's state, without computing anything."""
+    """Shapes and dtypes of a run's state, without computing anything; ``d_in[hook]`` is each input
+    and target hook's width."""
     samples = {hook: jax.ShapeDtypeStruct((2, d), np.float32) for hook, d in d_in.items()}
     return jax.eval_shape(partial(init_state, members=members), jax.random.key(0), samples)

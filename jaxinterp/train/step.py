@@ -20,12 +20,14 @@ _INT32_MAX = jnp.iinfo(jnp.int32).max
 
 def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, tokens_seen: jax.Array,
              dead_tokens: int, compute_dtype: str = "float32",
-             massive_ratio: float = MASSIVE_RATIO) -> tuple[SAEState, dict[str, jax.Array]]:
-    """Gradient step of one SAE, decoder renormalisation if its architecture wants it, and the
-    latent-firing bookkeeping; returns the new state and its metrics.
+             massive_ratio: float = MASSIVE_RATIO, y: jax.Array | None = None) -> tuple[SAEState, dict[str, jax.Array]]:
+    """Gradient step of one SAE (or transcoder: input ``x``, target ``y``; ``None`` = ``x``), decoder
+    renormalisation if its architecture wants it, and the latent-firing bookkeeping; returns the new
+    state and its metrics.
 
-    The metrics include :func:`~jaxinterp.eval.metrics.reconstruction_metrics` of the loss's own x̂
-    (FVU over all tokens and over those below ``massive_ratio`` × the batch's median norm), in float32.
+    The metrics include :func:`~jaxinterp.eval.metrics.reconstruction_metrics` of the loss's own ŷ
+    against the target (FVU over all tokens and over those below ``massive_ratio`` × the batch's
+    median target norm), in float32.
 
     With ``compute_dtype="bfloat16"`` the loss runs on bf16 copies of params and data; the casts'
     VJPs return float32 gradients to the float32 master weights and optimizer.
@@ -33,12 +35,15 @@ def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, token
     dead_mask = sae.tokens_since_fired >= dead_tokens
     dtype = jnp.dtype(compute_dtype)
 
-    def loss_fn(params, arch_state, x, ctx):
-        loss, out = member.architecture.loss(_cast(params, dtype), arch_state, x.astype(dtype), ctx)
+    def loss_fn(params, arch_state, x, y, ctx):
+        x_cast = x.astype(dtype)
+        # An SAE's target is its input itself (the same array: the loss's ops are unchanged).
+        y_cast = x_cast if y is None else y.astype(dtype)
+        loss, out = member.architecture.loss(_cast(params, dtype), arch_state, x_cast, y_cast, ctx)
         return loss.astype(jnp.float32), out
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, out), grads = grad_fn(sae.params, sae.arch_state, x, LossContext(step, dead_mask))
+    (loss, out), grads = grad_fn(sae.params, sae.arch_state, x, y, LossContext(step, dead_mask))
     updates, opt_state = member.optimizer.update(grads, sae.opt_state, sae.params)
     params = optax.apply_updates(sae.params, updates)
     if member.architecture.unit_norm_decoder:
@@ -52,7 +57,7 @@ def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, token
     metrics = {
         "loss": loss,
         **out.terms,
-        **reconstruction_metrics(x, out.x_hat, massive_ratio),
+        **reconstruction_metrics(x if y is None else y, out.x_hat, massive_ratio),
         "l0": mean_l0(out.latents),
         "dead_fraction": dead_fraction(new.tokens_since_fired, dead_tokens),
         "dense_fraction": dense_fraction(new.fire_count, tokens_seen + n_tokens),
@@ -68,7 +73,8 @@ def _cast(params: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Sequence[Member],
                dead_tokens: int, compute_dtype: str = "float32",
                massive_ratio: float = MASSIVE_RATIO) -> tuple[TrainState, dict[str, dict[str, jax.Array]]]:
-    """Steps every member on its hook's rows of ``batch``; metrics are ``{member: {name: value}}``.
+    """Steps every member on its hook's rows of ``batch`` (a transcoder: its input hook's rows and its
+    target hook's, row-aligned); metrics are ``{member: {name: value}}``.
 
     Example::
 
@@ -79,6 +85,6 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Se
     for member in members:
         saes[member.name], metrics[member.name] = sae_step(
             member, state.saes[member.name], batch[member.hook], state.step, state.tokens_seen, dead_tokens,
-            compute_dtype, massive_ratio)
+            compute_dtype, massive_ratio, batch[member.target] if member.transcoder else None)
     n_tokens = next(iter(batch.values())).shape[0]
     return TrainState(state.step + 1, state.tokens_seen + n_tokens, saes), metrics
