@@ -16,7 +16,7 @@ from jaxinterp.export import export_run
 from jaxinterp.sae import ARCHITECTURES, LossContext, make_architecture
 from jaxinterp.sae.base import TRANSCODER_ENCODER_SCALE, predict
 from jaxinterp.train import build_members, train
-from jaxinterp.train.trained import load_trained
+from jaxinterp.runs import load_trained
 from tests.stores import sparse_activations, write_store
 
 IN, OUT = "blocks.0.mlp.hook_in", "blocks.0.hook_mlp_out"
