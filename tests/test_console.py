@@ -28,10 +28,11 @@ from jaxinterp.export import load_sae
 from jaxinterp.probe.data import Splits
 from jaxinterp.probe.families import fit_probes
 from jaxinterp.probe.latents import encode_sparse
+from jaxinterp.probe.run import run_probe
 from jaxinterp.train import train
 from tests.test_train import train_config
 
-store, run = sys.argv[1], sys.argv[2]
+store, run, model, out = sys.argv[1:5]
 summary = train(train_config(store, run, steps=20, checkpoint_every=10), progress=False)  # step, holdout eval
 rng = np.random.default_rng(0)
 n, d = 1500, 32
@@ -48,6 +49,8 @@ fit_probes(features, labels, "binary", splits, probe(families="logistic", penalt
 fit_probes(features, labels.astype(np.float32) + rng.normal(size=n), "regression", splits, probe(families="ridge"))
 latents = encode_sparse(load_sae(run), rng.normal(size=(n, 32)).astype(np.float32))  # the SAE-latent features
 fit_probes({"blocks.0.hook_resid_post": latents}, labels, "binary", splits, probe(families="ksparse"))
+# the whole verb on a (tiny, random) Llama through the JAX backend: forward passes, pooling, sweep
+run_probe(probe(model=model, backend="jax", n_examples=200, hooks="all", families="logistic", out=out), progress=False)
 print("done", summary["steps"])
 """
 
@@ -66,16 +69,18 @@ def largest_constants(dump: Path) -> list[tuple[int, str, str]]:
     return sorted(found, reverse=True)
 
 
-def test_probe_sweeps_training_and_eval_embed_no_data_and_print_no_xla_errors(store_url, tmp_path):  # noqa: F811
+def test_probe_sweeps_training_and_eval_embed_no_data_and_print_no_xla_errors(store_url, tiny_llama,  # noqa: F811
+                                                                              tmp_path):
     dump = tmp_path / "hlo"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, store_url, str(tmp_path / "run")], env=env, cwd=str(ROOT),
+    done = subprocess.run([sys.executable, "-c", SCRIPT, store_url, str(tmp_path / "run"), tiny_llama, str(tmp_path / "probe")], env=env, cwd=str(ROOT),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "done 20" in done.stdout
     programs = list(dump.glob("*before_optimizations.txt"))
     assert any("sweep_l2" in p.name for p in programs) and any("encode_dense" in p.name for p in programs)
+    assert any("forward" in p.name for p in programs)  # the source model's
     assert largest_constants(dump) == []
     errors = [line for line in done.stderr.splitlines()
               if "slow_operation_alarm" in line or "Constant folding" in line or re.match(r"^E\d{4} ", line)]
