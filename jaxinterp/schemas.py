@@ -31,8 +31,8 @@ WANDB = {
     "wandb.entity": Field(str, "wandb entity (user or team); '' = your default"),
     "wandb.name": Field(str, "wandb run name; '' = wandb's generated one"),
     "wandb.tags": Field(str, "comma-separated wandb run tags"),
-    "wandb.mode": Field(str, "wandb mode: online, offline (sync later with `wandb sync`) or disabled",
-                        choices=("online", "offline", "disabled")),
+    "wandb.mode": Field(str, "wandb mode: online, offline (sync later with `wandb sync`) or disabled; '' = "
+                             "wandb's default (WANDB_MODE, else online)", choices=("", "online", "offline", "disabled")),
 }
 
 EXTRACT = Schema(
@@ -273,7 +273,7 @@ def wandb_config() -> ml_collections.ConfigDict:
     block.entity = ""
     block.name = ""
     block.tags = ""
-    block.mode = "online"
+    block.mode = ""  # WANDB_MODE, else online
     return block
 
 

@@ -27,7 +27,7 @@ from jaxinterp.config import ConfigError, as_dict
 
 __all__ = ["RECORD", "WandbLog", "log_evaluation", "start_wandb"]
 
-RECORD = "wandb.json"  # {"id", "project", "entity", "mode"} of the run's wandb run
+RECORD = "wandb.json"  # {"id", "project", "entity", "mode"} of the run's wandb run ('' mode: wandb's default)
 
 
 def _import_wandb():
@@ -84,7 +84,7 @@ def start_wandb(cfg: Mapping[str, Any], run_dir: epath.Path) -> WandbLog | None:
         (run_dir / RECORD).write_text(json.dumps(record, indent=2))
     tags = [tag.strip() for tag in settings["tags"].split(",") if tag.strip()]
     run = wandb.init(project=settings["project"], entity=settings["entity"] or None, name=settings["name"] or None,
-                     tags=tags or None, mode=settings["mode"], id=record["id"], resume="allow",
+                     tags=tags or None, mode=settings["mode"] or None, id=record["id"], resume="allow",
                      config=as_dict(cfg), reinit="finish_previous")
     return WandbLog(run)
 
@@ -98,7 +98,7 @@ def log_evaluation(run_dir: epath.Path, sae: str, result: Mapping[str, Any], den
     record = _read_record(run_dir)
     wandb = _import_wandb()
     run = wandb.init(project=record["project"], entity=record.get("entity") or None, id=record["id"],
-                     resume="allow", mode=record.get("mode", "online"), reinit="finish_previous")
+                     resume="allow", mode=record.get("mode") or None, reinit="finish_previous")
     try:
         for key, value in _scalars(result, f"{sae}/eval_run").items():
             run.summary[key] = value

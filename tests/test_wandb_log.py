@@ -104,8 +104,9 @@ def test_history_equals_metrics_jsonl_and_a_resumed_run_continues_it(store_url, 
         stopped = train(train_config(store_url, run_dir, sweep=sweep, **WANDB), progress=False)
     assert stopped["preempted"] and stopped["steps"] == 30
     first_id = json.loads((run_dir / wandb_log.RECORD).read_text())["id"]
-    # A rerun may change the wandb fields (resumable keys) and still continues the same run.
-    resumed = train(train_config(store_url, run_dir, sweep=sweep, **{**WANDB, "wandb.name": "renamed"}),
+    # A rerun may change the wandb fields (resumable keys) and still continues the same run; mode ''
+    # is wandb's default, here WANDB_MODE=offline.
+    resumed = train(train_config(store_url, run_dir, sweep=sweep, **{**WANDB, "wandb.name": "renamed", "wandb.mode": ""}),
                     progress=False)
     assert resumed["steps"] == 60 and not resumed["preempted"]
     assert json.loads((run_dir / wandb_log.RECORD).read_text())["id"] == first_id
