@@ -1,6 +1,6 @@
 """Weights & Biases logging, offline: the logged history read back from wandb's own ``.wandb`` files
 (its protobuf ``Record``s) equals ``metrics.jsonl``; a resumed run continues the same wandb run; without
-``wandb.project`` nothing imports wandb."""
+``wandb.project`` nothing imports wandb; `jaxinterp eval` of such a run adds its metrics and density plot."""
 
 import json
 import os
@@ -164,3 +164,21 @@ def test_unset_project_never_imports_wandb(store_url, tmp_path):  # noqa: F811
                           cwd=str(Path(__file__).parents[1]))
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (tmp_path / "run" / wandb_log.RECORD).exists()
+
+
+def test_eval_of_a_run_that_logs_to_wandb_adds_its_metrics_and_density_plot(tiny_llama_run, tmp_path, offline):
+    import shutil
+
+    from jaxinterp.eval.run import evaluate_run
+    from tests.test_eval import eval_config
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_llama_run / "run", run_dir)
+    (run_dir / wandb_log.RECORD).write_text(json.dumps({"id": "evalrun1", "project": "p", "entity": "", "mode": ""}))
+    result = evaluate_run(eval_config(run_dir, ce_contexts=0, out=str(tmp_path / "e")))
+    (run,) = offline_runs(offline)
+    assert run["id"] == "evalrun1"
+    assert run["summary"]["sae/eval_run/fvu"] == result["fvu"] and run["summary"]["sae/eval_run/step"] == 40
+    (row,) = run["history"].values()
+    image = run["dir"] / "files" / row["sae/feature_density/path"]
+    assert image.read_bytes() == (tmp_path / "e" / "feature_density.png").read_bytes()
