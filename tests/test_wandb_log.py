@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,8 @@ def wandb_records(path: Path) -> list:
         if length == 0 and kind == 0:
             position += left
             continue
+        if position + _HEADER + length > len(data):  # still being written
+            break
         pending += data[position + _HEADER:position + _HEADER + length]
         position += _HEADER + length
         if kind in (1, 4):  # FULL, or LAST of FIRST/MIDDLE/LAST
@@ -48,13 +51,24 @@ def wandb_records(path: Path) -> list:
     return records
 
 
+def finished_records(path: Path, timeout_s: float = 60.0) -> list:
+    """The records of a run's ``.wandb`` file once it holds the run's exit record (wandb-core writes
+    the file in the background; ``run.finish()`` may return before the last records are on disk)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = wandb_records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def offline_runs(wandb_dir: Path) -> list[dict]:
     """Every offline run directory's id, config, history ``{step: row}`` and summary, oldest first."""
     runs = []
     for directory in sorted((wandb_dir / "wandb").glob("offline-run-*")):
         (file,) = directory.glob("*.wandb")
         run = {"id": None, "config": {}, "history": {}, "summary": {}, "dir": directory}
-        for record in wandb_records(file):
+        for record in finished_records(file):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 run["id"] = record.run.run_id
@@ -87,7 +101,11 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(directory))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    return directory
+    import wandb
+
+    wandb.teardown()  # wandb's process-wide setup keeps the WANDB_DIR it first saw: start afresh per test
+    yield directory
+    wandb.teardown()
 
 
 WANDB = {"wandb.project": "jaxinterp-test", "wandb.mode": "offline", "wandb.tags": "ci, tiny",
