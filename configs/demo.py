@@ -10,7 +10,7 @@ Sized to finish in a few minutes on 2 CPU cores.
 
 import ml_collections
 
-from jaxinterp.schemas import distributed_config, sae_config
+from jaxinterp.schemas import distributed_config, sae_config, wandb_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -63,6 +63,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.mesh = ml_collections.ConfigDict()
     config.train.mesh.data = -1
     config.train.mesh.model = 1
+    config.train.wandb = wandb_config()  # --config.train.wandb.project=NAME logs to Weights & Biases
 
     config.eval = ml_collections.ConfigDict()
     config.eval.eval_tokens = 16384

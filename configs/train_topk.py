@@ -20,7 +20,7 @@ Variant ``:quick`` trains 100 steps of a 1024-latent SAE, for a smoke test.
 
 import ml_collections
 
-from jaxinterp.schemas import distributed_config, sae_config
+from jaxinterp.schemas import distributed_config, sae_config, wandb_config
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -61,6 +61,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.model = 1
+    config.wandb = wandb_config()  # --config.wandb.project=NAME logs to Weights & Biases (the wandb extra)
     if variant == "quick":
         config.steps = 100
         config.sae.n_latents = 1024

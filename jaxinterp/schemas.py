@@ -11,8 +11,8 @@ import ml_collections
 from jaxinterp.config import HOOK_LIST, Field, Schema
 from jaxinterp.store.paths import PATH_OR_URL
 
-__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "nested", "sae_config",
-           "distributed_config"]
+__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "WANDB", "nested", "sae_config",
+           "distributed_config", "wandb_config"]
 
 # Every verb's ``distributed`` section (jaxinterp.distributed.initialize reads it).
 DISTRIBUTED = {
@@ -22,6 +22,17 @@ DISTRIBUTED = {
     "distributed.process_id": Field(int, "this process's index; -1 = from the environment", minimum=-1),
     "distributed.timeout_s": Field(float, "seconds to wait for the other processes to join at start-up "
                                           "(jax.distributed) before failing", minimum=1.0),
+}
+
+# The train config's Weights & Biases section (the optional ``wandb`` extra; jaxinterp.train.wandb_log).
+WANDB = {
+    "wandb.project": Field(str, "Weights & Biases project to log config, metrics and evaluation to; '' = off "
+                                "(wandb is then never imported)"),
+    "wandb.entity": Field(str, "wandb entity (user or team); '' = your default"),
+    "wandb.name": Field(str, "wandb run name; '' = wandb's generated one"),
+    "wandb.tags": Field(str, "comma-separated wandb run tags"),
+    "wandb.mode": Field(str, "wandb mode: online, offline (sync later with `wandb sync`) or disabled; '' = "
+                             "wandb's default (WANDB_MODE, else online)", choices=("", "online", "offline", "disabled")),
 }
 
 EXTRACT = Schema(
@@ -112,6 +123,7 @@ TRAIN = Schema(
                                 "target_hook, lr"),
         "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1),
         "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1),
+        **WANDB,
         **DISTRIBUTED,
     },
     constraints=(
@@ -255,6 +267,17 @@ def distributed_config() -> ml_collections.ConfigDict:
     block.num_processes = -1
     block.process_id = -1
     block.timeout_s = 300.0
+    return block
+
+
+def wandb_config() -> ml_collections.ConfigDict:
+    """The ``wandb`` block of a train config, off (``project`` empty)."""
+    block = ml_collections.ConfigDict()
+    block.project = ""
+    block.entity = ""
+    block.name = ""
+    block.tags = ""
+    block.mode = ""  # WANDB_MODE, else online
     return block
 
 

@@ -34,6 +34,7 @@ from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.runs import load_trained
 from jaxinterp.store import Store, open_store
 from jaxinterp.store.paths import location
+from jaxinterp.wandb_log import log_evaluation
 
 __all__ = ["EVAL_FILES", "evaluate_run", "model_metrics"]
 
@@ -157,6 +158,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     def write(directory: Path) -> None:
         (directory / "eval.json").write_text(json.dumps(result, indent=2))
         plot_feature_density(fire_count, len(rows), directory / "feature_density.png", title)
+        if trained:  # a run that logs to Weights & Biases gets the metrics and the plot (else no-op, no import)
+            log_evaluation(run, name, result, directory / "feature_density.png")
         meta = {"sae": name, "hook_name": hook, "store": store.url, "contexts": int(len(context_ids))}
         write_examples_json(directory / "top_examples.json", records, meta)
         write_examples_html(directory / "top_examples.html", records, f"Top-activating examples: {title}")

@@ -7,6 +7,7 @@ from the non-zeros, and a dense matrix over the ``k_max`` latents it keeps.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -31,18 +32,20 @@ class SparseRows(NamedTuple):
         return len(self.indptr) - 1
 
 
+@partial(jax.jit, static_argnums=(0, 1))
+def _encode_dense(architecture, d_sae: int, params, arch_state, batch):
+    # the SAE's params are arguments: closed over, they would be compile-time constants that XLA folds
+    return dense_latents(architecture.encode(params, arch_state, batch), d_sae)
+
+
 def encode_sparse(sae, x: np.ndarray, batch_size: int = 1024) -> SparseRows:
     """Encodes raw activations ``x`` with a :class:`~jaxinterp.export.LoadedSAE` (a run's or an
     imported one), batch by batch, keeping only the non-zero latents."""
     d_sae = int(sae.sae.d_sae)
-
-    @jax.jit
-    def encode(batch):
-        return dense_latents(sae.encode(batch), d_sae)
-
     indptr, indices, values = [np.zeros(1, np.int64)], [], []
     for first in range(0, len(x), batch_size):
-        dense = np.asarray(encode(jnp.asarray(x[first: first + batch_size])))
+        dense = np.asarray(_encode_dense(sae.architecture, d_sae, sae.params, sae.arch_state,
+                                         jnp.asarray(x[first: first + batch_size])))
         rows, cols = np.nonzero(dense)
         indices.append(cols.astype(np.int32))
         values.append(dense[rows, cols].astype(np.float32))

@@ -40,9 +40,10 @@ __all__ = ["CheckpointWriter", "RunExistsError", "prepare_run_dir", "save_checkp
 # directory now lives (moved or copied).
 _RESUMABLE_KEYS = ("steps", "log_every", "checkpoint_every", "eval_tokens", "massive_ratio", "mesh.data", "mesh.model",
                    "out", "streams", "allow_other_model", "distributed.coordinator", "distributed.num_processes",
-                   "distributed.process_id", "distributed.timeout_s")
+                   "distributed.process_id", "distributed.timeout_s", "wandb.project", "wandb.entity", "wandb.name",
+                   "wandb.tags", "wandb.mode")
 # What a train attempt leaves besides cfg.json; stale once no checkpoint of it survives.
-_ATTEMPT_FILES = ("metrics.jsonl", "tensorboard", "eval.json", "checkpoints")
+_ATTEMPT_FILES = ("metrics.jsonl", "tensorboard", "eval.json", "checkpoints", "wandb.json")
 KEEP = 2  # verified steps kept; older ones are deleted once a newer one is verified
 _SPACE_SLACK = 1.1  # a step's files over its arrays' bytes (OCDBT indices, metadata), with room to spare
 

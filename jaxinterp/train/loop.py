@@ -38,6 +38,7 @@ from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock
 from jaxinterp.train.state import TrainState, abstract_state, init_state
 from jaxinterp.train.step import train_step
+from jaxinterp.wandb_log import start_wandb
 from jaxinterp.train.warm_start import warm_start_params
 
 __all__ = ["train", "run_config"]
@@ -189,10 +190,11 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
     )
     holdout = buffer.holdout(cfg["eval_tokens"])
     start = int(state.step)
+    wandb = start_wandb(cfg, out)  # None unless wandb.project is set (and on processes other than 0)
     began = time.perf_counter()
     with _Preemption().installed() as preemption, jax.set_mesh(mesh):
         state = _run_steps(cfg, state, step_fn, buffer, out, start, members, holdout, progress, preemption,
-                           serialize=jax.default_backend() == "cpu" and mesh.size > 1)
+                           serialize=jax.default_backend() == "cpu" and mesh.size > 1, wandb=wandb)
     elapsed = time.perf_counter() - began
     done = int(state.step)
 
@@ -205,6 +207,9 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
             values["target_scale"] = buffer.scales[member.target]
     if is_primary():
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    if wandb is not None:
+        wandb.summarize(evaluation)
+        wandb.finish()
     return {
         "run": str(out),
         "steps": done,
@@ -238,12 +243,12 @@ def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np
 
 
 def _run_steps(cfg, state: TrainState, step_fn, buffer: ActivationBuffer, out: epath.Path, start: int, members,
-               holdout, progress: bool, preemption: _Preemption, serialize: bool) -> TrainState:
+               holdout, progress: bool, preemption: _Preemption, serialize: bool, wandb=None) -> TrainState:
     """The step loop: metrics every ``log_every`` steps, a checkpoint (and holdout metrics) every
     ``checkpoint_every``, and a checkpoint on SIGTERM."""
     total = cfg["steps"]
     checkpoints = CheckpointWriter(out)
-    log = MetricsLog(out, start, total, cfg["batch_size"], progress)
+    log = MetricsLog(out, start, total, cfg["batch_size"], progress, wandb)
     batches = buffer.batches(start_step=start)
     try:
         for step in range(start, total):

@@ -1,5 +1,5 @@
-"""Training metrics to ``metrics.jsonl``, TensorBoard event files (tensorboardX) and a tqdm bar
-(all three show means over the ``log_every`` steps since the last line).
+"""Training metrics to ``metrics.jsonl``, TensorBoard event files (tensorboardX), a tqdm bar and, when
+``wandb.project`` is set, Weights & Biases (all show means over the ``log_every`` steps since the last line).
 
 Both files are appended to as training goes, which object stores cannot do: for a ``gs://`` or
 ``s3://`` run directory they are written in a local mirror directory and uploaded whole at every
@@ -66,8 +66,9 @@ class MetricsLog:
     store the files live in a local mirror until :meth:`sync` or :meth:`close` uploads them.
     """
 
-    def __init__(self, run_dir: epath.Path, start: int, total: int, batch_size: int, progress: bool):
+    def __init__(self, run_dir: epath.Path, start: int, total: int, batch_size: int, progress: bool, wandb=None):
         self.writing = jax.process_index() == 0
+        self.wandb = wandb  # a jaxinterp.wandb_log.WandbLog gets every line too (process 0)
         self.run_dir, self.mirror = run_dir, None
         directory = Path(run_dir)
         if self.writing and on_object_store(run_dir):
@@ -118,6 +119,8 @@ class MetricsLog:
         for key, value in values.items():
             if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"{member}/{prefix}/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log(step, member, values, prefix)
 
     def sync(self) -> None:
         """Uploads the mirrored files to an object-store run directory (a local one is always current)."""
