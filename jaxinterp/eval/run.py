@@ -3,7 +3,8 @@
 On held-out store activations: FVU and explained variance (over all tokens and over those without
 massive activations), L0, relative reconstruction bias, dead and dense fractions, and a
 feature-density histogram. Through the source model, with the SAE's reconstruction spliced in at
-its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered and KL. For chosen latents:
+its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered and KL (a transcoder's metrics
+are of its target hook, whose activation its prediction from the input hook replaces). For chosen latents:
 top-activating held-out examples (JSON and HTML).
 
 Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
@@ -28,7 +29,7 @@ from jaxinterp.eval.examples import (choose_latents, latent_activations, top_exa
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.eval.plots import plot_feature_density
-from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, zero_ablation
+from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, transcoder_edit, zero_ablation
 from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.runs import load_trained
@@ -51,10 +52,16 @@ def _model_spec(cfg: Mapping[str, Any], store: Store) -> str:
 
 
 def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_state, keep_first: bool,
-                  batch_size: int) -> dict[str, float]:
-    """CE clean / SAE-spliced / zero-ablated, CE-loss recovered, ΔCE and KL on ``contexts`` [n, seq]."""
-    losses = spliced_losses(model, contexts, {"sae": sae_edit(hook, architecture, params, arch_state, keep_first),
-                                              "zero": zero_ablation(hook, keep_first)}, batch_size)
+                  batch_size: int, target_hook: str = "") -> dict[str, float]:
+    """CE clean / SAE-spliced / zero-ablated, CE-loss recovered, ΔCE and KL on ``contexts`` [n, seq].
+
+    With ``target_hook`` (a transcoder), its prediction from ``hook`` replaces ``target_hook`` and the
+    baseline zeroes ``target_hook``."""
+    if target_hook and target_hook != hook:
+        edit, ablated = transcoder_edit(hook, target_hook, architecture, params, arch_state, keep_first), target_hook
+    else:
+        edit, ablated = sae_edit(hook, architecture, params, arch_state, keep_first), hook
+    losses = spliced_losses(model, contexts, {"sae": edit, "zero": zero_ablation(ablated, keep_first)}, batch_size)
     return {
         "ce_loss_clean": losses["ce_clean"],
         "ce_loss_spliced": losses["ce_sae"],
@@ -77,10 +84,6 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     store is read from its start, and an imported SAE needs one.
     """
     trained = load_trained(cfg["run"], cfg["sae"]) if is_run_directory(cfg["run"]) else None
-    if trained and trained.config.get("transcode", False):
-        raise ConfigError(f"config field 'run': SAE {trained.name!r} is a transcoder ({trained.config['hook_name']} -> "
-                          f"{trained.config['target_hook']}); jaxinterp eval of a transcoder (its CE-loss splice) is "
-                          "not implemented yet; its holdout metrics are in the run's eval.json")
     sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])
     if not (cfg["store"] or trained):
         raise ConfigError(f"config field 'store': {cfg['run']} is an imported SAE; name the store to evaluate on")
@@ -93,21 +96,25 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     require_same_model(sae, store.manifest["model_hash"], store.manifest["model_name"], "store",
                        cfg["allow_other_model"])
     hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
-    if hook not in store.hook_names:
-        raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, "
-                          f"not the SAE's hook {hook or '(unknown)'}")
+    target = sae.sae.target_hook if sae.sae.transcode else hook
+    for needed in dict.fromkeys([hook, target]):
+        if needed not in store.hook_names:
+            raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, "
+                              f"not the SAE's hook {needed or '(unknown)'}")
     if sae.sae.d_in != store.manifest["d_in"]:
         raise ConfigError(f"config field 'store': its activations are {store.manifest['d_in']}-wide, the SAE's "
                           f"d_in is {sae.sae.d_in}")
     architecture, params, arch_state = sae.architecture, sae.params, sae.arch_state
     # An imported SAE says whether it was trained without BOS; SAELens' default is to exclude it.
     exclude_bos = train_cfg["exclude_bos"] if trained else bool(sae.sae.metadata.get("exclude_special_tokens", True))
-    buffer = ActivationBuffer(store, [hook], cfg["batch_size"], train_cfg.get("seed", 0),
+    buffer = ActivationBuffer(store, list(dict.fromkeys([hook, target])), cfg["batch_size"], train_cfg.get("seed", 0),
                               train_cfg["holdout_fraction"] if own else 0.0, train_cfg.get("mixing_chunks", 16),
                               exclude_bos, on_nonfinite=train_cfg.get("on_nonfinite", "error"))
-    rows = (buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"]))[hook]
+    held = buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"])
+    rows = held[hook]
+    # a transcoder's metrics are of its target's rows (row-aligned with the input's)
     result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"],
-                                                  cfg["massive_ratio"])
+                                                  cfg["massive_ratio"], None if target == hook else held[target])
     name = trained.name if trained else run.name
     if trained:
         result.update(
@@ -120,6 +127,7 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         holdout_dense_fraction=float(dense_fraction(fire_count, len(rows))),
         store=store.url,
         hook_name=hook,
+        **({"target_hook": target} if target != hook else {}),
         sae=name,
         format=sae.format,
         architecture=sae.sae.architecture,
@@ -139,7 +147,7 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["ce_contexts"]:
         model = load_source_model(spec, backend=cfg["backend"], dtype=store.manifest["model_dtype"])
         result.update(model_metrics(model, contexts.tokens[: cfg["ce_contexts"]], hook, architecture, params,
-                                    arch_state, keep_first, cfg["ce_batch_size"]))
+                                    arch_state, keep_first, cfg["ce_batch_size"], target))
         result["backend"] = model.backend
 
     requested = [int(i) for i in cfg["latents"].split(",") if i.strip()]

@@ -8,6 +8,10 @@ the BOS outlier would otherwise be charged for it.
 
     CE-loss recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)       (design.md §6)
     KL = mean over tokens of KL(p_clean ‖ p_spliced)
+
+A transcoder's prediction replaces its *target* hook (e.g. ``blocks.6.hook_mlp_out``), computed in
+the same forward pass from its input hook (``blocks.6.mlp.hook_in``) as the model reaches it; the
+zero-ablation baseline zeroes the target.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ import numpy as np
 
 from jaxinterp.models import HookEdit
 from jaxinterp.sae import Architecture
+from jaxinterp.sae.base import predict
 
-__all__ = ["ce_loss_recovered", "next_token_loss", "kl_divergence", "sae_edit", "zero_ablation", "spliced_losses"]
+__all__ = ["ce_loss_recovered", "next_token_loss", "kl_divergence", "sae_edit", "transcoder_edit", "zero_ablation",
+           "spliced_losses"]
 
 
 def _next_log_probs(logits: jax.Array) -> jax.Array:
@@ -65,6 +71,13 @@ def _reconstruct(architecture: Architecture, keep_first: bool, operand, x: jax.A
     return _keep_positions(x, x_hat, keep_first)
 
 
+def _predict(architecture: Architecture, keep_first: bool, operand, y: jax.Array, x: jax.Array) -> jax.Array:
+    params, arch_state = operand
+    flat = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+    y_hat = predict(architecture, params, arch_state, flat).reshape(y.shape)
+    return _keep_positions(y, y_hat, keep_first)
+
+
 def _zeros(keep_first: bool, operand, x: jax.Array) -> jax.Array:
     return _keep_positions(x, jnp.zeros_like(x), keep_first)
 
@@ -73,6 +86,13 @@ def sae_edit(hook: str, architecture: Architecture, params: dict[str, jax.Array]
              keep_first: bool) -> HookEdit:
     """Replaces ``hook``'s activation by the SAE's reconstruction (``params`` act on raw activations)."""
     return HookEdit(hook, partial(_reconstruct, architecture, keep_first), (params, arch_state))
+
+
+def transcoder_edit(hook: str, target_hook: str, architecture: Architecture, params: dict[str, jax.Array],
+                    arch_state: dict[str, jax.Array], keep_first: bool) -> HookEdit:
+    """Replaces ``target_hook``'s activation by the transcoder's prediction from ``hook``'s activation in the
+    same pass (``params`` map raw activations to raw activations; the skip term included)."""
+    return HookEdit(target_hook, partial(_predict, architecture, keep_first), (params, arch_state), source=hook)
 
 
 def zero_ablation(hook: str, keep_first: bool) -> HookEdit:

@@ -30,6 +30,11 @@ their blocks in ``transformer.h`` (GPT-2's column); every other model jaxinterp'
 Llama-family (``model.layers`` with ``self_attn`` and ``mlp``) except Gemma (class or type naming
 ``gemma``) and GPT-NeoX (naming ``neox``), as in jaxinterp's torch backend (``HOOK_MODULES``).
 Reading a hookpoint back, ``post_attention_layernorm`` stays unknown: in Llama it is the MLP's input norm.
+A sparsify transcoder (``transcode: true``) hooks one module's input *and* output: its hookpoint is the
+module, so only the pairs one module spans are exported (:func:`transcoder_hookpoint`):
+``blocks.L.mlp.hook_in`` → ``blocks.L.hook_mlp_out`` is ``layers.L.mlp`` (GPT-2 ``h.L.mlp``; not Gemma, whose
+MLP output is normed again before the hook) and ``blocks.L.hook_resid_pre`` → ``blocks.L.hook_resid_post`` is
+``layers.L`` (``h.L``).
 Unsupported: the sub-block hooks above that no module outputs, ``blocks.0.hook_resid_pre`` (the input of the first layer is no module's output:
 for GPT-2 it is token plus position embeddings) and any hook jaxinterp does not define.
 """
@@ -40,7 +45,7 @@ import re
 
 from jaxinterp.config import ConfigError
 
-__all__ = ["hook_for_hookpoint", "hookpoint_for_hook", "gpt2_style"]
+__all__ = ["hook_for_hookpoint", "hookpoint_for_hook", "gpt2_style", "transcoder_hookpoint"]
 
 _HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_post|hook_mlp_out|hook_attn_out|hook_resid_pre|mlp\.hook_in|"
                    r"mlp\.hook_post)$")
@@ -106,3 +111,26 @@ def hook_for_hookpoint(hookpoint: str) -> str:
             "attention": "hook_attn_out", "post_feedforward_layernorm": "hook_mlp_out",
             "pre_feedforward_layernorm": "mlp.hook_in", "ln_2": "mlp.hook_in", "mlp.act": "mlp.hook_post"}
     return f"blocks.{match.group(1)}.{kind[match.group(2)]}"
+
+
+def transcoder_hookpoint(hook_name: str, target_hook: str, model_class: str) -> str:
+    """The sparsify hookpoint of a transcoder from ``hook_name`` to ``target_hook``: the module whose input and
+    output these are (sparsify's ``transcode`` reads a module's input and predicts its output).
+
+    Raises:
+      ConfigError: no one module has this input and output on ``model_class``.
+    """
+    gpt2, name = gpt2_style(model_class), (model_class or "").lower()
+    layers = "h" if gpt2 else "layers"
+    source, target = re.match(r"^blocks\.(\d+)\.(.+)$", hook_name or ""), re.match(r"^blocks\.(\d+)\.(.+)$",
+                                                                                    target_hook or "")
+    if source and target and source.group(1) == target.group(1):
+        layer, pair = source.group(1), (source.group(2), target.group(2))
+        if pair == ("mlp.hook_in", "hook_mlp_out") and "gemma" not in name:
+            return f"{layers}.{layer}.mlp"
+        if pair == ("hook_resid_pre", "hook_resid_post"):
+            return f"{layers}.{layer}"
+    raise ConfigError(f"transcoder {hook_name} -> {target_hook} has no sparsify hookpoint: sparsify transcoders "
+                      f"read one module's input and predict its output, and no module of {model_class or 'this model'} "
+                      "spans these hooks (exportable: blocks.L.mlp.hook_in -> blocks.L.hook_mlp_out, not on Gemma; "
+                      "blocks.L.hook_resid_pre -> blocks.L.hook_resid_post); export it as 'saelens' (ReLU/JumpReLU)")

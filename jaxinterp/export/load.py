@@ -19,6 +19,7 @@ from jaxinterp.export.saelens import read_saelens
 from jaxinterp.export.sparsify import hookpoint_dirs, read_sparsify
 from jaxinterp.faults import read_json
 from jaxinterp.sae import Architecture, Latents
+from jaxinterp.sae.base import skip_term
 from jaxinterp.store.paths import local_copy, location
 
 if TYPE_CHECKING:
@@ -53,8 +54,13 @@ class LoadedSAE(NamedTuple):
         return self.architecture.encode(self.params, self.arch_state, x)
 
     def decode(self, latents: Latents) -> jax.Array:
-        """Reconstruction ``x̂`` [tokens, d_in] of ``latents``."""
+        """Reconstruction ``x̂`` [tokens, d_in] of ``latents`` (a transcoder's, without its skip term: [tokens, d_out])."""
         return self.architecture.decode(self.params, latents)
+
+    def predict(self, x: Any) -> jax.Array:
+        """``decode(encode(x))`` plus a skip transcoder's ``x @ W_skip``: the SAE's reconstruction, a transcoder's
+        prediction of its target hook."""
+        return skip_term(self.params, x, self.decode(self.encode(x)))
 
 
 def require_same_model(sae: LoadedSAE, model_hash: str, model_name: str, field: str, allow: bool) -> None:

@@ -6,6 +6,10 @@ with jaxinterp's encoder convention::
     pre = (x − b_dec) @ W_enc + b_enc          W_enc [d_in, d_sae], b_enc [d_sae], b_dec [d_in]
     x̂   = latents @ W_dec + b_dec              W_dec [d_sae, d_in]
 
+A transcoder (``target_hook`` set) reads ``x`` itself (``pre = x @ W_enc + b_enc``), predicts its
+target hook with ``W_dec`` [d_sae, d_out], ``b_dec`` [d_out], and, for a skip transcoder, adds
+``x @ W_skip`` (``W_skip`` [d_in, d_out]).
+
 plus ``threshold`` [d_sae] for the threshold architectures (``jumprelu``, ``batch_topk``,
 ``matryoshka``), whose inference is ``relu(pre) · 1[pre > threshold]``. Formats whose convention
 differs (Gemma-Scope's ``x @ W_enc + b_enc``, sparsify's ``encoder.weight`` [d_sae, d_in]) convert
@@ -27,8 +31,8 @@ from jaxinterp.sae.topk import fold_input_scale
 if TYPE_CHECKING:
     from jaxinterp.runs import TrainedSAE
 
-__all__ = ["FORMAT_ARCHITECTURES", "PortableSAE", "SAEFileError", "THRESHOLD_ARCHITECTURES", "portable_from_trained",
-           "require_format", "to_jaxinterp"]
+__all__ = ["FORMAT_ARCHITECTURES", "TRANSCODER_FORMAT_ARCHITECTURES", "PortableSAE", "SAEFileError", "THRESHOLD_ARCHITECTURES", "portable_from_trained",
+           "fold_transcoder_scales", "require_format", "to_jaxinterp"]
 
 # Architectures whose inference is a JumpReLU: a per-latent (jumprelu) or global learned threshold.
 THRESHOLD_ARCHITECTURES = ("jumprelu", "batch_topk", "matryoshka")
@@ -40,6 +44,11 @@ FORMAT_ARCHITECTURES = {
     "sparsify": ("topk",),
     "npz": ("jumprelu", "batch_topk", "matryoshka", "relu"),
 }
+
+# Export format → the transcoder architectures it can hold: SAELens 6's transcoders are ReLU and JumpReLU
+# (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder; no TopK), sparsify's TopK;
+# a Gemma-Scope params.npz holds SAEs only.
+TRANSCODER_FORMAT_ARCHITECTURES = {"saelens": ("relu", "jumprelu"), "sparsify": ("topk",), "npz": ()}
 
 
 class SAEFileError(ValueError):
@@ -64,6 +73,7 @@ class PortableSAE(NamedTuple):
         (``model_name``, ``context_size``, ``prepend_bos``, ``dataset_path``, ``model_class_name``, …).
       log10_frequency: [d_sae] log10 firing frequency (SAELens' ``sparsity``), or ``None``.
       multi_topk: a TopK SAE trained with the Multi-TopK loss (sparsify's ``multi_topk``).
+      target_hook: a transcoder's target hook (what it predicts); ``''`` for an SAE.
     """
 
     architecture: str
@@ -75,6 +85,31 @@ class PortableSAE(NamedTuple):
     metadata: dict[str, Any]
     log10_frequency: np.ndarray | None = None
     multi_topk: bool = False
+    target_hook: str = ""
+
+    @property
+    def transcode(self) -> bool:
+        """Whether this is a transcoder (it predicts ``target_hook`` from ``hook_name``)."""
+        return bool(self.target_hook) and self.target_hook != self.hook_name
+
+    @property
+    def d_out(self) -> int:
+        """The prediction's width (``d_in`` for an SAE)."""
+        return int(self.params["W_dec"].shape[1])
+
+
+def fold_transcoder_scales(params: dict[str, Any], input_scale: float, target_scale: float) -> dict[str, Any]:
+    """Params on raw activations for a transcoder trained to map ``input_scale · x`` to ``target_scale · y``.
+
+    The encoder reads ``x`` itself, so ``W_enc · input_scale`` gives the same pre-activations; the
+    prediction is divided by ``target_scale`` (``W_dec``, ``b_dec``, and ``W_skip`` times
+    ``input_scale / target_scale``).
+    """
+    folded = {**params, "W_enc": params["W_enc"] * input_scale, "W_dec": params["W_dec"] / target_scale,
+              "b_dec": params["b_dec"] / target_scale}
+    if "W_skip" in params:
+        folded["W_skip"] = params["W_skip"] * (input_scale / target_scale)
+    return folded
 
 
 def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
@@ -85,11 +120,13 @@ def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
     threshold broadcast to every latent.
     """
     cfg, source, state = trained.config, trained.run_config["source"], trained.state
-    if cfg.get("transcode", False):  # SAELens, sparsify and npz readers here all take an SAE: d_in = d_out, y = x
-        raise ConfigError(f"SAE {trained.name!r} is a transcoder ({cfg['hook_name']} -> {cfg['target_hook']}): "
-                          "transcoder export is not implemented yet")
-    params = fold_input_scale(state.params, trained.input_scale)
-    weights = {name: np.asarray(params[name], np.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    transcode = bool(cfg.get("transcode", False))
+    if transcode:
+        params = fold_transcoder_scales(state.params, trained.input_scale, trained.target_scale)
+    else:
+        params = fold_input_scale(state.params, trained.input_scale)
+    weights = {name: np.asarray(params[name], np.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip")
+               if name in params}
     architecture = cfg["architecture"]
     if architecture == "jumprelu":
         weights["threshold"] = np.exp(np.asarray(params["log_threshold"], np.float32))
@@ -110,12 +147,24 @@ def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
     }
     frequency = np.asarray(log10_firing_frequency(state.fire_count, trained.tokens_seen), np.float32)
     return PortableSAE(architecture, weights, int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["k"]), cfg["hook_name"],
-                       metadata, frequency, bool(cfg.get("multi_topk", False)))
+                       metadata, frequency, bool(cfg.get("multi_topk", False)),
+                       cfg["target_hook"] if transcode else "")
 
 
 def require_format(sae: PortableSAE, fmt: str) -> None:
     """Raises :class:`~jaxinterp.config.ConfigError` (a ``ValueError``) naming the formats that
     can hold ``sae`` when ``fmt`` cannot."""
+    if sae.transcode:
+        allowed, what = TRANSCODER_FORMAT_ARCHITECTURES[fmt], f"transcoder ({sae.hook_name} -> {sae.target_hook})"
+        others = [name for name, archs in TRANSCODER_FORMAT_ARCHITECTURES.items() if sae.architecture in archs]
+        instead = f"; export it as {' or '.join(map(repr, others))}" if others else ""
+        if not allowed:
+            raise ConfigError(f"config field 'format': {fmt!r} (Gemma-Scope params.npz) holds no transcoder, and this "
+                              f"SAE is a {what}{instead}")
+        if sae.architecture not in allowed:
+            raise ConfigError(f"config field 'format': {fmt!r} cannot hold a {sae.architecture!r} {what} (its "
+                              f"transcoders are {', '.join(allowed)}){instead}")
+        return
     if sae.architecture not in FORMAT_ARCHITECTURES[fmt]:
         others = [name for name, archs in FORMAT_ARCHITECTURES.items() if sae.architecture in archs]
         raise ConfigError(f"config field 'format': {fmt!r} cannot hold a {sae.architecture!r} SAE (it holds "
@@ -133,7 +182,8 @@ def to_jaxinterp(sae: PortableSAE) -> tuple[Architecture, dict[str, jnp.ndarray]
     Raises:
       SAEFileError: a BatchTopK / Matryoshka SAE whose thresholds differ between latents.
     """
-    params = {name: jnp.asarray(sae.params[name], jnp.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    params = {name: jnp.asarray(sae.params[name], jnp.float32) for name in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip")
+              if name in sae.params}
     arch_state: dict[str, jnp.ndarray] = {}
     if sae.architecture == "jumprelu":
         threshold = np.maximum(np.asarray(sae.params["threshold"], np.float32), np.float32(0))
@@ -145,5 +195,6 @@ def to_jaxinterp(sae: PortableSAE) -> tuple[Architecture, dict[str, jnp.ndarray]
             raise SAEFileError(f"{sae.architecture} uses one threshold for every latent, but these differ; "
                              f"treat it as architecture 'jumprelu' (sae._replace(architecture='jumprelu'))")
         arch_state["threshold"] = jnp.asarray(threshold.flat[0] if threshold.size else 0.0, jnp.float32)
-    cfg = {"architecture": sae.architecture, "k": sae.k, "multi_topk": sae.multi_topk}
+    cfg = {"architecture": sae.architecture, "k": sae.k, "multi_topk": sae.multi_topk, "transcode": sae.transcode,
+           "skip": "W_skip" in sae.params}
     return make_architecture(cfg), params, arch_state

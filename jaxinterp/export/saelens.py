@@ -3,6 +3,12 @@
 Export writes to a temporary sibling directory renamed into place, so a reader never sees half an
 export; an existing target is replaced only with ``overwrite``. Import reads the ``standard``,
 ``topk`` and ``jumprelu`` architectures into a :class:`~jaxinterp.export.portable.PortableSAE`.
+
+A ReLU or JumpReLU transcoder is exported as SAELens' ``transcoder`` / ``jumprelu_transcoder`` (with a
+skip connection ``skip_transcoder`` / ``jumprelu_skip_transcoder``, ``W_skip`` [d_out, d_in], our
+``W_skipᵀ``): ``d_out``, ``apply_b_dec_to_input: false`` (its encoder reads ``x`` itself), ``hook_name``
+the input hook and ``metadata.hook_name_out`` the target (SAELens 6 records none). SAELens has no TopK
+transcoder, so a TopK-family transcoder is refused (:func:`~jaxinterp.export.portable.require_format`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ def saelens_config(sae: PortableSAE) -> dict[str, Any]:
     require_format(sae, "saelens")
     architecture = SAELENS_ARCHITECTURE[sae.architecture]
     extra = {"k": sae.k, "rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}
+    if sae.transcode:
+        architecture = _transcoder_architecture(sae)
+        extra = {"d_out": sae.d_out}
     own = ("sae_lens_version", "sae_lens_training_version", "model_name", "hook_name", "hook_head_index")
     return {
         "architecture": architecture,
@@ -48,7 +57,7 @@ def saelens_config(sae: PortableSAE) -> dict[str, Any]:
         **extra,
         "dtype": "float32",
         "device": "cpu",
-        "apply_b_dec_to_input": True,
+        "apply_b_dec_to_input": not sae.transcode,
         "normalize_activations": "none",
         # SAELens flattens TransformerLens' hook_z [.., n_heads, d_head] to [.., n_heads * d_head] (head-major),
         # which is jaxinterp's attn.hook_z activation
@@ -59,9 +68,15 @@ def saelens_config(sae: PortableSAE) -> dict[str, Any]:
             "model_name": sae.metadata.get("model_name"),
             "hook_name": sae.hook_name,
             "hook_head_index": None,
+            **({"hook_name_out": sae.target_hook} if sae.transcode else {}),
             **{key: value for key, value in sae.metadata.items() if key not in own},
         },
     }
+
+
+def _transcoder_architecture(sae: PortableSAE) -> str:
+    base = "jumprelu_" if sae.architecture == "jumprelu" else ""
+    return base + ("skip_transcoder" if "W_skip" in sae.params else "transcoder")
 
 
 def _is_hook_z(hook_name: str | None) -> bool:
@@ -74,7 +89,10 @@ def saelens_weights(sae: PortableSAE) -> dict[str, np.ndarray]:
     names = ("W_enc", "b_enc", "W_dec", "b_dec")
     if SAELENS_ARCHITECTURE[sae.architecture] == "jumprelu":
         names += ("threshold",)
-    return {name: np.ascontiguousarray(sae.params[name], np.float32) for name in names}
+    weights = {name: np.ascontiguousarray(sae.params[name], np.float32) for name in names}
+    if "W_skip" in sae.params:  # SAELens adds x @ W_skipᵀ
+        weights["W_skip"] = np.ascontiguousarray(np.asarray(sae.params["W_skip"], np.float32).T)
+    return weights
 
 
 def export_saelens(sae: PortableSAE, out: str, overwrite: bool = False) -> Path:

@@ -8,6 +8,12 @@ Encoding is ``topk(relu((x − b_dec) @ encoder.weightᵀ + encoder.bias))``: ja
 is the only architecture sparsify has. Hookpoints are HF module paths
 (:mod:`jaxinterp.export.hookpoints`).
 
+A TopK transcoder is written with ``transcode: true`` (sparsify's encoder then reads ``x`` itself, not
+``x − b_dec``) under the hookpoint of the module whose input it reads and whose output it predicts
+(``layers.L.mlp``); a skip transcoder adds ``skip_connection: true`` and ``W_skip`` [d_out, d_in] (our
+``W_skipᵀ``: sparsify adds ``x @ W_skipᵀ``). sparsify sizes every weight by ``d_in``, so the target
+must be as wide as the input.
+
 Each hookpoint directory is written atomically, so SAEs of several hooks of one model can be
 exported into the same ``<out>`` (as sparsify saves a multi-layer run); an existing hookpoint
 directory is replaced only with ``overwrite``.
@@ -25,7 +31,8 @@ from etils import epath
 from safetensors.numpy import load_file, save_file
 
 from jaxinterp.atomic import atomic_directory
-from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook
+from jaxinterp.config import ConfigError
+from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook, transcoder_hookpoint
 from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json
 from jaxinterp.store.paths import location
@@ -35,7 +42,9 @@ __all__ = ["export_sparsify", "read_sparsify", "sparsify_config", "sparsify_hook
 
 
 def sparsify_hookpoint(sae: PortableSAE) -> str:
-    """The hookpoint (subdirectory name) of ``sae``, from its hook and the source model's class."""
+    """The hookpoint (subdirectory name) of ``sae``, from its hook(s) and the source model's class."""
+    if sae.transcode:
+        return transcoder_hookpoint(sae.hook_name, sae.target_hook, sae.metadata.get("model_class_name") or "")
     return hookpoint_for_hook(sae.hook_name, sae.metadata.get("model_class_name") or "")
 
 
@@ -47,6 +56,10 @@ def sparsify_config(sae: PortableSAE) -> dict[str, Any]:
     normalisation was folded into them (sparsify would renormalise them if training went on).
     """
     require_format(sae, "sparsify")
+    if sae.d_out != sae.d_in:
+        raise ConfigError(f"config field 'format': sparsify sizes a transcoder's output by its input (d_in), but "
+                          f"{sae.hook_name} -> {sae.target_hook} maps {sae.d_in} to {sae.d_out} wide; export it as "
+                          "'saelens' (ReLU/JumpReLU)")
     norms = np.linalg.norm(np.asarray(sae.params["W_dec"], np.float64), axis=-1)
     return {
         "activation": "topk",
@@ -55,8 +68,8 @@ def sparsify_config(sae: PortableSAE) -> dict[str, Any]:
         "num_latents": sae.d_sae,
         "k": sae.k,
         "multi_topk": sae.multi_topk,
-        "skip_connection": False,
-        "transcode": False,
+        "skip_connection": "W_skip" in sae.params,
+        "transcode": sae.transcode,
         "d_in": sae.d_in,
     }
 
@@ -65,12 +78,15 @@ def sparsify_weights(sae: PortableSAE) -> dict[str, np.ndarray]:
     """The ``sae.safetensors`` arrays (float32, contiguous)."""
     require_format(sae, "sparsify")
     p = sae.params
-    return {
+    weights = {
         "encoder.weight": np.ascontiguousarray(np.asarray(p["W_enc"], np.float32).T),
         "encoder.bias": np.ascontiguousarray(p["b_enc"], np.float32),
         "W_dec": np.ascontiguousarray(p["W_dec"], np.float32),
         "b_dec": np.ascontiguousarray(p["b_dec"], np.float32),
     }
+    if "W_skip" in p:  # sparsify adds x @ W_skipᵀ
+        weights["W_skip"] = np.ascontiguousarray(np.asarray(p["W_skip"], np.float32).T)
+    return weights
 
 
 def export_sparsify(sae: PortableSAE, out: str, overwrite: bool = False) -> Path:

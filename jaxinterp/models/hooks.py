@@ -35,12 +35,17 @@ class HookEdit(NamedTuple):
 
     ``replace(operand, x)`` is a pure JAX function of ``x`` [batch, seq, d] (float32) returning the
     new activation; ``operand`` is a pytree of arrays it reads (e.g. SAE params). Keep one
-    ``HookEdit`` per edit: the JAX backend compiles once per ``(hook, replace)`` pair.
+    ``HookEdit`` per edit: the JAX backend compiles once per ``(hook, replace, source)``.
+
+    With ``source`` (a hook earlier in the forward pass, e.g. ``blocks.6.mlp.hook_in`` for a
+    transcoder replacing ``blocks.6.hook_mlp_out``), the edit reads that hook's activation in the
+    same pass and ``replace(operand, x, source_x)`` gets it too.
     """
 
     hook: str
-    replace: Callable[[Any, Any], Any]
+    replace: Callable[..., Any]
     operand: Any = None
+    source: str = ""
 
 
 class HookPoint(NamedTuple):

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -48,8 +49,20 @@ def _forward(graphdef, state, tokens, capture, edit, logits):
     return hooked_forward(nnx.merge(graphdef, state), tokens, capture, edit=edit, logits=logits)
 
 
-def _edited_logits(graphdef, hook, replace, state, tokens, operand):
-    edit = lambda name, x: replace(operand, x).astype(x.dtype) if name == hook else x
+def _edited_logits(graphdef, hook, replace, source, state, tokens, operand):
+    read = {}  # the source hook's activation, carried (while tracing) to the later hook it edits
+
+    def edit(name, x):
+        if name == source:
+            read["x"] = x
+        if name != hook:
+            return x
+        if not source:
+            return replace(operand, x).astype(x.dtype)
+        if "x" not in read:
+            raise ValueError(f"hook edit: source {source} does not come before {hook} in the forward pass")
+        return replace(operand, x, read["x"].astype(jnp.float32)).astype(x.dtype)
+
     return hooked_forward(nnx.merge(graphdef, state), tokens, edit=edit, logits=True)[0]
 
 
@@ -87,7 +100,7 @@ class JaxSourceModel:
         self.n_layers = layer_count(self.config)
         self.d_model = int(self.config.hidden_size)
         self._jitted = jax.jit(partial(_forward, graphdef), static_argnames=("capture", "edit", "logits"))
-        self._jitted_edit = jax.jit(partial(_edited_logits, graphdef), static_argnums=(0, 1))
+        self._jitted_edit = jax.jit(partial(_edited_logits, graphdef), static_argnums=(0, 1, 2))
 
     def parse_hooks(self, names: str | Sequence[str]) -> list[HookPoint]:
         """Parses hook names against this model's depth."""
@@ -110,9 +123,11 @@ class JaxSourceModel:
         """Logits [batch, seq, vocab] (float32, on device), with ``edit`` applied during the pass."""
         if edit is None:
             return self.forward(tokens)[0].astype(np.float32)
-        parse_hooks([edit.hook], self.n_layers, self.config)  # an unknown or refused hook would edit nothing
+        # an unknown or refused hook would edit nothing
+        parse_hooks([edit.hook] + ([edit.source] if edit.source else []), self.n_layers, self.config)
         operand = jax.device_put(edit.operand, NamedSharding(self.mesh, P()))
-        return self._jitted_edit(edit.hook, edit.replace, self.state, self._place(tokens), operand).astype(np.float32)
+        return self._jitted_edit(edit.hook, edit.replace, edit.source, self.state, self._place(tokens),
+                                 operand).astype(np.float32)
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
         """``{hook name: [batch, seq, d] float32 numpy}``; the pass stops after the last hook needed."""

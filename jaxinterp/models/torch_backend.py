@@ -273,13 +273,24 @@ class TorchSourceModel:
         """
         handles = []
         if edit is not None:
-            (point,) = parse_hooks([edit.hook], self.n_layers, self.config)
+            (point, *source) = parse_hooks([edit.hook] + ([edit.source] if edit.source else []), self.n_layers,
+                                           self.config)
+            if source and source[0].order > point.order:
+                raise ValueError(f"hook edit: source {edit.source} does not come before {edit.hook} in the forward pass")
             replace = self._jitted_replace(edit.replace)
+            read = {}
 
             def transform(x):
-                new = np.array(replace(edit.operand, x.float().numpy()))  # writable
+                args = (edit.operand, x.float().numpy())
+                if source:
+                    if "x" not in read:
+                        raise ValueError(f"hook edit: source {edit.source} did not fire before {edit.hook}")
+                    args += (read.pop("x"),)
+                new = np.array(replace(*args))  # writable
                 return self._torch.from_numpy(new).to(x.dtype)
 
+            if source:  # attached first: a module's input hook fires before its output hook
+                handles.append(self._attach(source[0], lambda x: read.__setitem__("x", x.float().numpy())))
             handles.append(self._attach(point, transform))
         return self._forward(tokens, handles).logits.float().numpy()
 

@@ -40,6 +40,7 @@ class TrainedSAE(NamedTuple):
       state: its params, architecture state and latent counters (no optimizer state).
       tokens_seen: training tokens it has seen.
       input_scale: the factor the buffer multiplied inputs by (1.0 unless the run normalised).
+      target_scale: the factor it multiplied a transcoder's target hook by (``input_scale`` for an SAE).
     """
 
     name: str
@@ -50,6 +51,7 @@ class TrainedSAE(NamedTuple):
     state: TrainedState
     tokens_seen: float
     input_scale: float
+    target_scale: float = 1.0
 
 
 def load_trained(run_dir: str, name: str = "") -> TrainedSAE:
@@ -76,4 +78,5 @@ def load_trained(run_dir: str, name: str = "") -> TrainedSAE:
     state, buffer_state = restore_step(run_dir, step, target, legacy, partial=True)
     return TrainedSAE(name, saes[name], run_config, make_architecture(saes[name]), step,
                       TrainedState(**state["saes"][name]), float(state["tokens_seen"]),
-                      buffer_state.scales[saes[name]["hook_name"]])
+                      buffer_state.scales[saes[name]["hook_name"]],
+                      buffer_state.scales[saes[name].get("target_hook") or saes[name]["hook_name"]])

@@ -29,6 +29,9 @@ def warm_start_params(loaded: Any, member: Member, d_in: int, input_scale: float
       ConfigError: the loaded SAE's architecture or shape differs from the run's SAE.
     """
     sae = loaded.sae
+    if sae.transcode:
+        raise ConfigError(f"config field 'init_from': it holds a transcoder ({sae.hook_name} -> {sae.target_hook}); "
+                          "an SAE warm-starts from an SAE")
     if sae.architecture != member.architecture.name or (sae.d_in, sae.d_sae) != (d_in, member.d_sae):
         raise ConfigError(f"config field 'init_from': it holds a {sae.architecture} SAE {sae.d_in}→{sae.d_sae}, the run "
                           f"trains a {member.architecture.name} SAE {d_in}→{member.d_sae}; set sae.architecture and "
