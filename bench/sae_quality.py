@@ -4,7 +4,7 @@
     python bench/sae_quality.py --store stores/mine --hook blocks.20.hook_resid_post
     python bench/sae_quality.py --ours "default: ; lr 2x: lr=0.0031; drop massive: massive_tokens=drop"
 
-Trains jaxinterp with ``jaxinterp train`` itself (configs/train_topk.py's defaults plus each
+Trains jaxinterp with ``jaxinterp train`` itself (configs/train.py's defaults plus each
 ``--ours`` variant's overrides) and sparsify (its default, schedule-free signum at
 5e-3/√(n/2¹⁴), and Adam at Gao et al.'s 2e-4/√(n/2¹⁴) with its linear warm-up/decay, the warm-up
 capped at a tenth of the steps since its 1000 would outlast a short run) on the same
@@ -74,7 +74,7 @@ def train_ours(args, store: str, hook: str, name: str, overrides: dict, workdir:
               "eval_tokens": args.eval_tokens, "massive_ratio": args.massive_ratio, "checkpoint_every": 10**9,
               **overrides}
     began = time.perf_counter()
-    summary = train(load_config("configs/train_topk.py", fields, schemas.TRAIN, "train"), progress=False)
+    summary = train(load_config("configs/train.py", fields, schemas.TRAIN, "train"), progress=False)
     seconds = time.perf_counter() - began
     evaluation = summary["eval"]["sae"]
     return load_sae(str(out)), evaluation["dead_fraction"], seconds, evaluation.get("shrunk_massive_rows", evaluation.get("dropped_massive_rows"))
@@ -158,7 +158,7 @@ def main() -> None:
     store_url = args.store or pydoc_store(args)
     store = open_store(store_url)
     hook = args.hook or (store.hook_names[0] if len(store.hook_names) == 1 else "blocks.12.hook_resid_post")
-    defaults = load_config("configs/train_topk.py", {"store": store_url, "hook": hook}, TRAIN, "train")
+    defaults = load_config("configs/train.py", {"store": store_url, "hook": hook}, TRAIN, "train")
     # The buffer `jaxinterp train` builds (one process, one stream): the same batches and holdout.
     buffer = ActivationBuffer(store, [hook], args.batch, args.seed, defaults["holdout_fraction"],
                               defaults["mixing_chunks"], defaults["exclude_bos"], streams=1)

@@ -77,7 +77,7 @@ VERBS = {
                  "configs/demo.py", schemas.DEMO, _demo),
     "extract": Verb("run a source model over a corpus and write hooked activations to a store",
                     "configs/extract.py", schemas.EXTRACT, _extract),
-    "train": Verb("train a sparse autoencoder from a store", "configs/train_topk.py", schemas.TRAIN, _train),
+    "train": Verb("train a sparse autoencoder from a store", "configs/train.py", schemas.TRAIN, _train),
     "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
     "export": Verb("export a trained run for other tools (SAELens, sparsify/delphi, Gemma-Scope npz)",
                    "configs/export.py", schemas.EXPORT, _export),

@@ -7,7 +7,7 @@ outside their allowed set fail with a :class:`ConfigError` that names the field.
 
 Example::
 
-    cfg = load_config("configs/train_topk.py", ["--config.sae.k=64"], TRAIN_SCHEMA)
+    cfg = load_config("configs/train.py", ["--config.sae.k=64"], TRAIN_SCHEMA)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Start one jaxinterp command as N cooperating processes on this machine (JAX multi-controller).
 
     python launch/local.py --processes 2 --devices-per-process 4 -- \
-        .venv/bin/jaxinterp train --config configs/train_topk.py --config.streams=8
+        .venv/bin/jaxinterp train --config configs/train.py --config.streams=8
 
 Every process gets ``JAXINTERP_COORDINATOR`` (127.0.0.1 and a free port), ``JAXINTERP_NUM_PROCESSES``
 and ``JAXINTERP_PROCESS_ID``, which ``jaxinterp.distributed.initialize`` reads; with

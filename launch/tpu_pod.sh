@@ -3,7 +3,7 @@
 #
 #   export TPU_NAME=my-v5e-64 ZONE=us-west4-a       # an existing TPU VM slice (gcloud compute tpus tpu-vm create ...)
 #   bash launch/tpu_pod.sh setup                   # copy this checkout to every worker, install jax[tpu] + jaxinterp
-#   bash launch/tpu_pod.sh run jaxinterp train --config configs/train_topk.py \
+#   bash launch/tpu_pod.sh run jaxinterp train --config configs/train.py \
 #       --config.store=gs://BUCKET/stores/smollm2 --config.out=gs://BUCKET/runs/topk --config.streams=64
 #
 # `run` starts the same command on all workers (gcloud ... ssh --worker=all) with

@@ -66,7 +66,7 @@ def tiny_llama_run(tiny_llama, tmp_path_factory) -> Path:
                                                 "out": str(root / "store"), "context_size": 64, "max_tokens": 16384,
                                                 "chunk_mib": 0.05, "shard_mib": 0.5},
                         schemas.EXTRACT, "extract"), progress=False)
-    train(load_config("configs/train_topk.py", {
+    train(load_config("configs/train.py", {
         "store": str(root / "store"), "hook": hook, "out": str(root / "run"), "steps": 40, "batch_size": 256,
         "sae.n_latents": 128, "sae.k": 8, "warmup_steps": 3, "checkpoint_every": 40, "eval_tokens": 512,
         "holdout_fraction": 0.25, "mesh.data": 1}, schemas.TRAIN, "train"), progress=False)
@@ -101,7 +101,7 @@ def smollm2_sweep(smollm2_store, tmp_path_factory) -> tuple[str, dict]:
               "warmup_steps": 20, "sae.n_latents": 2048, "sae.k": 32, "normalize": True, "norm_tokens": 8192,
               "holdout_fraction": 0.1, "eval_tokens": 4096, "dead_tokens": 50_000, "checkpoint_every": 200,
               "sweep": sweep}
-    return run, train(load_config("configs/train_topk.py", fields, schemas.TRAIN, "train"), progress=False)
+    return run, train(load_config("configs/train.py", fields, schemas.TRAIN, "train"), progress=False)
 
 
 @pytest.fixture(scope="session")

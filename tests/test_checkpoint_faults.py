@@ -38,7 +38,7 @@ def fields(store_url, out, **overrides):
 
 
 def train_config(store_url, out, **overrides):
-    return load_config("configs/train_topk.py", fields(store_url, out, **overrides), schemas.TRAIN, "train")
+    return load_config("configs/train.py", fields(store_url, out, **overrides), schemas.TRAIN, "train")
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_second_train_job_is_refused_at_once_naming_the_holder(store_url, tmp_pa
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
     try:
         write_lock(run, socket.gethostname(), holder.pid)
-        command = [sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train_topk.py",
+        command = [sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train.py",
                    *(f"--config.{key}={value}" for key, value in fields(store_url, run).items())]
         began = time.time()
         result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,

@@ -35,7 +35,7 @@ def train_config(store_url, out, **overrides):
               "warmup_steps": 5, "sae.n_latents": 256, "sae.k": 8, "log_every": 10, "checkpoint_every": 20,
               "eval_tokens": 1024, "holdout_fraction": 0.1, "dead_tokens": 5000, "mixing_chunks": 4, "mesh.data": 1,
               **overrides}
-    return load_config("configs/train_topk.py", fields, schemas.TRAIN, "train")
+    return load_config("configs/train.py", fields, schemas.TRAIN, "train")
 
 
 def assert_same_params(a, b):

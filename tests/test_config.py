@@ -9,7 +9,7 @@ from jaxinterp.config import ConfigError, load_config, parse_overrides
 
 
 def test_overrides_are_typed_and_applied():
-    cfg = load_config("configs/train_topk.py", ["--config.sae.k=64", "--config.lr", "3e-4", "--config.exclude_bos=false"],
+    cfg = load_config("configs/train.py", ["--config.sae.k=64", "--config.lr", "3e-4", "--config.exclude_bos=false"],
                       schemas.TRAIN, "train")
     assert cfg.sae.k == 64 and cfg.lr == pytest.approx(3e-4) and cfg.exclude_bos is False
     with pytest.raises(AttributeError):  # frozen: stages cannot mutate it
@@ -17,7 +17,7 @@ def test_overrides_are_typed_and_applied():
 
 
 def test_variant_is_passed_to_get_config():
-    assert load_config("configs/train_topk.py:quick", [], schemas.TRAIN).steps == 100
+    assert load_config("configs/train.py:quick", [], schemas.TRAIN).steps == 100
 
 
 @pytest.mark.parametrize("override, field, allowed", [
@@ -29,17 +29,17 @@ def test_variant_is_passed_to_get_config():
 ])
 def test_bad_values_name_the_field_and_allowed_values(override, field, allowed):
     with pytest.raises(ConfigError, match=f"'{re.escape(field)}'.*{re.escape(allowed)}"):
-        load_config("configs/train_topk.py", [override], schemas.TRAIN, "train")
+        load_config("configs/train.py", [override], schemas.TRAIN, "train")
 
 
 def test_unknown_field_lists_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown config field 'sae\.kk'.*valid fields: .*sae\.k,"):
-        load_config("configs/train_topk.py", ["--config.sae.kk=3"], schemas.TRAIN, "train")
+        load_config("configs/train.py", ["--config.sae.kk=3"], schemas.TRAIN, "train")
 
 
 def test_cross_field_constraint():
     with pytest.raises(ConfigError, match="sae.k.*must not exceed sae.n_latents"):
-        load_config("configs/train_topk.py", ["--config.sae.k=5000", "--config.sae.n_latents=4096"], schemas.TRAIN)
+        load_config("configs/train.py", ["--config.sae.k=5000", "--config.sae.n_latents=4096"], schemas.TRAIN)
 
 
 def test_config_file_with_unknown_key_is_rejected(tmp_path):
@@ -59,15 +59,15 @@ def test_parse_overrides_rejects_stray_arguments():
 
 
 def test_every_shipped_config_validates():
-    for spec, schema in [("configs/extract.py", schemas.EXTRACT), ("configs/train_topk.py", schemas.TRAIN),
+    for spec, schema in [("configs/extract.py", schemas.EXTRACT), ("configs/train.py", schemas.TRAIN),
                          ("configs/export.py", schemas.EXPORT), ("configs/eval.py", schemas.EVAL),
                          ("configs/demo.py", schemas.DEMO), ("configs/demo.py:quick", schemas.DEMO),
-                         ("configs/extract.py:quick", schemas.EXTRACT), ("configs/train_topk.py:quick", schemas.TRAIN)]:
+                         ("configs/extract.py:quick", schemas.EXTRACT), ("configs/train.py:quick", schemas.TRAIN)]:
         load_config(spec, [], schema)
 
 
 def test_cli_bad_value_is_one_line_naming_the_field():
-    result = subprocess.run([sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train_topk.py",
+    result = subprocess.run([sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train.py",
                              "--config.sae.n_latents=-5"], capture_output=True, text=True)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -78,3 +78,8 @@ def test_cli_help_lists_fields():
     result = subprocess.run([sys.executable, "-m", "jaxinterp.cli", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "sae.n_latents" in result.stdout and "default" in result.stdout
+
+
+def test_the_former_train_config_name_still_loads_the_same_config():
+    old = load_config("configs/train_topk.py", {"sae.k": 16}, schemas.TRAIN, "train")
+    assert old == load_config("configs/train.py", {"sae.k": 16}, schemas.TRAIN, "train")

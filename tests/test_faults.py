@@ -111,7 +111,7 @@ def test_train_out_naming_an_export_is_refused_and_the_export_survives(run_copy,
     exported = export_run(str(run_copy), "saelens", str(tmp_path / "saelens"))
     before = tree(exported)
     store = json.loads((run_copy / "cfg.json").read_text())["train"]["store"]
-    args = ["train", "--config", "configs/train_topk.py", f"--config.store={store}", f"--config.hook={HOOK}",
+    args = ["train", "--config", "configs/train.py", f"--config.store={store}", f"--config.hook={HOOK}",
             f"--config.out={exported}", "--config.steps=2", "--config.warmup_steps=1", "--config.mesh.data=1"]
     assert main(args) == 2
     one_line_error(capsys, str(exported), "not a jaxinterp run")
@@ -155,9 +155,9 @@ def test_train_init_from_an_sae_of_another_model_is_refused_unless_allowed(tiny_
               "sae.n_latents": 128, "sae.k": 8, "mesh.data": 1, "holdout_fraction": 0.25, "eval_tokens": 256,
               "init_from": str(tiny_llama_run / "run")}
     with pytest.raises(ConfigError, match="'init_from'.*allow_other_model"):
-        train(load_config("configs/train_topk.py", {**fields, "out": str(tmp_path / "a")}, schemas.TRAIN, "train"),
+        train(load_config("configs/train.py", {**fields, "out": str(tmp_path / "a")}, schemas.TRAIN, "train"),
               progress=False)
-    summary = train(load_config("configs/train_topk.py", {**fields, "out": str(tmp_path / "a"),
+    summary = train(load_config("configs/train.py", {**fields, "out": str(tmp_path / "a"),
                                                            "allow_other_model": True}, schemas.TRAIN, "train"),
                     progress=False)  # the refused attempt left no checkpoint, so it does not block this one
     assert summary["steps"] == 2
@@ -194,7 +194,7 @@ def test_disk_full_during_train_is_one_line_and_the_rerun_resumes_exactly(small_
     def command(out):
         fields = {"store": store, "hook": hook, "out": out, "steps": 50, "warmup_steps": 2, "batch_size": 256,
                   "sae.n_latents": 256, "sae.k": 8, "checkpoint_every": 10, "mesh.data": 1}
-        return [sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train_topk.py",
+        return [sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train.py",
                 *(f"--config.{key}={value}" for key, value in fields.items())]
 
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}

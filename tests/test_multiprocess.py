@@ -48,7 +48,7 @@ def extract_args(model: str, out: Path) -> list[str]:
 
 def train_args(store: Path, out: Path) -> list[str]:
     # streams=2: the same batches whether one process reads both streams or each reads one.
-    return cli("train", "--config", "configs/train_topk.py", f"--config.store={store}", f"--config.hook={HOOK}",
+    return cli("train", "--config", "configs/train.py", f"--config.store={store}", f"--config.hook={HOOK}",
                f"--config.steps={STEPS}", "--config.batch_size=256", "--config.sae.n_latents=256", "--config.sae.k=8",
                "--config.warmup_steps=5", "--config.checkpoint_every=16", "--config.log_every=4",
                "--config.eval_tokens=512", "--config.mixing_chunks=4", "--config.streams=2", "--config.lr=0.003",

@@ -30,7 +30,7 @@ def command(store_url, out):
               "warmup_steps": 5, "sae.n_latents": 256, "sae.k": 8, "log_every": 5, "checkpoint_every": 25,
               "eval_tokens": 1024, "holdout_fraction": 0.1, "dead_tokens": 5000, "mixing_chunks": 4,
               "mesh.data": 1, "sweep": "sae: ; jump: architecture=jumprelu, l0_coefficient=0.05"}
-    return [sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train_topk.py",
+    return [sys.executable, "-m", "jaxinterp.cli", "train", "--config", "configs/train.py",
             *(f"--config.{key}={value}" for key, value in fields.items())]
 
 

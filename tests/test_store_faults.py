@@ -49,7 +49,7 @@ def extract_argv(model: str, *overrides: str) -> list[str]:
 
 
 def train_argv(store: Path, out: Path) -> list[str]:
-    return ["train", "--config", "configs/train_topk.py", f"--config.store={store}", "--config.hook=h",
+    return ["train", "--config", "configs/train.py", f"--config.store={store}", "--config.hook=h",
             f"--config.out={out}"]
 
 

@@ -1,6 +1,6 @@
 """End to end on real SmolLM2-135M sub-block hooks: extract a small store at ``blocks.6.attn.hook_z``
 (the o_proj input, 9 heads × 64 = 576 wide) and at ``blocks.6.mlp.hook_post`` (the down_proj input,
-1536 wide), train a TopK SAE on each (configs/train_topk.py), evaluate it (CE-loss recovered with the
+1536 wide), train a TopK SAE on each (configs/train.py), evaluate it (CE-loss recovered with the
 SAE spliced in at that hook, JAX backend) and export it.
 
 The splice is checked against an independent one: transformers' forward with a torch forward
@@ -55,7 +55,7 @@ def subblock_run(request, tmp_path_factory) -> dict:
     extract(load_config("configs/extract.py", {"model": "smollm2", "hooks": hook, "data": "pydoc", "out": store,
                                                "context_size": 128, "max_tokens": 8192, "batch_size": 8},
                         schemas.EXTRACT, "extract"), progress=False)
-    summary = train(load_config("configs/train_topk.py", {
+    summary = train(load_config("configs/train.py", {
         "store": store, "hook": hook, "out": run, "steps": 60, "batch_size": 256, "mesh.data": 1,
         "sae.n_latents": HOOKS[hook][1], "sae.k": 16, "normalize": True, "norm_tokens": 2048,
         "holdout_fraction": 0.25, "eval_tokens": 1024, "checkpoint_every": 60}, schemas.TRAIN, "train"),

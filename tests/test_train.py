@@ -26,7 +26,7 @@ def train_config(store_url, out, **overrides):
     fields = {"store": store_url, "hook": HOOK, "out": str(out), "steps": 60, "batch_size": 256, "lr": 3e-3,
               "warmup_steps": 5, "sae.n_latents": 256, "sae.k": 8, "log_every": 10, "checkpoint_every": 20,
               "eval_tokens": 1024, "holdout_fraction": 0.1, "dead_tokens": 5000, "mixing_chunks": 4, **overrides}
-    return load_config("configs/train_topk.py", fields, schemas.TRAIN, "train")
+    return load_config("configs/train.py", fields, schemas.TRAIN, "train")
 
 
 SWEEP = "sae: ; batch: architecture=batch_topk; jump: architecture=jumprelu, l0_coefficient=0.05"

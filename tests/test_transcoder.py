@@ -43,7 +43,7 @@ def train_config(store_url, out, **overrides):
               "lr": 3e-3, "warmup_steps": 5, "sae.n_latents": 256, "sae.k": 8, "log_every": 10, "checkpoint_every": 20,
               "eval_tokens": 1024, "holdout_fraction": 0.1, "dead_tokens": 5000, "mixing_chunks": 4, "mesh.data": 1,
               **overrides}
-    return load_config("configs/train_topk.py", fields, schemas.TRAIN, "train")
+    return load_config("configs/train.py", fields, schemas.TRAIN, "train")
 
 
 def sae_cfg(architecture, **overrides):
@@ -215,7 +215,7 @@ def test_smollm2_mlp_transcoder(tmp_path):
     extract(load_config("configs/extract.py", {"model": "smollm2", "hooks": f"{layer_in},{layer_out}", "data": "pydoc",
                                                "out": store, "context_size": 128, "max_tokens": 8192, "batch_size": 8},
                         schemas.EXTRACT, "extract"), progress=False)
-    summary = train(load_config("configs/train_topk.py", {
+    summary = train(load_config("configs/train.py", {
         "store": store, "hook": layer_in, "target_hook": layer_out, "out": str(run), "steps": 80, "batch_size": 256,
         "mesh.data": 1, "sae.n_latents": 2048, "sae.k": 32, "normalize": True, "norm_tokens": 2048,
         "holdout_fraction": 0.25, "eval_tokens": 1024, "checkpoint_every": 80,

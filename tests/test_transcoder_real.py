@@ -45,7 +45,7 @@ def tc_run(tmp_path_factory) -> dict:
     extract(load_config("configs/extract.py", {"model": "smollm2", "hooks": f"{IN},{OUT}", "data": "pydoc",
                                                "out": store, "context_size": 128, "max_tokens": 8192, "batch_size": 8},
                         schemas.EXTRACT, "extract"), progress=False)
-    summary = train(load_config("configs/train_topk.py", {
+    summary = train(load_config("configs/train.py", {
         "store": store, "hook": IN, "target_hook": OUT, "out": run, "steps": 60, "batch_size": 256, "mesh.data": 1,
         "sae.n_latents": 1024, "sae.k": K, "normalize": True, "norm_tokens": 2048, "holdout_fraction": 0.25,
         "eval_tokens": 1024, "checkpoint_every": 60,
