@@ -116,6 +116,9 @@ TRAIN = Schema(
         "sae.bandwidth": Field(float, "JumpReLU: straight-through rectangle-kernel width", minimum=1e-9),
         "sae.threshold_rate": Field(float, "BatchTopK/Matryoshka: threshold moving-average rate", minimum=0.0, maximum=1.0),
         "sae.matryoshka_prefixes": Field(str, "Matryoshka: increasing prefix sizes, e.g. 512,2048; empty = d_sae/8,/4,/2"),
+        "sae.b_dec_init": Field(str, "initial b_dec: mean or geometric_median (Weiszfeld) of the first "
+                                     "training batch, as training sees it, or zero",
+                                choices=("mean", "geometric_median", "zero")),
         "sae.skip": Field(bool, "transcoder only: add a zero-initialised linear skip x @ W_skip (Paulo et al. 2025)"),
         "compute_dtype": Field(str, "dtype of the SAE forward/backward; params, optimizer state and grads stay float32",
                                choices=("float32", "bfloat16")),
@@ -298,5 +301,6 @@ def sae_config(architecture: str = "topk", n_latents: int = 4096, k: int = 32) -
     sae.bandwidth = 1e-3
     sae.threshold_rate = 0.01
     sae.matryoshka_prefixes = ""
+    sae.b_dec_init = "mean"
     sae.skip = False
     return sae

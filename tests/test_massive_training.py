@@ -128,3 +128,32 @@ def test_a_batch_larger_than_an_epoch_is_refused_as_without_the_filter(outlier_s
                                    exclude_bos=True, massive_norms=massive_norms, massive_mode=mode)
         with pytest.raises(ConfigError, match="config field 'batch_size'"):
             next(too_big._numpy_batches())
+
+
+
+def test_a_transcoder_run_drops_massive_pairs_instead_of_shrinking_them(tmp_path):
+    # Shrinking rescales each hook by its own factor, so (input, target) would stop being one MLP's
+    # input and output: with a transcoder member, the default (shrink) drops the massive rows.
+    from jaxinterp.train.loop import massive_mode
+    from jaxinterp.train.members import build_members
+    from tests.stores import write_store
+    from tests.test_massive_metrics import activations_with_outliers
+
+    x, _ = activations_with_outliers(8192)
+    M = np.random.default_rng(3).normal(size=(32, 32)).astype(np.float32)
+    target = "blocks.0.hook_mlp_out"
+    url = str(tmp_path / "pairs")
+    write_store(url, {HOOK: x, target: np.tanh(x @ M)}, context_size=16, chunk_mib=2**-9, shard_mib=2**-6)
+    cfg = train_config(url, tmp_path / "tc", target_hook=target, norm_tokens=2048, steps=12, checkpoint_every=100)
+    assert cfg["massive_tokens"] == "shrink" and massive_mode("shrink", build_members(cfg)) == "drop"
+    assert massive_mode("shrink", build_members(train_config(url, tmp_path / "sae"))) == "shrink"
+
+    summary = train(cfg, progress=False)["eval"]["sae"]
+    assert summary["dropped_massive_rows"] > 0 and "shrunk_massive_rows" not in summary
+    # What such a run's buffer yields are the store's own pairs (the target still the MLP of the input).
+    pairs = ActivationBuffer(open_store(url), [HOOK, target], 256, seed=3, holdout_fraction=0.1, mixing_chunks=4,
+                             exclude_bos=True, massive_mode="drop")
+    pairs.massive_norms = pairs.estimate_massive_norms(2048, 10.0)
+    batch = next(pairs.batches())
+    np.testing.assert_allclose(np.tanh(np.asarray(batch[HOOK]) @ M), np.asarray(batch[target]), rtol=1e-5, atol=1e-6)
+    assert np.max(np.linalg.norm(np.asarray(batch[HOOK]), axis=1)) <= pairs.massive_norms[HOOK] * (1 + 1e-6)

@@ -41,6 +41,9 @@ __all__ = [
     "dense_decode",
     "dense_latents",
     "encoder_input",
+    "B_DEC_INITS",
+    "b_dec_init",
+    "geometric_median",
     "init_dictionary",
     "init_tied",
     "latent_fires",
@@ -99,15 +102,46 @@ class Architecture(NamedTuple):
     base_lr: float
 
 
-def init_tied(key: jax.Array, d_in: int, d_sae: int, sample: np.ndarray | jax.Array) -> Params:
-    """Unit-norm random decoder rows, ``W_enc = W_decᵀ``, zero ``b_enc``, ``b_dec`` = sample mean."""
+# ``b_dec``'s initial value: the sample's mean (sparsify, Gao et al. 2024), its geometric median
+# (Bricken et al. 2023, SAELens' ``b_dec_init_method``), or zero.
+B_DEC_INITS = ("mean", "geometric_median", "zero")
+
+
+def geometric_median(sample: jax.Array, iterations: int = 64, eps: float = 1e-8) -> jax.Array:
+    """The point minimising ``Σ_t ‖x_t − m‖`` (Weiszfeld's algorithm from the mean, a fixed number
+    of reweighted means; ``eps`` keeps a point that sits on the median from dividing by zero)."""
+    sample = jnp.asarray(sample, jnp.float32)
+
+    def step(median, _):
+        weights = 1.0 / jnp.maximum(jnp.linalg.norm(sample - median, axis=-1), eps)
+        return weights @ sample / jnp.sum(weights), None
+
+    return jax.lax.scan(step, jnp.mean(sample, axis=0), None, length=iterations)[0]
+
+
+def b_dec_init(sample: np.ndarray | jax.Array, method: str = "mean") -> jax.Array:
+    """``b_dec``'s initial value from a data sample [tokens, d], by ``method`` (:data:`B_DEC_INITS`)."""
+    sample = jnp.asarray(sample, jnp.float32)
+    if method == "mean":
+        return jnp.mean(sample, axis=0)
+    if method == "geometric_median":
+        return geometric_median(sample)
+    if method == "zero":
+        return jnp.zeros(sample.shape[1:], jnp.float32)
+    raise ValueError(f"config field 'sae.b_dec_init': {method!r}; choose one of {', '.join(B_DEC_INITS)}")
+
+
+def init_tied(key: jax.Array, d_in: int, d_sae: int, sample: np.ndarray | jax.Array, b_dec_method: str = "mean"
+              ) -> Params:
+    """Unit-norm random decoder rows, ``W_enc = W_decᵀ``, zero ``b_enc``, ``b_dec`` from the sample
+    (:func:`b_dec_init`, the mean by default)."""
     W_dec = jax.random.normal(key, (d_sae, d_in), jnp.float32)
     W_dec = W_dec / jnp.linalg.norm(W_dec, axis=-1, keepdims=True)
     return {
         "W_enc": W_dec.T,
         "b_enc": jnp.zeros((d_sae,), jnp.float32),
         "W_dec": W_dec,
-        "b_dec": jnp.mean(jnp.asarray(sample, jnp.float32), axis=0),
+        "b_dec": b_dec_init(sample, b_dec_method),
     }
 
 
@@ -122,19 +156,19 @@ def init_dictionary(key: jax.Array, d_in: int, d_sae: int, sample, d_out: int | 
 
     Transcoder (``cfg["transcode"]``): decoder rows are unit-norm random directions of the target
     space and the encoder an independent draw of random columns of the input space, of norm
-    :data:`TRANSCODER_ENCODER_SCALE` (untied: the two spaces differ), ``b_dec`` the target sample's
-    mean, and ``b_enc = −x̄ W_enc`` so that the first pre-activations see the centred input (the
-    encoder reads raw ``x``). sparsify's ``transcode`` starts from a zero decoder so that the first
-    prediction is ``b_dec``; under the unit-norm decoder constraint here a zero row would stay zero
-    until selected, so the small encoder plays that part (k random unit rows at full scale would
-    start the target FVU above 1). With ``cfg["skip"]``, ``W_skip [d_in, d_out]`` starts at zero
+    :data:`TRANSCODER_ENCODER_SCALE` (untied: the two spaces differ), ``b_dec`` from the target
+    sample (the mean unless ``cfg["b_dec_init"]`` says otherwise), and ``b_enc = −x̄ W_enc`` so that
+    the first pre-activations see the centred input (the encoder reads raw ``x``). sparsify's
+    ``transcode`` starts from a zero decoder so that the first prediction is ``b_dec``; under the
+    unit-norm decoder constraint here a zero row would stay zero until selected, so the small
+    encoder plays that part (k random unit rows at full scale would start the target FVU above 1). With ``cfg["skip"]``, ``W_skip [d_in, d_out]`` starts at zero
     (Paulo et al. 2025).
     """
     if not option(cfg, "transcode", False):
         if option(cfg, "skip", False):
             raise ValueError("config field 'sae.skip': a skip connection needs a transcoder (a target_hook other "
                              "than hook)")
-        return init_tied(key, d_in, d_sae, sample)
+        return init_tied(key, d_in, d_sae, sample, option(cfg, "b_dec_init", "mean"))
     d_out = d_in if d_out is None else d_out
     target_sample = sample if target_sample is None else target_sample
     enc_key, dec_key = jax.random.split(key)
@@ -146,7 +180,7 @@ def init_dictionary(key: jax.Array, d_in: int, d_sae: int, sample, d_out: int | 
         "W_enc": W_enc,
         "b_enc": -jnp.mean(jnp.asarray(sample, jnp.float32), axis=0) @ W_enc,
         "W_dec": W_dec,
-        "b_dec": jnp.mean(jnp.asarray(target_sample, jnp.float32), axis=0),
+        "b_dec": b_dec_init(target_sample, option(cfg, "b_dec_init", "mean")),
     }
     if option(cfg, "skip", False):
         params["W_skip"] = jnp.zeros((d_in, d_out), jnp.float32)

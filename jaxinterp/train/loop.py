@@ -29,8 +29,8 @@ from jaxinterp.distributed import barrier, host_copy, is_primary
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.mesh import SAE_RULES, batch_sharding, make_mesh, tree_shardings
-from jaxinterp.store import open_store
 from jaxinterp.runs import restore_step
+from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
 from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir
 from jaxinterp.train.members import Member, build_members, member_configs
@@ -38,8 +38,8 @@ from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock
 from jaxinterp.train.state import TrainState, abstract_state, init_state
 from jaxinterp.train.step import train_step
-from jaxinterp.wandb_log import start_wandb
 from jaxinterp.train.warm_start import warm_start_params
+from jaxinterp.wandb_log import start_wandb
 
 __all__ = ["train", "run_config"]
 
@@ -115,6 +115,18 @@ def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, 
     return state, buffer.position(0), shardings
 
 
+def massive_mode(massive_tokens: str, members: Sequence[Member]) -> str:
+    """The buffer's handling of massive rows for ``massive_tokens`` (``keep`` sets no threshold at all).
+
+    ``shrink`` rescales each hook's vector by that hook's own factor, so a transcoder's (input,
+    target) pair would stop being an MLP's input and output: a run with a transcoder member drops
+    massive rows instead (at every hook, for every member, since they share the batches).
+    """
+    if massive_tokens == "drop" or any(member.transcoder for member in members):
+        return "drop"
+    return "shrink"
+
+
 class _Preemption:
     """Turns SIGTERM into a flag the loop polls (only installable from the main thread)."""
 
@@ -164,7 +176,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         return ActivationBuffer(store, hooks, cfg["batch_size"], cfg["seed"], cfg["holdout_fraction"],
                                 cfg["mixing_chunks"], cfg["exclude_bos"], on_nonfinite=cfg["on_nonfinite"],
                                 sharding=batch_sharding(mesh), streams=streams,
-                                massive_mode="drop" if cfg["massive_tokens"] == "drop" else "shrink")
+                                massive_mode=massive_mode(cfg["massive_tokens"], members))
 
     buffer = make_buffer(cfg["streams"])
     lock = RunLock(out) if is_primary() else contextlib.nullcontext()  # a multi-process job is one writer
