@@ -161,8 +161,8 @@ def init_dictionary(key: jax.Array, d_in: int, d_sae: int, sample, d_out: int | 
     the first pre-activations see the centred input (the encoder reads raw ``x``). sparsify's
     ``transcode`` starts from a zero decoder so that the first prediction is ``b_dec``; under the
     unit-norm decoder constraint here a zero row would stay zero until selected, so the small
-    encoder plays that part (k random unit rows at full scale would start the target FVU above 1). With ``cfg["skip"]``, ``W_skip [d_in, d_out]`` starts at zero
-    (Paulo et al. 2025).
+    encoder plays that part (k random unit rows at full scale would start the target FVU above 1).
+    With ``cfg["skip"]``, ``W_skip [d_in, d_out]`` starts at zero (Paulo et al. 2025).
     """
     if not option(cfg, "transcode", False):
         if option(cfg, "skip", False):
