@@ -49,6 +49,8 @@ class Field:
       minimum: smallest allowed value for numbers.
       maximum: largest allowed value for numbers.
       check: extra predicate with a description of what it accepts, e.g. ``(fn, "a hook list")``.
+      default: the value a config file gets when it does not set the field (architecture fields,
+        which :func:`jaxinterp.schemas.sae_config` fills from each architecture's spec).
     """
 
     kind: type
@@ -57,6 +59,7 @@ class Field:
     minimum: float | None = None
     maximum: float | None = None
     check: tuple[Callable[[Any], bool], str] | None = None
+    default: Any = None
 
     def describe(self) -> str:
         """What values the field accepts, in words."""
