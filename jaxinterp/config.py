@@ -79,10 +79,20 @@ class Field:
 
 @dataclasses.dataclass(frozen=True)
 class Schema:
-    """The fields a verb accepts, plus cross-field constraints ``(fields, predicate, message)``."""
+    """The fields a verb accepts, plus cross-field constraints ``(fields, predicate, message)``.
+
+    ``extra(flat)`` adds fields that depend on the config's own values (the fields of the
+    architecture ``sae.architecture`` names by dotted path); a config that omits one gets its
+    ``default``.
+    """
 
     fields: Mapping[str, Field]
     constraints: Sequence[tuple[tuple[str, ...], Callable[..., bool], str]] = ()
+    extra: Callable[[Mapping[str, Any]], Mapping[str, Field]] | None = None
+
+    def all_fields(self, flat: Mapping[str, Any]) -> dict[str, Field]:
+        """:attr:`fields` plus the :attr:`extra` fields of the flat config ``flat``."""
+        return {**self.fields, **(self.extra(flat) if self.extra else {})}
 
 
 def _is_hook_list(value: str) -> bool:
@@ -171,17 +181,20 @@ def validate(config: ml_collections.ConfigDict, schema: Schema, verb: str = "") 
     """
     flat = flatten(config)
     where = f" for `jaxinterp {verb}`" if verb else ""
+    fields = schema.all_fields(flat)
     for path in flat:
-        if path not in schema.fields:
+        if path not in fields:
             raise ConfigError(
-                f"unknown config field '{path}'{where}; valid fields: {', '.join(sorted(schema.fields))}"
+                f"unknown config field '{path}'{where}; valid fields: {', '.join(sorted(fields))}"
             )
-    for path in schema.fields:
+    for path, field in fields.items():
+        if path not in flat and path not in schema.fields:
+            flat[path] = field.default  # an extra field the config file predates
         if path not in flat:
-            raise ConfigError(f"config field '{path}' is missing{where} ({schema.fields[path].doc})")
+            raise ConfigError(f"config field '{path}' is missing{where} ({field.doc})")
     typed = {}
     for path, value in flat.items():
-        field = schema.fields[path]
+        field = fields[path]
         typed[path] = check_field(path, field, value)
     for names, predicate, message in schema.constraints:
         if not predicate(*(typed[n] for n in names)):
@@ -265,10 +278,15 @@ def load_config(
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     where = f" for `jaxinterp {verb}`" if verb else ""
+    later = {key: value for key, value in overrides.items() if key not in schema.fields or key not in base}
     for key, value in overrides.items():
-        if key not in schema.fields or key not in base:
+        if key not in later:
+            base[key] = _coerce(key, schema.fields[key], value)
+    fields = schema.all_fields(base) if later else schema.fields  # extra fields follow the overridden values
+    for key, value in later.items():
+        if key not in fields or (key not in base and key in schema.fields):
             raise ConfigError(
-                f"unknown config field '{key}'{where}; valid fields: {', '.join(sorted(schema.fields))}"
+                f"unknown config field '{key}'{where}; valid fields: {', '.join(sorted(fields))}"
             )
-        base[key] = _coerce(key, schema.fields[key], value)
+        base[key] = _coerce(key, fields[key], value)
     return validate(ml_collections.ConfigDict(_unflatten(base)), schema, verb)

@@ -1,20 +1,21 @@
-"""Device meshes and sharding written as data: ``(regex, PartitionSpec)`` rules over param paths.
+"""Device meshes and sharding written as data.
 
-Model code never names devices. A rules table maps the path of every leaf in a pytree (params,
-optimizer state, train state) to a ``PartitionSpec`` over the mesh axes ``('data', 'model')``;
-the first matching regex wins and unmatched leaves are replicated. Optimizer state follows its
-params automatically because its leaf paths contain the param names (``...mu['W_enc']``).
+Model code never names devices. Dictionaries name *logical* axes of their arrays (``latent``, from
+each architecture's spec); :data:`LOGICAL_RULES` maps them to the mesh axes ``('data', 'model')``
+(:func:`logical_sharding`). Source models use path rules instead: a ``(regex, PartitionSpec)``
+table over the path of every leaf (:func:`tree_shardings`), first match wins, unmatched leaves
+replicated.
 
 Example::
 
     mesh = make_mesh(data=-1, model=1)
-    shardings = tree_shardings(jax.eval_shape(init_fn, key), SAE_RULES, mesh)
+    W_enc_sharding = logical_sharding((None, "latent"), (576, 9216), mesh)
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -22,17 +23,12 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from jaxinterp.config import ConfigError
 
-__all__ = ["make_mesh", "tree_shardings", "batch_sharding", "Rules", "SAE_RULES"]
+__all__ = ["make_mesh", "tree_shardings", "batch_sharding", "logical_sharding", "Rules", "LOGICAL_RULES"]
 
 Rules = Sequence[tuple[str, P]]
 
-# design.md §5: latents on 'model'; b_dec replicated; per-latent stats follow the latent axis.
-SAE_RULES: Rules = (
-    (r"W_enc", P(None, "model")),
-    (r"W_dec", P("model", None)),
-    (r"b_enc|threshold", P("model")),
-    (r"tokens_since_fired|fire_count", P("model")),
-)
+# Logical axis → mesh axis: latents on 'model' (every other axis replicated).
+LOGICAL_RULES: Mapping[str, str] = {"latent": "model"}
 
 
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -81,6 +77,20 @@ def tree_shardings(tree, rules: Rules, mesh: Mesh):
         return NamedSharding(mesh, P(*axes))
 
     return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
+
+
+def logical_sharding(axes: Sequence[str | None] | None, shape: Sequence[int], mesh: Mesh,
+                     rules: Mapping[str, str] = LOGICAL_RULES) -> NamedSharding:
+    """The ``NamedSharding`` of an array of ``shape`` whose dimensions have logical ``axes``.
+
+    ``None`` axes (or ``axes=None``) are replicated, as is a dimension that does not divide its
+    mesh axis (as :func:`tree_shardings`); axes of another rank than ``shape`` replicate the array.
+    """
+    if axes is None or len(axes) != len(shape):
+        return NamedSharding(mesh, P())
+    mesh_axes = [rules.get(axis) if axis is not None else None for axis in axes]
+    return NamedSharding(mesh, P(*[axis if axis is None or shape[dim] % mesh.shape[axis] == 0 else None
+                                   for dim, axis in enumerate(mesh_axes)]))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 from jaxinterp.config import HOOK_LIST, Field, Schema
+from jaxinterp.sae.spec import DICTIONARY_FIELDS, architecture_fields, builtin_fields
 from jaxinterp.store.paths import PATH_OR_URL
 
 __all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "WANDB", "nested", "sae_config",
@@ -34,6 +35,10 @@ WANDB = {
     "wandb.mode": Field(str, "wandb mode: online, offline (sync later with `wandb sync`) or disabled; '' = "
                              "wandb's default (WANDB_MODE, else online)", choices=("", "online", "offline", "disabled")),
 }
+
+# The train config's ``sae`` block: every dictionary's fields, then each built-in architecture's own
+# (an architecture named by dotted path adds its fields through TRAIN's ``extra``).
+SAE_FIELDS = {f"sae.{name}": field for name, field in {**DICTIONARY_FIELDS, **builtin_fields()}.items()}
 
 EXTRACT = Schema(
     fields={
@@ -103,23 +108,7 @@ TRAIN = Schema(
                                      "direction kept; drop = left out; keep = as they are (also in the "
                                      "normalisation estimate and b_dec init); evaluation sees them as they are",
                                 choices=("shrink", "drop", "keep")),
-        "sae.architecture": Field(str, "SAE architecture",
-                                  choices=("topk", "batch_topk", "matryoshka", "jumprelu", "relu")),
-        "sae.n_latents": Field(int, "dictionary size d_sae", minimum=1),
-        "sae.k": Field(int, "active latents per token (TopK family); initial target L0 (JumpReLU)", minimum=1),
-        "sae.aux_k": Field(int, "AuxK's k for dead latents; 0 = d_in / 2", minimum=0),
-        "sae.aux_k_coefficient": Field(float, "AuxK loss weight (Gao et al. 2024: 1/32); 0 = off", minimum=0.0),
-        "sae.multi_topk": Field(bool, "TopK: add FVU at 4k / 8 (Gao et al. 2024, Multi-TopK)"),
-        "sae.l1_coefficient": Field(float, "ReLU: L1 penalty weight, scaled by decoder norms", minimum=0.0),
-        "sae.l0_coefficient": Field(float, "JumpReLU: L0 penalty weight", minimum=0.0),
-        "sae.penalty_warmup_steps": Field(int, "ReLU/JumpReLU: steps of linear penalty warm-up", minimum=0),
-        "sae.bandwidth": Field(float, "JumpReLU: straight-through rectangle-kernel width", minimum=1e-9),
-        "sae.threshold_rate": Field(float, "BatchTopK/Matryoshka: threshold moving-average rate", minimum=0.0, maximum=1.0),
-        "sae.matryoshka_prefixes": Field(str, "Matryoshka: increasing prefix sizes, e.g. 512,2048; empty = d_sae/8,/4,/2"),
-        "sae.b_dec_init": Field(str, "initial b_dec: mean or geometric_median (Weiszfeld) of the first "
-                                     "training batch, as training sees it, or zero",
-                                choices=("mean", "geometric_median", "zero")),
-        "sae.skip": Field(bool, "transcoder only: add a zero-initialised linear skip x @ W_skip (Paulo et al. 2025)"),
+        **SAE_FIELDS,
         "compute_dtype": Field(str, "dtype of the SAE forward/backward; params, optimizer state and grads stay float32",
                                choices=("float32", "bfloat16")),
         "sweep": Field(str, "more SAEs trained on the same batches: 'name: field=value, ...; ...' over sae.* fields, hook, "
@@ -134,6 +123,7 @@ TRAIN = Schema(
         (("warmup_steps", "steps"), lambda w, s: w < s, "must be smaller than steps"),
         (("streams",), lambda n: n != 0, "must be -1 or >= 1"),
     ),
+    extra=architecture_fields,
 )
 
 EXPORT = Schema(
@@ -259,6 +249,7 @@ DEMO = Schema(
     constraints=(
         (("train.sae.k", "train.sae.n_latents"), lambda k, n: k <= n, "must not exceed train.sae.n_latents"),
     ),
+    extra=lambda flat: architecture_fields(flat, "train.sae."),
 )
 
 
@@ -285,22 +276,14 @@ def wandb_config() -> ml_collections.ConfigDict:
 
 
 def sae_config(architecture: str = "topk", n_latents: int = 4096, k: int = 32) -> ml_collections.ConfigDict:
-    """The ``sae`` block of a train config with every architecture's defaults, for config files.
+    """The ``sae`` block of a train config with every built-in architecture's defaults (each declared
+    by its module's ``SPEC``), for config files.
 
     Defaults follow the papers: AuxK weight 1/32 (Gao et al. 2024), L1 weight 5 (Conerly et al.
     2024), JumpReLU bandwidth 0.001 (Rajamanoharan et al. 2024), BatchTopK threshold rate 0.01.
     """
     sae = ml_collections.ConfigDict()
+    for name, field in {**DICTIONARY_FIELDS, **builtin_fields()}.items():
+        sae[name] = field.default
     sae.architecture, sae.n_latents, sae.k = architecture, n_latents, k
-    sae.aux_k = 0
-    sae.aux_k_coefficient = 1 / 32
-    sae.multi_topk = False
-    sae.l1_coefficient = 5.0
-    sae.l0_coefficient = 1.0
-    sae.penalty_warmup_steps = 0
-    sae.bandwidth = 1e-3
-    sae.threshold_rate = 0.01
-    sae.matryoshka_prefixes = ""
-    sae.b_dec_init = "mean"
-    sae.skip = False
     return sae

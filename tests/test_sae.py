@@ -140,8 +140,10 @@ def test_topk_loss_with_dead_latents_is_the_same_on_a_sharded_mesh(n_dead):
     # ('data' 2, 'model' 4) mesh give the one-device loss and gradients.
     from jax.sharding import NamedSharding
 
-    from jaxinterp.mesh import SAE_RULES, make_mesh, tree_shardings
+    from jaxinterp.mesh import make_mesh
     from jaxinterp.sae import LossContext
+    from jaxinterp.sae.topk import SPEC
+    from jaxinterp.train.state import param_shardings
 
     arch = make_architecture(sae_cfg(n_latents=256, k=8))
     x = jax.random.normal(jax.random.key(0), (64, 32))
@@ -156,7 +158,7 @@ def test_topk_loss_with_dead_latents_is_the_same_on_a_sharded_mesh(n_dead):
     value, grads = step(params, x, dead)
     mesh = make_mesh(data=2, model=4)
     with jax.set_mesh(mesh):
-        sharded = jax.device_put(params, tree_shardings(params, SAE_RULES, mesh))
+        sharded = jax.device_put(params, param_shardings(params, SPEC, mesh))
         value8, grads8 = step(sharded, jax.device_put(x, NamedSharding(mesh, jax.sharding.PartitionSpec("data"))),
                               jax.device_put(dead, NamedSharding(mesh, jax.sharding.PartitionSpec("model"))))
     assert float(value8) == pytest.approx(float(value), rel=1e-5)

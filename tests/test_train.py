@@ -8,7 +8,7 @@ import pytest
 from jaxinterp import schemas
 from jaxinterp.config import ConfigError, load_config
 from jaxinterp.export import export_run
-from jaxinterp.mesh import SAE_RULES, make_mesh, tree_shardings
+from jaxinterp.mesh import make_mesh
 from jaxinterp.runs import load_trained
 from jaxinterp.store import open_store
 from jaxinterp.train import RunExistsError, train
@@ -73,11 +73,12 @@ def test_latents_are_sharded_over_model_axis(store_url):
     from functools import partial
 
     from jaxinterp.train import abstract_state, build_members, init_state
+    from jaxinterp.train.state import state_shardings
 
     members = build_members(train_config(store_url, "unused"))
     abstract = abstract_state(members, {HOOK: 32})
     mesh = make_mesh(data=2, model=4)
-    shardings = tree_shardings(abstract, SAE_RULES, mesh)
+    shardings = state_shardings(abstract, members, mesh)
     state = jax.jit(partial(init_state, members=members), out_shardings=shardings)(
         jax.random.key(0), {HOOK: np.ones((8, 32), np.float32)})
     sae = state.saes["sae"]

@@ -13,7 +13,7 @@ from jaxinterp import schemas
 from jaxinterp.config import ConfigError, load_config
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.export import export_run
-from jaxinterp.sae import ARCHITECTURES, LossContext, make_architecture
+from jaxinterp.sae import BUILTINS, LossContext, make_architecture
 from jaxinterp.sae.base import TRANSCODER_ENCODER_SCALE, predict
 from jaxinterp.train import build_members, train
 from jaxinterp.runs import load_trained
@@ -52,7 +52,7 @@ def sae_cfg(architecture, **overrides):
 
 
 @pytest.mark.parametrize("skip", [False, True])
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("architecture", BUILTINS)
 def test_every_architecture_maps_x_to_a_target_of_another_width(architecture, skip):
     d_in, d_out, d_sae = 16, 24, 64
     arch = make_architecture(sae_cfg(architecture, transcode=True, skip=skip))

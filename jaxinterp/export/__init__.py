@@ -7,7 +7,7 @@ Formats: SAELens v6 directories, EleutherAI sparsify / delphi hookpoint director
 from jaxinterp.export.load import (LoadedSAE, detect_format, is_run_directory, load_sae, loaded_from_trained,
                                   require_same_model)
 from jaxinterp.export.npz import export_npz, read_npz
-from jaxinterp.export.portable import (FORMAT_ARCHITECTURES, PortableSAE, SAEFileError, portable_from_trained,
+from jaxinterp.export.portable import (FORMAT_FAMILIES, PortableSAE, SAEFileError, portable_from_trained,
                                        require_format, to_jaxinterp)
 from jaxinterp.export.run import FORMATS, export_run
 from jaxinterp.export.saelens import SAELENS_VERSION, export_saelens, read_saelens, saelens_config
@@ -15,7 +15,7 @@ from jaxinterp.export.sparsify import export_sparsify, read_sparsify
 
 __all__ = [
     "FORMATS",
-    "FORMAT_ARCHITECTURES",
+    "FORMAT_FAMILIES",
     "LoadedSAE",
     "PortableSAE",
     "SAELENS_VERSION",

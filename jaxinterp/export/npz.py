@@ -10,9 +10,9 @@ coarser steps than ours), so an npz round trip gives back ``b_enc`` to within on
 
 An export is a directory, written atomically like the others, holding ``params.npz`` (the only file
 a Gemma-Scope loader reads; the same layout as a Gemma Scope release folder) and a ``cfg.json``
-describing it (``format``, ``architecture``, sizes, hook and model metadata, the encoding). Threshold
-architectures export directly; a ReLU SAE is a JumpReLU with threshold 0; TopK is refused (its
-per-token top-k selection is no threshold).
+describing it (``format``, ``architecture``, sizes, hook and model metadata, the encoding). The
+jumprelu family (JumpReLU, BatchTopK, Matryoshka) exports directly; a ReLU SAE is a JumpReLU with
+threshold 0; the topk family is refused (its per-token top-k selection is no threshold).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 from jaxinterp.atomic import atomic_directory
 from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json
+from jaxinterp.sae.spec import FAMILY_BUILTINS
 
 __all__ = ["NPZ_FORMAT", "export_npz", "npz_arrays", "npz_config", "read_npz"]
 
@@ -108,5 +109,6 @@ def read_npz(path: str | Path) -> PortableSAE:
     b_enc = (arrays["b_enc"].astype(np.float64) + _b_dec_term(arrays)).astype(np.float32)
     params = {"W_enc": arrays["W_enc"], "b_enc": b_enc, "W_dec": arrays["W_dec"],
               "b_dec": arrays["b_dec"], "threshold": arrays["threshold"]}
-    return PortableSAE("jumprelu", params, d_in, d_sae, int(cfg.get("k", 0)), cfg.get("hook_name", ""),
+    return PortableSAE(FAMILY_BUILTINS["jumprelu"], params, d_in, d_sae, int(cfg.get("k", 0)),
+                       cfg.get("hook_name", ""),
                        dict(cfg.get("metadata", {})))

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file, save_file
 from jaxinterp.atomic import atomic_directory
 from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json
+from jaxinterp.sae.spec import FAMILY_BUILTINS
 
 __all__ = ["export_saelens", "read_saelens", "saelens_config", "saelens_weights", "SAELENS_ARCHITECTURE",
            "SAELENS_VERSION"]
@@ -31,12 +32,12 @@ __all__ = ["export_saelens", "read_saelens", "saelens_config", "saelens_weights"
 # The SAELens major version whose on-disk format this writes.
 SAELENS_VERSION = "6.0.0"
 
-# Our architecture → SAELens v6's. BatchTopK and Matryoshka run inference as JumpReLU with their
-# learned global threshold (Bussmann et al. 2024), which SAELens' jumprelu computes exactly.
-SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batch_topk": "jumprelu",
-                        "matryoshka": "jumprelu"}
+# Our family → SAELens v6's architecture. BatchTopK and Matryoshka are of the jumprelu family: inference
+# is a JumpReLU with their learned global threshold (Bussmann et al. 2024), which SAELens' jumprelu
+# computes exactly.
+SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
 
-# SAELens v6's architecture → ours, for import.
+# SAELens v6's architecture → our family, for import.
 _FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 _SUPPORTED_NORMALIZATION = (None, "none")
 
@@ -44,7 +45,7 @@ _SUPPORTED_NORMALIZATION = (None, "none")
 def saelens_config(sae: PortableSAE) -> dict[str, Any]:
     """SAELens v6 ``cfg.json`` (any input normalisation is already folded into the weights)."""
     require_format(sae, "saelens")
-    architecture = SAELENS_ARCHITECTURE[sae.architecture]
+    architecture = SAELENS_ARCHITECTURE[sae.family]
     extra = {"k": sae.k, "rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}
     if sae.transcode:
         architecture = _transcoder_architecture(sae)
@@ -75,7 +76,7 @@ def saelens_config(sae: PortableSAE) -> dict[str, Any]:
 
 
 def _transcoder_architecture(sae: PortableSAE) -> str:
-    base = "jumprelu_" if sae.architecture == "jumprelu" else ""
+    base = "jumprelu_" if sae.family == "jumprelu" else ""
     return base + ("skip_transcoder" if "W_skip" in sae.params else "transcoder")
 
 
@@ -87,7 +88,7 @@ def saelens_weights(sae: PortableSAE) -> dict[str, np.ndarray]:
     """The ``sae_weights.safetensors`` arrays: ``threshold`` only for SAELens' jumprelu."""
     require_format(sae, "saelens")
     names = ("W_enc", "b_enc", "W_dec", "b_dec")
-    if SAELENS_ARCHITECTURE[sae.architecture] == "jumprelu":
+    if SAELENS_ARCHITECTURE[sae.family] == "jumprelu":
         names += ("threshold",)
     weights = {name: np.ascontiguousarray(sae.params[name], np.float32) for name in names}
     if "W_skip" in sae.params:  # SAELens adds x @ W_skipᵀ
@@ -203,7 +204,7 @@ def read_saelens(path: str | Path) -> PortableSAE:
     for key in ("model_name", "context_size", "prepend_bos", "dataset_path"):  # SAELens < 6: top level
         if key not in metadata and key in cfg:
             metadata[key] = cfg[key]
-    return PortableSAE(_FROM_SAELENS[architecture], weights, int(cfg["d_in"]), int(cfg["d_sae"]), k, hook_name,
+    return PortableSAE(FAMILY_BUILTINS[_FROM_SAELENS[architecture]], weights, int(cfg["d_in"]), int(cfg["d_sae"]), k, hook_name,
                        metadata, None if frequency is None else np.asarray(frequency, np.float32))
 
 

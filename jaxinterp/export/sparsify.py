@@ -35,6 +35,7 @@ from jaxinterp.config import ConfigError
 from jaxinterp.export.hookpoints import hook_for_hookpoint, hookpoint_for_hook, transcoder_hookpoint
 from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json
+from jaxinterp.sae.spec import FAMILY_BUILTINS
 from jaxinterp.store.paths import location
 
 __all__ = ["export_sparsify", "read_sparsify", "sparsify_config", "sparsify_hookpoint", "sparsify_weights",
@@ -158,5 +159,6 @@ def read_sparsify(path: str | Path) -> PortableSAE:
         "b_dec": np.asarray(raw["b_dec"], np.float32),
     }
     metadata = {"hookpoint": directory.name}
-    return PortableSAE("topk", params, d_in, d_sae, int(cfg.get("k", 32)), hook_for_hookpoint(directory.name),
+    return PortableSAE(FAMILY_BUILTINS["topk"], params, d_in, d_sae, int(cfg.get("k", 32)),
+                       hook_for_hookpoint(directory.name),
                        metadata, None, bool(cfg.get("multi_topk", False)))

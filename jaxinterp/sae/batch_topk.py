@@ -12,14 +12,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxinterp.config import Field
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_dictionary, option,
                                 pre_activations, skip_term, total_variance)
 from jaxinterp.sae.sparse import SparseLatents, dead_top_k
-from jaxinterp.sae.topk import TOPK_BASE_LR, aux_k_size, auxk_loss
+from jaxinterp.sae.spec import ArchitectureSpec, standard_from_portable, standard_to_portable
+from jaxinterp.sae.topk import AUX_K_COEFFICIENT, AUXK_FIELDS, TOPK_BASE_LR, aux_k_size, auxk_loss, renormalize_encoder
 
 __all__ = ["make", "kth_largest_nonnegative", "batch_topk_activations", "dense_auxk_loss", "threshold_encode",
-           "update_threshold"]
+           "update_threshold", "GLOBAL_THRESHOLD_FIELDS", "SPEC"]
+
+# The fields BatchTopK and Matryoshka share: AuxK's and the running threshold's rate.
+GLOBAL_THRESHOLD_FIELDS = {
+    **AUXK_FIELDS,
+    "threshold_rate": Field(float, "BatchTopK/Matryoshka: threshold moving-average rate", minimum=0.0, maximum=1.0,
+                            default=0.01),
+}
 
 
 def kth_largest_nonnegative(values: jax.Array, m: int) -> jax.Array:
@@ -79,7 +89,8 @@ def init_with_threshold(key: jax.Array, d_in: int, d_sae: int, sample, d_out: in
 
 def make(cfg: Mapping[str, Any]) -> Architecture:
     """A BatchTopK architecture: ``k`` (mean L0), AuxK as TopK, ``threshold_rate`` = 0.01."""
-    k, rate, aux_coefficient = cfg["k"], option(cfg, "threshold_rate", 0.01), option(cfg, "aux_k_coefficient", 1 / 32)
+    k, rate = cfg["k"], option(cfg, "threshold_rate", 0.01)
+    aux_coefficient = option(cfg, "aux_k_coefficient", AUX_K_COEFFICIENT)
     transcode = option(cfg, "transcode", False)
 
     def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
@@ -100,3 +111,38 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate), x_hat)
 
     return Architecture("batch_topk", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)
+
+
+def global_threshold_to_portable(params: Params, arch_state: dict[str, jax.Array],
+                                 cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The standard weights plus the global threshold broadcast to ``threshold [d_sae]`` (a JumpReLU)."""
+    d_sae = params["b_enc"].shape[0]
+    return {**standard_to_portable(params, arch_state, cfg),
+            "threshold": np.full(d_sae, float(arch_state["threshold"]), np.float32)}
+
+
+def global_threshold_from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]
+                                   ) -> tuple[Params, dict[str, jax.Array]]:
+    """The inverse of :func:`global_threshold_to_portable`.
+
+    Raises:
+      ValueError: the thresholds differ between latents (then it is a ``jumprelu``).
+    """
+    threshold = np.asarray(weights["threshold"], np.float32)
+    if threshold.size and not np.all(threshold == threshold.flat[0]):
+        raise ValueError(f"{cfg['architecture']} uses one threshold for every latent, but these differ; "
+                         f"treat it as architecture 'jumprelu' (sae._replace(architecture='jumprelu'))")
+    params, _ = standard_from_portable(weights, cfg)
+    return params, {"threshold": jnp.asarray(threshold.flat[0] if threshold.size else 0.0, jnp.float32)}
+
+
+def renormalize_global_threshold(params: Params, arch_state: dict[str, jax.Array], norms: jax.Array
+                                 ) -> tuple[Params, dict[str, jax.Array]]:
+    """Decoder norms into the encoder; the global threshold (on pre-activations) × their mean."""
+    params, arch_state = renormalize_encoder(params, arch_state, norms)
+    return params, {**arch_state, "threshold": arch_state["threshold"] * jnp.mean(norms)}
+
+
+SPEC = ArchitectureSpec("batch_topk", make, "jumprelu", fields=GLOBAL_THRESHOLD_FIELDS, state_axes={"threshold": ()},
+                        to_portable=global_threshold_to_portable, from_portable=global_threshold_from_portable,
+                        unit_norm_renormalize=renormalize_global_threshold)

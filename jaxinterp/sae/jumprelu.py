@@ -14,11 +14,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from jaxinterp.config import Field
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_dictionary,
                                 linear_warmup, option, pre_activations, skip_term, total_variance)
 
-__all__ = ["make", "jump_relu", "heaviside", "initial_log_threshold"]
+from jaxinterp.sae.relu import PENALTY_WARMUP_STEPS
+from jaxinterp.sae.spec import LATENT, ArchitectureSpec, standard_from_portable, standard_to_portable
+from jaxinterp.sae.topk import renormalize_encoder
+
+__all__ = ["make", "jump_relu", "heaviside", "initial_log_threshold", "SPEC"]
 
 
 def _rectangle(u: jax.Array) -> jax.Array:
@@ -100,3 +106,36 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
 
     # Gao et al.'s 2e-4 (the paper trains at 7e-5; at 10x, 41% of latents died within 100k tokens).
     return Architecture("jumprelu", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=2e-4)
+
+
+def _to_portable(params: Params, arch_state, cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    # exp in float32 numpy, as exporters always computed it.
+    return {**standard_to_portable(params, arch_state, cfg),
+            "threshold": np.exp(np.asarray(params["log_threshold"], np.float32))}
+
+
+def _from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> tuple[Params, dict]:
+    """``log_threshold = log(max(threshold, 0))``: ``-inf`` for a zero threshold, which ``exp`` maps
+    back to 0 (a plain ReLU on that latent); a negative threshold acts as 0 does, since
+    ``relu(pre)·1[pre > θ]`` is ``relu(pre)`` for any θ ≤ 0."""
+    params, arch_state = standard_from_portable(weights, cfg)
+    threshold = np.maximum(np.asarray(weights["threshold"], np.float32), np.float32(0))
+    with np.errstate(divide="ignore"):
+        params["log_threshold"] = jnp.asarray(np.log(threshold))
+    return params, arch_state
+
+
+def _renormalize(params: Params, arch_state, norms: jax.Array) -> tuple[Params, dict]:
+    # θ_i·n_i compares the same pre-activation scaled by n_i: exact for any row norms.
+    params, arch_state = renormalize_encoder(params, arch_state, norms)
+    return {**params, "log_threshold": params["log_threshold"] + jnp.log(norms)}, arch_state
+
+
+SPEC = ArchitectureSpec(
+    "jumprelu", make, "jumprelu",
+    fields={"l0_coefficient": Field(float, "JumpReLU: L0 penalty weight", minimum=0.0, default=1.0),
+            "penalty_warmup_steps": PENALTY_WARMUP_STEPS,
+            "bandwidth": Field(float, "JumpReLU: straight-through rectangle-kernel width", minimum=1e-9,
+                               default=1e-3)},
+    param_axes={"log_threshold": (LATENT,)}, to_portable=_to_portable, from_portable=_from_portable,
+    unit_norm_renormalize=_renormalize, renormalize_exact=True)

@@ -13,13 +13,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxinterp.config import Field
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, option, pre_activations,
                                 skip_term, total_variance)
-from jaxinterp.sae.batch_topk import (batch_topk_activations, dense_auxk_loss, init_with_threshold,
-                                      threshold_encode, update_threshold)
-from jaxinterp.sae.topk import TOPK_BASE_LR
+from jaxinterp.sae.batch_topk import (GLOBAL_THRESHOLD_FIELDS, batch_topk_activations, dense_auxk_loss,
+                                      global_threshold_from_portable, global_threshold_to_portable,
+                                      init_with_threshold, renormalize_global_threshold, threshold_encode,
+                                      update_threshold)
+from jaxinterp.sae.spec import ArchitectureSpec
+from jaxinterp.sae.topk import AUX_K_COEFFICIENT, TOPK_BASE_LR
 
-__all__ = ["make", "prefix_sizes"]
+__all__ = ["make", "prefix_sizes", "SPEC"]
 
 
 def prefix_sizes(spec: str, d_sae: int) -> list[int]:
@@ -32,7 +36,8 @@ def prefix_sizes(spec: str, d_sae: int) -> list[int]:
 
 def make(cfg: Mapping[str, Any]) -> Architecture:
     """A Matryoshka BatchTopK architecture: BatchTopK's fields plus ``matryoshka_prefixes``."""
-    k, rate, aux_coefficient = cfg["k"], option(cfg, "threshold_rate", 0.01), option(cfg, "aux_k_coefficient", 1 / 32)
+    k, rate = cfg["k"], option(cfg, "threshold_rate", 0.01)
+    aux_coefficient = option(cfg, "aux_k_coefficient", AUX_K_COEFFICIENT)
     transcode = option(cfg, "transcode", False)
 
     def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
@@ -61,3 +66,12 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate), x_hat)
 
     return Architecture("matryoshka", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)
+
+
+SPEC = ArchitectureSpec(
+    "matryoshka", make, "jumprelu",
+    fields={**GLOBAL_THRESHOLD_FIELDS,
+            "matryoshka_prefixes": Field(str, "Matryoshka: increasing prefix sizes, e.g. 512,2048; empty = "
+                                              "d_sae/8,/4,/2", default="")},
+    state_axes={"threshold": ()}, to_portable=global_threshold_to_portable,
+    from_portable=global_threshold_from_portable, unit_norm_renormalize=renormalize_global_threshold)

@@ -10,10 +10,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxinterp.config import Field
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, dense_decode, init_dictionary,
                                 linear_warmup, option, pre_activations, skip_term, total_variance)
 
-__all__ = ["make"]
+from jaxinterp.sae.spec import ArchitectureSpec
+
+__all__ = ["make", "PENALTY_WARMUP_STEPS", "SPEC"]
+
+# Shared with JumpReLU's L0 penalty.
+PENALTY_WARMUP_STEPS = Field(int, "ReLU/JumpReLU: steps of linear penalty warm-up", minimum=0, default=0)
 
 
 def make(cfg: Mapping[str, Any]) -> Architecture:
@@ -42,3 +48,10 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
 
     # Gao et al.'s 2e-4 (Conerly et al. train at 5e-5; at 10x, 13% of latents died within 100k tokens).
     return Architecture("relu", init, encode, dense_decode, loss, unit_norm_decoder=False, base_lr=2e-4)
+
+
+# Decoder norms are free (unit_norm_decoder=False), so a warm start leaves them as they are.
+SPEC = ArchitectureSpec("relu", make, "relu", fields={
+    "l1_coefficient": Field(float, "ReLU: L1 penalty weight, scaled by decoder norms", minimum=0.0, default=5.0),
+    "penalty_warmup_steps": PENALTY_WARMUP_STEPS,
+})

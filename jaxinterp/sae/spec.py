@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.config import ConfigError, Field
-from jaxinterp.sae.base import Architecture, Params
+from jaxinterp.sae.base import B_DEC_INITS, Architecture, Params
 
-__all__ = ["ArchitectureSpec", "BUILTINS", "LATENT", "STANDARD_PARAM_AXES", "architecture_spec", "fold_scales",
-           "make_architecture", "standard_from_portable", "standard_to_portable"]
+__all__ = ["ArchitectureSpec", "BUILTINS", "DICTIONARY_FIELDS", "FAMILY_BUILTINS", "LATENT", "STANDARD_PARAM_AXES",
+           "architecture_fields", "architecture_spec", "builtin_fields", "fold_scales", "make_architecture",
+           "standard_from_portable", "standard_to_portable"]
 
 ArchState = dict[str, jax.Array]
 Axes = tuple[str | None, ...]
@@ -122,6 +123,9 @@ class ArchitectureSpec(NamedTuple):
 # registered at import time).
 BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu")
 
+# The built-in an importer gives a file of each family (a file records the inference rule only).
+FAMILY_BUILTINS: Mapping[str, str] = {"topk": "topk", "jumprelu": "jumprelu", "relu": "relu"}
+
 
 def architecture_spec(name: str) -> ArchitectureSpec:
     """The :class:`ArchitectureSpec` of a built-in short name or an importable module's dotted path.
@@ -146,5 +150,53 @@ def architecture_spec(name: str) -> ArchitectureSpec:
 
 
 def make_architecture(cfg: Mapping[str, Any]) -> Architecture:
-    """The architecture ``cfg["architecture"]`` configured by the rest of ``cfg`` (an ``sae`` config)."""
-    return architecture_spec(cfg["architecture"]).make(cfg)
+    """The architecture ``cfg["architecture"]`` configured by the rest of ``cfg`` (an ``sae`` config).
+
+    Its ``name`` is the config's name, so ``architecture_spec(arch.name)`` finds its spec again.
+    """
+    spec = architecture_spec(cfg["architecture"])
+    return spec.make(cfg)._replace(name=spec.name)
+
+
+def _is_architecture(name: str) -> bool:
+    try:
+        architecture_spec(name)
+    except ConfigError:
+        return False
+    return True
+
+
+# The fields every dictionary has, whatever its architecture (``sae.*`` without the prefix).
+DICTIONARY_FIELDS: Mapping[str, Field] = {
+    "architecture": Field(str, "SAE architecture", default="topk", check=(
+        _is_architecture, f"one of {', '.join(map(repr, BUILTINS))}, or the dotted path of a module that "
+                          "defines SPEC")),
+    "n_latents": Field(int, "dictionary size d_sae", minimum=1, default=4096),
+    "k": Field(int, "active latents per token (TopK family); initial target L0 (JumpReLU)", minimum=1, default=32),
+    "b_dec_init": Field(str, "initial b_dec: mean or geometric_median (Weiszfeld) of the first training batch, as "
+                             "training sees it, or zero", choices=B_DEC_INITS, default="mean"),
+    "skip": Field(bool, "transcoder only: add a zero-initialised linear skip x @ W_skip (Paulo et al. 2025)",
+                  default=False),
+}
+
+
+def builtin_fields() -> dict[str, Field]:
+    """The union of the built-ins' own fields (one ``Field`` object per name, shared where reused).
+
+    Raises:
+      AssertionError: two built-ins declare different fields under one name.
+    """
+    union: dict[str, Field] = {}
+    for name in BUILTINS:
+        for field_name, field in architecture_spec(name).fields.items():
+            assert union.setdefault(field_name, field) == field, f"{name} redeclares sae.{field_name}"
+    return union
+
+
+def architecture_fields(flat: Mapping[str, Any], prefix: str = "sae.") -> dict[str, Field]:
+    """The fields (under ``prefix``) of the architecture a flat config names when it is not a built-in
+    (a built-in's are already in the schema); none for an unknown name, which its own field reports."""
+    name = flat.get(prefix + "architecture")
+    if not isinstance(name, str) or name in BUILTINS or not _is_architecture(name):
+        return {}
+    return {prefix + field_name: field for field_name, field in architecture_spec(name).fields.items()}

@@ -13,20 +13,36 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxinterp.config import Field
 from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, init_dictionary, option, skip_term,
                                 total_variance)
 from jaxinterp.sae.sparse import SparseLatents, dead_decode, sparse_decode, topk_encode
+from jaxinterp.sae.spec import ArchitectureSpec
 
-__all__ = ["make", "auxk_loss", "aux_k_size", "fold_input_scale", "TOPK_BASE_LR"]
+__all__ = ["make", "auxk_loss", "aux_k_size", "AUX_K", "AUX_K_COEFFICIENT", "AUXK_FIELDS", "SPEC", "TOPK_BASE_LR"]
 
 # 10x Gao et al.'s 2e-4 (which suits 10⁵ steps): for runs of 10²–10³ steps it measured best on
 # SmolLM2 and beats sparsify's FVU from 128 steps on (bench/RESULTS.md, "Learning rate").
 TOPK_BASE_LR = 2e-3
 
+# AuxK's weight (Gao et al. 2024, §A.2: 1/32); BatchTopK and Matryoshka reuse it.
+AUX_K_COEFFICIENT = 1 / 32
+
+AUX_K = Field(int, "AuxK's k for dead latents; 0 = d_in / 2", minimum=0, default=0)
+
+# The AuxK fields every TopK-family architecture declares.
+AUXK_FIELDS = {
+    "aux_k": AUX_K,
+    "aux_k_coefficient": Field(float, "AuxK loss weight (Gao et al. 2024: 1/32); 0 = off", minimum=0.0,
+                               default=AUX_K_COEFFICIENT),
+}
+
+MULTI_TOPK = Field(bool, "TopK: add FVU at 4k / 8 (Gao et al. 2024, Multi-TopK)", default=False)
+
 
 def aux_k_size(cfg: Mapping[str, Any], d_in: int, d_sae: int) -> int:
     """AuxK's k: ``cfg.aux_k``, or d_in / 2 by default (as sparsify); 0 when AuxK is off."""
-    if option(cfg, "aux_k_coefficient", 1 / 32) <= 0:
+    if option(cfg, "aux_k_coefficient", AUX_K_COEFFICIENT) <= 0:
         return 0
     return min(option(cfg, "aux_k", 0) or d_in // 2, d_sae)
 
@@ -62,7 +78,8 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         params, arch_state = arch.init(jax.random.key(0), 576, 9216, sample)
         x_hat = arch.decode(params, arch.encode(params, arch_state, x))
     """
-    k, aux_coefficient, multi = cfg["k"], option(cfg, "aux_k_coefficient", 1 / 32), option(cfg, "multi_topk", False)
+    k, aux_coefficient = cfg["k"], option(cfg, "aux_k_coefficient", AUX_K_COEFFICIENT)
+    multi = option(cfg, "multi_topk", False)
     transcode = option(cfg, "transcode", False)
 
     def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
@@ -101,17 +118,13 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
     return Architecture("topk", init, encode, decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)
 
 
-def fold_input_scale(params: Params, scale: float) -> Params:
-    """Params that act on raw ``x`` for an SAE trained on ``scale · x``.
+def renormalize_encoder(params: Params, arch_state: dict[str, jax.Array], norms: jax.Array
+                        ) -> tuple[Params, dict[str, jax.Array]]:
+    """Unit-norm decoder rows with each row's norm moved into its encoder column and bias: the same
+    pre-activation scaled per latent (so the same function when every norm is equal)."""
+    return {**params, "W_dec": params["W_dec"] / norms[:, None], "W_enc": params["W_enc"] * norms[None, :],
+            "b_enc": params["b_enc"] * norms}, arch_state
 
-    ``W_enc·scale`` and ``b_dec/scale`` give the same pre-activations (so the same top-k), and
-    ``W_dec/scale``, ``b_dec/scale`` return the reconstruction in raw units. Thresholds (JumpReLU)
-    compare pre-activations, so they are unchanged. Decoder rows are then no longer unit-norm, as
-    in SAELens exports of normalised SAEs.
-    """
-    return {
-        **params,
-        "W_enc": params["W_enc"] * scale,
-        "W_dec": params["W_dec"] / scale,
-        "b_dec": params["b_dec"] / scale,
-    }
+
+SPEC = ArchitectureSpec("topk", make, "topk", fields={**AUXK_FIELDS, "multi_topk": MULTI_TOPK},
+                        unit_norm_renormalize=renormalize_encoder)

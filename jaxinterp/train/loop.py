@@ -28,7 +28,7 @@ from jaxinterp.config import ConfigError, as_dict
 from jaxinterp.distributed import barrier, host_copy, is_primary
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
-from jaxinterp.mesh import SAE_RULES, batch_sharding, make_mesh, tree_shardings
+from jaxinterp.mesh import batch_sharding, make_mesh
 from jaxinterp.runs import restore_step
 from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
@@ -36,7 +36,7 @@ from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir
 from jaxinterp.train.members import Member, build_members, member_configs
 from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock
-from jaxinterp.train.state import TrainState, abstract_state, init_state
+from jaxinterp.train.state import TrainState, abstract_state, init_state, state_shardings
 from jaxinterp.train.step import train_step
 from jaxinterp.train.warm_start import warm_start_params
 from jaxinterp.wandb_log import start_wandb
@@ -89,7 +89,7 @@ def _resume_step(out: epath.Path, config: dict[str, Any]) -> tuple[int | None, b
 def _start_state(cfg, buffer: ActivationBuffer, out: epath.Path, members, d_in, mesh, resume: tuple[int | None, bool]):
     """A fresh sharded state and buffer state, or those of step ``resume`` (onto this mesh)."""
     abstract = abstract_state(members, d_in)
-    shardings = tree_shardings(abstract, SAE_RULES, mesh)
+    shardings = state_shardings(abstract, members, mesh)
     step, legacy = resume
     if step is not None:
         target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)

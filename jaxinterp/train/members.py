@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import optax
 
 from jaxinterp.config import ConfigError, as_dict, check_field
-from jaxinterp.sae import Architecture, make_architecture, remove_parallel_decoder_grad
+from jaxinterp.sae import Architecture, architecture_spec, make_architecture, remove_parallel_decoder_grad
 from jaxinterp.sae.topk import TOPK_BASE_LR
 from jaxinterp.schemas import TRAIN
 
@@ -78,16 +78,22 @@ def member_configs(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     for spec in specs:
         name, overrides = _parse_member(spec)
         member = {"hook": base["hook"], "target_hook": base["target_hook"], "lr": base["lr"], "sae": dict(base["sae"])}
+        # The member's architecture first: its own fields are the ones the other overrides may set.
+        architecture = check_field("sweep.architecture", TRAIN.fields["sae.architecture"],
+                                   overrides.get("architecture", member["sae"]["architecture"]))
+        fields = {**TRAIN.fields, **{f"sae.{n}": f for n, f in architecture_spec(architecture).fields.items()}}
         for field, value in overrides.items():
             path = field if field in _MEMBER_TOP_FIELDS else f"sae.{field}"
-            if path not in TRAIN.fields:
-                valid = ", ".join([*_MEMBER_TOP_FIELDS, *sorted(p[4:] for p in TRAIN.fields if p.startswith("sae."))])
+            if path not in fields:
+                valid = ", ".join([*_MEMBER_TOP_FIELDS, *sorted(p[4:] for p in fields if p.startswith("sae."))])
                 raise ConfigError(f"config field 'sweep': unknown member field {field!r}; valid: {valid}")
-            typed = check_field(f"sweep.{field}", TRAIN.fields[path], value)
+            typed = check_field(f"sweep.{field}", fields[path], value)
             if path.startswith("sae."):
                 member["sae"][field] = typed
             else:
                 member[path] = typed
+        for field, spec_field in architecture_spec(architecture).fields.items():
+            member["sae"].setdefault(field, spec_field.default)  # a custom architecture's field the base lacks
         if member["sae"]["k"] > member["sae"]["n_latents"]:
             raise ConfigError(f"config field 'sweep': k={member['sae']['k']} exceeds n_latents={member['sae']['n_latents']}")
         name = name or "_".join(f"{f}{v}" for f, v in overrides.items()) or "sae"

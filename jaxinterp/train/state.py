@@ -10,9 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxinterp.mesh import logical_sharding
+from jaxinterp.sae import architecture_spec
+from jaxinterp.sae.spec import LATENT, ArchitectureSpec
 from jaxinterp.train.members import Member
 
-__all__ = ["SAEState", "TrainState", "abstract_state", "init_state"]
+__all__ = ["SAEState", "TrainState", "abstract_state", "init_state", "param_shardings", "state_shardings"]
 
 
 class SAEState(NamedTuple):
@@ -70,3 +75,44 @@ def abstract_state(members: Sequence[Member], d_in: Mapping[str, int]) -> TrainS
     and target hook's width."""
     samples = {hook: jax.ShapeDtypeStruct((2, d), np.float32) for hook, d in d_in.items()}
     return jax.eval_shape(partial(init_state, members=members), jax.random.key(0), samples)
+
+
+def _last_dict_key(path) -> str | None:
+    keys = [entry.key for entry in path if isinstance(entry, jax.tree_util.DictKey)]
+    return keys[-1] if keys else None
+
+
+def param_shardings(params: Mapping[str, Any], spec: ArchitectureSpec, mesh: Mesh) -> dict[str, NamedSharding]:
+    """``NamedSharding`` of each parameter (arrays or ``ShapeDtypeStruct``s) by its spec's logical axes."""
+    return {name: logical_sharding(spec.axes(name), leaf.shape, mesh) for name, leaf in params.items()}
+
+
+def state_shardings(abstract: TrainState, members: Sequence[Member], mesh: Mesh) -> TrainState:
+    """A ``NamedSharding`` for every leaf of ``abstract`` (a :func:`abstract_state`), from logical axes.
+
+    Each member's params take its spec's axes (``spec.axes(name)``), its ``arch_state`` the spec's
+    ``state_axes``, the latent counters ``(latent,)``; an optimizer-state leaf follows the param
+    named by the last dict key of its path (optax's ``mu`` / ``nu`` dicts mirror the params); the
+    rest (step, counts, ``b_dec``) is replicated.
+    """
+    def replicated(tree):
+        return jax.tree.map(lambda leaf: NamedSharding(mesh, PartitionSpec()), tree)
+
+    saes = {}
+    for member in members:
+        spec, sae = architecture_spec(member.architecture.name), abstract.saes[member.name]
+
+        def by_param(path, leaf, spec=spec, params=sae.params):
+            name = _last_dict_key(path)
+            axes = spec.axes(name) if name in params and leaf.shape == params[name].shape else None
+            return logical_sharding(axes, leaf.shape, mesh)
+
+        saes[member.name] = SAEState(
+            params=param_shardings(sae.params, spec, mesh),
+            opt_state=jax.tree_util.tree_map_with_path(by_param, sae.opt_state),
+            arch_state={name: logical_sharding(spec.state_axes.get(name), leaf.shape, mesh)
+                        for name, leaf in sae.arch_state.items()},
+            tokens_since_fired=logical_sharding((LATENT,), sae.tokens_since_fired.shape, mesh),
+            fire_count=logical_sharding((LATENT,), sae.fire_count.shape, mesh),
+        )
+    return TrainState(step=replicated(abstract.step), tokens_seen=replicated(abstract.tokens_seen), saes=saes)
