@@ -43,12 +43,14 @@ FORMAT_ARCHITECTURES = {
     "saelens": ("topk", "batch_topk", "matryoshka", "jumprelu", "relu"),
     "sparsify": ("topk",),
     "npz": ("jumprelu", "batch_topk", "matryoshka", "relu"),
+    "dictionary_learning": ("topk", "batch_topk", "matryoshka", "jumprelu", "relu"),
 }
 
 # Export format → the transcoder architectures it can hold: SAELens 6's transcoders are ReLU and JumpReLU
 # (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder; no TopK), sparsify's TopK;
 # a Gemma-Scope params.npz holds SAEs only.
-TRANSCODER_FORMAT_ARCHITECTURES = {"saelens": ("relu", "jumprelu"), "sparsify": ("topk",), "npz": ()}
+TRANSCODER_FORMAT_ARCHITECTURES = {"saelens": ("relu", "jumprelu"), "sparsify": ("topk",), "npz": (),
+                                   "dictionary_learning": ()}
 
 
 class SAEFileError(ValueError):
@@ -91,6 +93,11 @@ class PortableSAE(NamedTuple):
     def transcode(self) -> bool:
         """Whether this is a transcoder (it predicts ``target_hook`` from ``hook_name``)."""
         return bool(self.target_hook) and self.target_hook != self.hook_name
+
+    @property
+    def family(self) -> str:
+        """The inference rule formats see: ``topk``, ``jumprelu`` (a threshold) or ``relu``."""
+        return {"topk": "topk", "relu": "relu"}.get(self.architecture, "jumprelu")
 
     @property
     def d_out(self) -> int:
