@@ -130,8 +130,9 @@ EXPORT = Schema(
     fields={
         "run": Field(str, "run directory written by `jaxinterp train`", check=PATH_OR_URL),
         "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
-        "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, or Gemma-Scope "
-                             "params.npz dir", choices=("saelens", "sparsify", "npz")),
+        "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, Gemma-Scope "
+                             "params.npz dir, or dictionary_learning ae.pt + config.json dir",
+                        choices=("saelens", "sparsify", "npz", "dictionary_learning")),
         "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)",
                      check=PATH_OR_URL),
         "overwrite": Field(bool, "replace an existing export at out"),

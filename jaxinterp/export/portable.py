@@ -37,12 +37,14 @@ __all__ = ["FORMAT_FAMILIES", "TRANSCODER_FORMAT_FAMILIES", "PortableSAE", "SAEF
 
 # Export format → the families it can hold. sparsify only has TopK; a Gemma-Scope params.npz is a
 # JumpReLU (a ReLU SAE is one with threshold 0), which TopK's per-token selection is not.
-FORMAT_FAMILIES = {"saelens": ("topk", "jumprelu", "relu"), "sparsify": ("topk",), "npz": ("jumprelu", "relu")}
+FORMAT_FAMILIES = {"saelens": ("topk", "jumprelu", "relu"), "sparsify": ("topk",), "npz": ("jumprelu", "relu"),
+                   "dictionary_learning": ("topk", "jumprelu", "relu")}
 
 # Export format → the transcoder families it can hold: SAELens 6's transcoders are ReLU and JumpReLU
 # (transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder; no TopK), sparsify's TopK;
-# a Gemma-Scope params.npz holds SAEs only.
-TRANSCODER_FORMAT_FAMILIES = {"saelens": ("relu", "jumprelu"), "sparsify": ("topk",), "npz": ()}
+# a Gemma-Scope params.npz and dictionary_learning 0.1.0 hold SAEs only.
+TRANSCODER_FORMAT_FAMILIES = {"saelens": ("relu", "jumprelu"), "sparsify": ("topk",), "npz": (),
+                              "dictionary_learning": ()}
 
 
 class SAEFileError(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxinterp.config import ConfigError
+from jaxinterp.export.dictionary_learning import export_dictionary_learning
 from jaxinterp.export.npz import export_npz
 from jaxinterp.export.portable import portable_from_trained, require_format
 from jaxinterp.export.saelens import export_saelens
@@ -14,7 +15,8 @@ from jaxinterp.runs import load_trained
 __all__ = ["FORMATS", "export_run"]
 
 # format → writer(PortableSAE, out, overwrite) -> path written
-FORMATS = {"saelens": export_saelens, "sparsify": export_sparsify, "npz": export_npz}
+FORMATS = {"saelens": export_saelens, "sparsify": export_sparsify, "npz": export_npz,
+           "dictionary_learning": export_dictionary_learning}
 
 
 def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str = "") -> Path:
