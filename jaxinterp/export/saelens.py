@@ -26,7 +26,7 @@ from jaxinterp.export.portable import PortableSAE, SAEFileError, require_format
 from jaxinterp.faults import read_json
 
 __all__ = ["export_saelens", "read_saelens", "saelens_config", "saelens_weights", "SAELENS_ARCHITECTURE",
-           "SAELENS_VERSION"]
+           "SAELENS_FAMILIES", "SAELENS_VERSION"]
 
 # The SAELens major version whose on-disk format this writes.
 SAELENS_VERSION = "6.0.0"
@@ -36,6 +36,30 @@ SAELENS_VERSION = "6.0.0"
 SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batch_topk": "jumprelu",
                         "matryoshka": "jumprelu"}
 
+
+
+def _matching_pursuit_config(sae: PortableSAE) -> dict[str, Any]:
+    # k pursuit steps; the threshold is in raw units (the portable form's 0-d residual_threshold)
+    return {"max_iterations": sae.k, "residual_threshold": float(sae.params["residual_threshold"]),
+            "stop_on_duplicate_support": bool(sae.params["stop_on_duplicate_support"])}
+
+
+# Families held by SAELens beyond SAELENS_ARCHITECTURE: family → (SAELens architecture, its extra cfg.json
+# keys from the PortableSAE, its weight names). Export only; their parameters are SAELens' own.
+SAELENS_FAMILIES = {
+    "gated": ("gated", lambda sae: {}, ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec")),
+    "matching_pursuit": ("matching_pursuit", _matching_pursuit_config, ("W_dec", "b_dec")),
+}
+
+
+def _family(sae: PortableSAE) -> tuple | None:
+    """The :data:`SAELENS_FAMILIES` entry of ``sae`` (its architecture names its family), or ``None``."""
+    family = SAELENS_FAMILIES.get(sae.architecture)
+    if family and sae.transcode:
+        raise ValueError(f"config field 'format': SAELens has no {sae.architecture!r} transcoder")
+    return family
+
+
 # SAELens v6's architecture → ours, for import.
 _FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 _SUPPORTED_NORMALIZATION = (None, "none")
@@ -43,9 +67,13 @@ _SUPPORTED_NORMALIZATION = (None, "none")
 
 def saelens_config(sae: PortableSAE) -> dict[str, Any]:
     """SAELens v6 ``cfg.json`` (any input normalisation is already folded into the weights)."""
-    require_format(sae, "saelens")
-    architecture = SAELENS_ARCHITECTURE[sae.architecture]
-    extra = {"k": sae.k, "rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}
+    family = _family(sae)
+    if family:
+        architecture, extra = family[0], family[1](sae)
+    else:
+        require_format(sae, "saelens")
+        architecture = SAELENS_ARCHITECTURE[sae.architecture]
+        extra = {"k": sae.k, "rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}
     if sae.transcode:
         architecture = _transcoder_architecture(sae)
         extra = {"d_out": sae.d_out}
@@ -85,6 +113,9 @@ def _is_hook_z(hook_name: str | None) -> bool:
 
 def saelens_weights(sae: PortableSAE) -> dict[str, np.ndarray]:
     """The ``sae_weights.safetensors`` arrays: ``threshold`` only for SAELens' jumprelu."""
+    family = _family(sae)
+    if family:
+        return {name: np.ascontiguousarray(sae.params[name], np.float32) for name in family[2]}
     require_format(sae, "saelens")
     names = ("W_enc", "b_enc", "W_dec", "b_dec")
     if SAELENS_ARCHITECTURE[sae.architecture] == "jumprelu":

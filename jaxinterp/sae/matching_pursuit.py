@@ -57,7 +57,7 @@ RESIDUAL_SCALE = "residual_scale"
 
 
 def pursuit(W_dec: jax.Array, z: jax.Array, k: int, residual_threshold: float | jax.Array,
-            stop_on_duplicate_support: bool) -> SparseLatents:
+            stop_on_duplicate_support: bool | jax.Array) -> SparseLatents:
     """``k`` steps of matching pursuit of ``z`` [tokens, d] over the rows of ``W_dec`` [d_sae, d].
 
     Returns each step's coefficient and latent, [tokens, k] (coefficient 0 once a token has
@@ -103,8 +103,9 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
         return {"W_dec": W_dec, "b_dec": b_dec_init(sample, option(cfg, "b_dec_init", "mean"))}, {}
 
     def steps(params: Params, arch_state, x: jax.Array) -> SparseLatents:
+        # an imported SAE carries its own options in arch_state (from_portable)
         return pursuit(params["W_dec"], x - params["b_dec"], k, arch_state.get("residual_threshold", threshold),
-                       stop_duplicate)
+                       arch_state.get("stop_on_duplicate_support", stop_duplicate))
 
     def encode(params: Params, arch_state, x: jax.Array) -> jax.Array:
         return dense_from_sparse(steps(params, arch_state, x), params["W_dec"].shape[0])
@@ -135,23 +136,29 @@ def fold_scales(params: Params, input_scale: float, target_scale: float, transco
 
 
 def to_portable(params: Params, arch_state, cfg: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """``W_dec``, ``b_dec``, and ``residual_threshold`` (0-d, raw units); ``W_enc = W_decᵀ`` and a zero
-    ``b_enc`` for readers of the standard form (``(x − b_dec) W_enc`` is the first step's correlations)."""
+    """``W_dec``, ``b_dec``, and the options as 0-d arrays (``residual_threshold`` in raw units,
+    ``stop_on_duplicate_support``); ``W_enc = W_decᵀ`` and a zero ``b_enc`` for readers of the standard
+    form (``(x − b_dec) W_enc`` is the first step's correlations)."""
     W_dec = np.asarray(params["W_dec"], np.float32)
     threshold = float(arch_state.get("residual_threshold", option(cfg, "residual_threshold",
                                                                   FIELDS["residual_threshold"].default)))
+    stop = bool(arch_state.get("stop_on_duplicate_support", option(cfg, "stop_on_duplicate_support",
+                                                                   FIELDS["stop_on_duplicate_support"].default)))
     scale = float(params.get(RESIDUAL_SCALE, 1.0))
     return {"W_enc": np.ascontiguousarray(W_dec.T), "b_enc": np.zeros(W_dec.shape[0], np.float32), "W_dec": W_dec,
             "b_dec": np.asarray(params["b_dec"], np.float32),
-            "residual_threshold": np.asarray(threshold * scale, np.float32)}
+            "residual_threshold": np.asarray(threshold * scale, np.float32),
+            "stop_on_duplicate_support": np.asarray(stop)}
 
 
 def from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> tuple[Params, dict]:
-    """``(params, arch_state)``: the threshold read from the weights overrides ``cfg``'s."""
+    """``(params, arch_state)``: the options read from the weights override ``cfg``'s."""
     params = {name: jnp.asarray(weights[name], jnp.float32) for name in ("W_dec", "b_dec")}
     state = {}
     if "residual_threshold" in weights:
         state["residual_threshold"] = jnp.asarray(weights["residual_threshold"], jnp.float32)
+    if "stop_on_duplicate_support" in weights:
+        state["stop_on_duplicate_support"] = jnp.asarray(weights["stop_on_duplicate_support"], bool)
     return params, state
 
 
