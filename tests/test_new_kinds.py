@@ -104,10 +104,8 @@ def test_matching_pursuit_gradient_matches_finite_differences():
         params, state = arch.init(jax.random.key(0), 5, 7, x)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
 
-        def loss(p):
-            return arch.loss(p, state, x, x, _ctx(7))[0]
-
-        grads = jax.grad(loss)(params)
+        loss = jax.jit(lambda p: arch.loss(p, state, x, x, _ctx(7))[0])
+        grads = jax.jit(jax.grad(loss))(params)
         assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
         assert float(jnp.abs(grads["W_dec"]).max()) > 0
         directions = jax.tree.map(lambda a: jnp.asarray(np.random.default_rng(1).normal(size=a.shape)), params)
@@ -121,13 +119,17 @@ def test_matching_pursuit_gradient_matches_finite_differences():
 def test_gated_gradients_reach_every_parameter_and_the_aux_decoder_is_frozen():
     arch, params, state = _gated_params()
     x = jnp.asarray(_inputs())
-    grads = jax.grad(lambda p: arch.loss(p, state, x, x, _ctx())[0])(params)
+    def grad_of(term=None):
+        return jax.jit(jax.grad(lambda p: (lambda out: out[0] if term is None else out[1].terms[term])(
+            arch.loss(p, state, x, x, _ctx()))))(params)
+
+    grads = grad_of()
     for name in ("W_enc", "r_mag", "b_gate", "b_mag", "W_dec", "b_dec"):
         assert bool(jnp.all(jnp.isfinite(grads[name]))) and float(jnp.abs(grads[name]).max()) > 0, name
-    aux = jax.grad(lambda p: arch.loss(p, state, x, x, _ctx())[1].terms["aux_fvu"])(params)
+    aux = grad_of("aux_fvu")
     assert float(jnp.abs(aux["W_dec"]).max()) == 0 and float(jnp.abs(aux["b_gate"]).max()) > 0
     # the main reconstruction reaches the gate only through the magnitude path's shared W_enc
-    fvu = jax.grad(lambda p: arch.loss(p, state, x, x, _ctx())[1].terms["fvu"])(params)
+    fvu = grad_of("fvu")
     assert float(jnp.abs(fvu["b_gate"]).max()) == 0 and float(jnp.abs(fvu["r_mag"]).max()) > 0
 
 
@@ -223,7 +225,8 @@ def test_short_training_reaches_a_reasonable_fvu(module, cfg):
 def test_top_afa_rank_cap_is_exact():
     acts = jax.nn.relu(jax.random.normal(jax.random.key(5), (64, D_SAE)))
     norms = jnp.abs(jax.random.normal(jax.random.key(7), (D_SAE,))) + 0.5
+    masks = jax.jit(lambda afa: (top_afa.top_afa_mask(acts, afa, norms, rank_cap=8),
+                                 top_afa.top_afa_mask(acts, afa, norms, rank_cap=D_SAE)))
     for scale in (0.5, 3.0, 100.0):  # within the cap; past it for some tokens (the full-sort branch)
-        afa = jnp.abs(jax.random.normal(jax.random.key(6), (64,))) * scale
-        full = top_afa.top_afa_mask(acts, afa, norms, rank_cap=D_SAE)
-        np.testing.assert_array_equal(top_afa.top_afa_mask(acts, afa, norms, rank_cap=8), full)
+        capped, full = masks(jnp.abs(jax.random.normal(jax.random.key(6), (64,))) * scale)
+        np.testing.assert_array_equal(capped, full)

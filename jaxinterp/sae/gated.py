@@ -14,6 +14,10 @@ the batch's total variance (:mod:`jaxinterp.sae.base`). Parameter names and the 
 SAELens' ``gated`` ones (``W_enc``, ``b_gate``, ``r_mag``, ``b_mag``, ``W_dec``, ``b_dec``; no
 ``b_enc``), so a SAELens ``gated`` directory is these weights as they are. SAELens has no gated
 transcoder, so ``transcode`` is refused.
+
+Cost (CPU, 2 shared cores; d_in 576, d_sae 4,096, batch 1,024, jitted ``value_and_grad``, median of 5):
+0.98 / 1.4 s against TopK's (k 32) 0.39 / 0.44 s: dense encoder and decoder, as the ReLU SAE, plus
+the aux decode.
 """
 
 from __future__ import annotations

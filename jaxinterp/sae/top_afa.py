@@ -30,6 +30,11 @@ reference code (github.com/SewoongLee/top-afa-sae, ``training/sae.py``, ``TopAFA
   1/128 … 1/16; default 1/32). AuxK is this package's (:func:`~jaxinterp.sae.topk.auxk_loss`), as the
   reference's TopK one.
 
+Cost (CPU, 2 shared cores; d_in 576, d_sae 4,096, batch 1,024, jitted ``value_and_grad``, median of 5):
+0.94 / 1.4 s against TopK's (k 32) 0.39 / 0.44 s, with L0 ≈ 100 at initialisation (a full sort per
+token cost 4.3 s; :data:`RANK_CAP`). The code is dense (its L0 varies per token), so it does not use
+the sparse kernels of :mod:`jaxinterp.sae.sparse` except for AuxK.
+
 No peer format holds it (family ``top_afa``).
 """
 
