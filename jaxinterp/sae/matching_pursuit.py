@@ -23,13 +23,15 @@ coefficient divided by ``s``).
 
 Cost (CPU, 2 cores shared with other jobs; d_in 576, d_sae 4,096, k 32, batch 1,024, jitted
 ``value_and_grad``, median of 5, two runs): 6.2 / 6.7 s against TopK's 0.39 / 0.44 s, 15-16x; the
-forward alone 4.7 s, against 0.13 s for one ``[1024, 576] × [576, 4096]`` matmul. Each step is a full ``[tokens, d_in] × [d_in, d_sae]`` correlation
-matmul, so the forward costs about k encoder matmuls where TopK needs one; the backward is cheap
-(one gathered row per token per step). The decode is :func:`~jaxinterp.sae.sparse.sparse_decode`
-of the k (value, index) pairs (duplicates add up, as SAELens' ``scatter_add_``); the correlations
-cannot use ``topk_encode``, since each step's selection depends on the previous residual. (Updating
-the correlations through the Gram matrix, ``c −= a·(W_dec W_decᵀ)[i]``, would replace the k matmuls by
-one Gram product and k row gathers, but its rounding drifts from SAELens' direct correlations, which
+forward alone 4.7 s, against 0.13 s for one ``[1024, 576] × [576, 4096]`` matmul. Each step is a
+full ``[tokens, d_in] × [d_in, d_sae]`` correlation matmul, so the forward costs about k encoder
+matmuls where TopK needs one; the backward is cheap (one gathered row per token per step).
+
+Sparse kernels: the decode is :func:`~jaxinterp.sae.sparse.sparse_decode` of the k (value, index)
+pairs (duplicates add up, as SAELens' ``scatter_add_``); the correlations cannot use
+``topk_encode``, since each step's selection depends on the previous residual. (Updating them
+through the Gram matrix, ``c −= a·(W_dec W_decᵀ)[i]``, would replace the k matmuls by one Gram
+product and k row gathers, but its rounding drifts from SAELens' direct correlations, which
 near-ties in the argmax would expose.)
 """
 
