@@ -94,6 +94,15 @@ def test_matching_pursuit_stops_on_a_repeated_latent():
     stopped = matching_pursuit.pursuit(W_dec, z, 4, 0.0, True)
     np.testing.assert_allclose(stopped.values, [[2.0, 1.0, 0.0, 0.0]])
     np.testing.assert_array_equal(stopped.indices[:, :2], [[0, 1]])
+    # non-orthogonal atoms: step 3 re-selects atom 1 with a positive coefficient; the update is applied,
+    # then the token stops (stop_on_duplicate_support) or goes on to atom 2 again (0.01505)
+    W_dec = jnp.asarray([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    z = jnp.asarray([[1.0, 1.0]])
+    stopped = matching_pursuit.pursuit(W_dec, z, 4, 0.0, True)
+    np.testing.assert_allclose(stopped.values, [[1.4, 0.192, 0.05376, 0.0]], atol=1e-6)
+    np.testing.assert_array_equal(stopped.indices[:, :3], [[1, 2, 1]])
+    going_on = matching_pursuit.pursuit(W_dec, z, 4, 0.0, False)
+    np.testing.assert_allclose(going_on.values, [[1.4, 0.192, 0.05376, 0.0150528]], atol=1e-6)
 
 
 def test_matching_pursuit_gradient_matches_finite_differences():
@@ -230,3 +239,12 @@ def test_top_afa_rank_cap_is_exact():
     for scale in (0.5, 3.0, 100.0):  # within the cap; past it for some tokens (the full-sort branch)
         capped, full = masks(jnp.abs(jax.random.normal(jax.random.key(6), (64,))) * scale)
         np.testing.assert_array_equal(capped, full)
+
+
+def test_saelens_export_refuses_a_gated_transcoder(tmp_path):
+    _, params, state = _gated_params()
+    weights = gated.SPEC.to_portable(params, state, {})
+    sae = PortableSAE("gated", weights, D_IN, D_SAE, 0, "blocks.0.ln2.hook_normalized", {},
+                      target_hook="blocks.0.hook_mlp_out")
+    with pytest.raises(ValueError, match="no 'gated' transcoder"):
+        export_saelens(sae, str(tmp_path / "gated"))
