@@ -29,6 +29,8 @@ __all__ = [
     "dead_fraction",
     "dense_fraction",
     "log10_firing_frequency",
+    "approximate_feature_activation",
+    "code_norm",
 ]
 
 
@@ -125,3 +127,21 @@ def dense_fraction(fire_count: jax.Array, n_tokens: jax.Array, threshold: float 
 def log10_firing_frequency(fire_count: jax.Array, n_tokens: jax.Array, eps: float = 1e-10) -> jax.Array:
     """log10 of each latent's firing frequency (SAELens' ``sparsity.safetensors`` convention)."""
     return jnp.log10(fire_count / jnp.maximum(n_tokens, 1) + eps)
+
+
+def approximate_feature_activation(x: jax.Array, b_dec: jax.Array | None = None) -> jax.Array:
+    """[tokens] AFA, ``‖x − b_dec‖₂``: what the code's norm ``‖f‖`` should be when the decoder rows are
+    unit-norm and ε-quasi-orthogonal (Lee et al. 2025, "Evaluating and Designing Sparse Autoencoders by
+    Approximating Quasi-Orthogonality"; ``‖z‖² = ‖f‖² + Σ_{i≠j} f_i f_j d_i·d_j``, the cross terms bounded by ε).
+    ``b_dec`` defaults to none (``z = x``)."""
+    z = x if b_dec is None else x - b_dec
+    return jnp.sqrt(jnp.sum(jnp.square(z.astype(jnp.float32)), axis=-1))
+
+
+def code_norm(latents: jax.Array, decoder_norms: jax.Array | None = None) -> jax.Array:
+    """[tokens] ``‖f‖₂`` of dense latents [tokens, d_sae]; with ``decoder_norms`` [d_sae], ``‖f ⊙ ‖W_dec,i‖‖₂``,
+    the norm the code would have with unit-norm decoder rows (what AFA approximates for any decoder)."""
+    f = latents.astype(jnp.float32)
+    if decoder_norms is not None:
+        f = f * decoder_norms
+    return jnp.sqrt(jnp.sum(jnp.square(f), axis=-1))

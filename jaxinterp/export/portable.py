@@ -37,7 +37,7 @@ __all__ = ["FORMAT_FAMILIES", "TRANSCODER_FORMAT_FAMILIES", "PortableSAE", "SAEF
 
 # Export format → the families it can hold. sparsify only has TopK; a Gemma-Scope params.npz is a
 # JumpReLU (a ReLU SAE is one with threshold 0), which TopK's per-token selection is not.
-FORMAT_FAMILIES = {"saelens": ("topk", "jumprelu", "relu"), "sparsify": ("topk",), "npz": ("jumprelu", "relu"),
+FORMAT_FAMILIES = {"saelens": ("topk", "jumprelu", "relu", "gated", "matching_pursuit"), "sparsify": ("topk",), "npz": ("jumprelu", "relu"),
                    "dictionary_learning": ("topk", "jumprelu", "relu")}
 
 # Export format → the transcoder families it can hold: SAELens 6's transcoders are ReLU and JumpReLU

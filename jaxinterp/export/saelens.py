@@ -35,7 +35,30 @@ SAELENS_VERSION = "6.0.0"
 # Our family → SAELens v6's architecture. BatchTopK and Matryoshka are of the jumprelu family: inference
 # is a JumpReLU with their learned global threshold (Bussmann et al. 2024), which SAELens' jumprelu
 # computes exactly.
-SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
+SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "gated": "gated",
+                        "matching_pursuit": "matching_pursuit"}
+
+
+def _matching_pursuit_config(sae: PortableSAE) -> dict[str, Any]:
+    # k pursuit steps; the threshold is in raw units (the portable form's 0-d residual_threshold)
+    return {"max_iterations": sae.k, "residual_threshold": float(sae.params["residual_threshold"]),
+            "stop_on_duplicate_support": bool(sae.params["stop_on_duplicate_support"])}
+
+
+def _extra_config(sae: PortableSAE) -> dict[str, Any]:
+    """The family's own cfg.json keys (an SAE's; a transcoder's are ``d_out`` alone)."""
+    if sae.family == "topk":
+        return {"k": sae.k, "rescale_acts_by_decoder_norm": False}
+    if sae.family == "matching_pursuit":
+        return _matching_pursuit_config(sae)
+    return {}
+
+
+_STANDARD_WEIGHTS = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+# Family → the weights its SAELens architecture reads (gated and matching pursuit under SAELens' own names).
+_WEIGHTS = {"topk": _STANDARD_WEIGHTS, "relu": _STANDARD_WEIGHTS, "jumprelu": _STANDARD_WEIGHTS + ("threshold",),
+            "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"), "matching_pursuit": ("W_dec", "b_dec")}
 
 # SAELens v6's architecture → our family, for import.
 _FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
@@ -45,8 +68,7 @@ _SUPPORTED_NORMALIZATION = (None, "none")
 def saelens_config(sae: PortableSAE) -> dict[str, Any]:
     """SAELens v6 ``cfg.json`` (any input normalisation is already folded into the weights)."""
     require_format(sae, "saelens")
-    architecture = SAELENS_ARCHITECTURE[sae.family]
-    extra = {"k": sae.k, "rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}
+    architecture, extra = SAELENS_ARCHITECTURE[sae.family], _extra_config(sae)
     if sae.transcode:
         architecture = _transcoder_architecture(sae)
         extra = {"d_out": sae.d_out}
@@ -87,10 +109,7 @@ def _is_hook_z(hook_name: str | None) -> bool:
 def saelens_weights(sae: PortableSAE) -> dict[str, np.ndarray]:
     """The ``sae_weights.safetensors`` arrays: ``threshold`` only for SAELens' jumprelu."""
     require_format(sae, "saelens")
-    names = ("W_enc", "b_enc", "W_dec", "b_dec")
-    if SAELENS_ARCHITECTURE[sae.family] == "jumprelu":
-        names += ("threshold",)
-    weights = {name: np.ascontiguousarray(sae.params[name], np.float32) for name in names}
+    weights = {name: np.ascontiguousarray(sae.params[name], np.float32) for name in _WEIGHTS[sae.family]}
     if "W_skip" in sae.params:  # SAELens adds x @ W_skipᵀ
         weights["W_skip"] = np.ascontiguousarray(np.asarray(sae.params["W_skip"], np.float32).T)
     return weights

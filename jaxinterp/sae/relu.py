@@ -16,10 +16,11 @@ from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, d
 
 from jaxinterp.sae.spec import ArchitectureSpec
 
-__all__ = ["make", "PENALTY_WARMUP_STEPS", "SPEC"]
+__all__ = ["make", "L1_COEFFICIENT", "PENALTY_WARMUP_STEPS", "SPEC"]
 
 # Shared with JumpReLU's L0 penalty.
-PENALTY_WARMUP_STEPS = Field(int, "ReLU/JumpReLU: steps of linear penalty warm-up", minimum=0, default=0)
+PENALTY_WARMUP_STEPS = Field(int, "ReLU/JumpReLU/Gated: steps of linear penalty warm-up", minimum=0, default=0)
+L1_COEFFICIENT = Field(float, "ReLU/Gated: L1 penalty weight, scaled by decoder norms", minimum=0.0, default=5.0)
 
 
 def make(cfg: Mapping[str, Any]) -> Architecture:
@@ -27,7 +28,8 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
 
     The L1 coefficient ramps up linearly over the warm-up, as in Conerly et al. 2024.
     """
-    l1 = linear_warmup(option(cfg, "l1_coefficient", 5.0), option(cfg, "penalty_warmup_steps", 0))
+    l1 = linear_warmup(option(cfg, "l1_coefficient", L1_COEFFICIENT.default),
+                       option(cfg, "penalty_warmup_steps", PENALTY_WARMUP_STEPS.default))
     transcode = option(cfg, "transcode", False)
 
     def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
@@ -52,6 +54,6 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
 
 # Decoder norms are free (unit_norm_decoder=False), so a warm start leaves them as they are.
 SPEC = ArchitectureSpec("relu", make, "relu", fields={
-    "l1_coefficient": Field(float, "ReLU: L1 penalty weight, scaled by decoder norms", minimum=0.0, default=5.0),
+    "l1_coefficient": L1_COEFFICIENT,
     "penalty_warmup_steps": PENALTY_WARMUP_STEPS,
 })

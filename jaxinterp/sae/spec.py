@@ -121,7 +121,7 @@ class ArchitectureSpec(NamedTuple):
 
 # The built-in architectures, each the module ``jaxinterp.sae.<name>`` (a static list: nothing is
 # registered at import time).
-BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu")
+BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu", "gated", "matching_pursuit", "top_afa")
 
 # The built-in an importer gives a file of each family (a file records the inference rule only).
 FAMILY_BUILTINS: Mapping[str, str] = {"topk": "topk", "jumprelu": "jumprelu", "relu": "relu"}
