@@ -13,7 +13,8 @@ from jaxinterp import schemas
 from jaxinterp.config import ConfigError, load_config
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.export import export_run
-from jaxinterp.sae import BUILTINS, LossContext, make_architecture
+from jaxinterp.sae import LossContext, make_architecture
+from jaxinterp.sae.spec import transcoder_architectures
 from jaxinterp.sae.base import TRANSCODER_ENCODER_SCALE, predict
 from jaxinterp.train import build_members, train
 from jaxinterp.runs import load_trained
@@ -52,7 +53,7 @@ def sae_cfg(architecture, **overrides):
 
 
 @pytest.mark.parametrize("skip", [False, True])
-@pytest.mark.parametrize("architecture", BUILTINS)
+@pytest.mark.parametrize("architecture", transcoder_architectures())
 def test_every_architecture_maps_x_to_a_target_of_another_width(architecture, skip):
     d_in, d_out, d_sae = 16, 24, 64
     arch = make_architecture(sae_cfg(architecture, transcode=True, skip=skip))
@@ -189,6 +190,9 @@ def test_refusals(store_url, tmp_path):
     with pytest.raises(ConfigError, match="config field 'sae.skip'"):
         train(train_config(store_url, tmp_path / "sae_skip2", target_hook=IN, **{"sae.skip": True}), progress=False)
     assert not (tmp_path / "sae_skip").exists() and not (tmp_path / "sae_skip2").exists()
+    with pytest.raises(ConfigError, match="config field 'target_hook'.*'gated' dictionary has no transcoder form"):
+        train(train_config(store_url, tmp_path / "gated", **{"sae.architecture": "gated"}), progress=False)
+    assert not (tmp_path / "gated").exists()
     sae_run = tmp_path / "sae"
     train(train_config(store_url, sae_run, target_hook="", steps=10, checkpoint_every=10), progress=False)
     with pytest.raises(ConfigError, match="warm start of a transcoder from an exported SAE is not implemented yet"):

@@ -104,4 +104,4 @@ def from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> 
 SPEC = ArchitectureSpec(
     name="gated", make=make, family="gated", fields=FIELDS,
     param_axes={"b_gate": (LATENT,), "r_mag": (LATENT,), "b_mag": (LATENT,)},
-    to_portable=to_portable, from_portable=from_portable)
+    to_portable=to_portable, from_portable=from_portable, transcoder=False)

@@ -169,4 +169,5 @@ def from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> 
 
 
 SPEC = ArchitectureSpec(name="matching_pursuit", make=make, family="matching_pursuit", fields=FIELDS,
-                        to_portable=to_portable, from_portable=from_portable, fold_scales=fold_scales)
+                        to_portable=to_portable, from_portable=from_portable, fold_scales=fold_scales,
+                        transcoder=False)

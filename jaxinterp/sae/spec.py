@@ -31,7 +31,7 @@ import numpy as np
 from jaxinterp.config import ConfigError, Field
 from jaxinterp.sae.base import B_DEC_INITS, Architecture, Params
 
-__all__ = ["ArchitectureSpec", "BUILTINS", "DICTIONARY_FIELDS", "FAMILY_BUILTINS", "LATENT", "STANDARD_PARAM_AXES",
+__all__ = ["ArchitectureSpec", "BUILTINS", "DICTIONARY_FIELDS", "FAMILY_BUILTINS", "LATENT", "STANDARD_PARAM_AXES", "transcoder_architectures",
            "architecture_fields", "architecture_spec", "builtin_fields", "fold_scales", "make_architecture",
            "standard_from_portable", "standard_to_portable"]
 
@@ -99,6 +99,8 @@ class ArchitectureSpec(NamedTuple):
         decoder norms are free.
       renormalize_exact: whether that move leaves the function unchanged for *unequal* row norms
         (true for a per-latent threshold; false for a top-k ranking or a global threshold).
+      transcoder: whether it has a transcoder form (``cfg["transcode"]``: a target hook other than its
+        input hook); the trainer refuses a transcoder member of one that has not.
     """
 
     name: str
@@ -113,6 +115,7 @@ class ArchitectureSpec(NamedTuple):
     fold_scales: Callable[[Params, float, float, bool], Params] = fold_scales
     unit_norm_renormalize: Callable[[Params, ArchState, jax.Array], tuple[Params, ArchState]] | None = None
     renormalize_exact: bool = False
+    transcoder: bool = True
 
     def axes(self, param: str) -> Axes | None:
         """Logical axes of parameter ``param`` (``None``: replicated)."""
@@ -178,6 +181,11 @@ DICTIONARY_FIELDS: Mapping[str, Field] = {
     "skip": Field(bool, "transcoder only: add a zero-initialised linear skip x @ W_skip (Paulo et al. 2025)",
                   default=False),
 }
+
+
+def transcoder_architectures() -> tuple[str, ...]:
+    """The built-ins that have a transcoder form."""
+    return tuple(name for name in BUILTINS if architecture_spec(name).transcoder)
 
 
 def builtin_fields() -> dict[str, Field]:

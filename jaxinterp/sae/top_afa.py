@@ -164,4 +164,4 @@ def from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> 
 # The standard fold is exact: W_enc·s, b_dec/s, W_dec/s give the same acts, AFA/s and decoder norms 1/s,
 # so the same prefix (the rule compares √Σ(a_i‖d_i‖)² with AFA, both divided by s).
 SPEC = ArchitectureSpec(name="top_afa", make=make, family="top_afa", fields=FIELDS,
-                        to_portable=to_portable, from_portable=from_portable)
+                        to_portable=to_portable, from_portable=from_portable, transcoder=False)
