@@ -23,7 +23,7 @@ def test_variant_is_passed_to_get_config():
 @pytest.mark.parametrize("override, field, allowed", [
     ("--config.sae.k=abc", "sae.k", "an int >= 1"),
     ("--config.sae.k=0", "sae.k", "an int >= 1"),
-    ("--config.sae.architecture=gated", "sae.architecture", "one of 'topk', 'batch_topk'"),
+    ("--config.sae.architecture=gatd", "sae.architecture", "one of 'topk', 'batch_topk'"),
     ("--config.holdout_fraction=0.9", "holdout_fraction", "in [0.0, 0.5]"),
     ("--config.exclude_bos=maybe", "exclude_bos", "true/false"),
 ])

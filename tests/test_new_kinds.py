@@ -246,5 +246,5 @@ def test_saelens_export_refuses_a_gated_transcoder(tmp_path):
     weights = gated.SPEC.to_portable(params, state, {})
     sae = PortableSAE("gated", weights, D_IN, D_SAE, 0, "blocks.0.ln2.hook_normalized", {},
                       target_hook="blocks.0.hook_mlp_out")
-    with pytest.raises(ValueError, match="no 'gated' transcoder"):
+    with pytest.raises(ValueError, match="cannot hold a 'gated'"):
         export_saelens(sae, str(tmp_path / "gated"))
