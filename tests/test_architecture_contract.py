@@ -89,7 +89,7 @@ def test_one_train_step_on_one_device_equals_a_2x4_mesh(name):
     one, _ = jax.jit(step)(state, samples)
     mesh = make_mesh(data=2, model=4)
     shardings = state_shardings(abstract_state(members, {HOOK: D_IN}), members, mesh)
-    assert shardings.saes["sae"].params["W_enc"].spec == jax.sharding.PartitionSpec(None, "model")
+    assert shardings.saes["sae"].params["W_dec"].spec == jax.sharding.PartitionSpec("model", None)
     with jax.set_mesh(mesh):
         sharded_state = jax.device_put(state, shardings)
         rows = {HOOK: batch_sharding(mesh)}
@@ -130,6 +130,6 @@ def test_fold_scales_then_raw_input_encodes_as_scaled_input(name):
 def test_an_unknown_architecture_lists_the_builtins():
     from jaxinterp.config import ConfigError
 
-    for name in ("gated", "tests.no_such_module", "tests.stores"):
+    for name in ("gatd", "tests.no_such_module", "tests.stores"):
         with pytest.raises(ConfigError, match="'sae.architecture'.*topk, batch_topk, matryoshka, jumprelu, relu"):
             architecture_spec(name)

@@ -154,7 +154,7 @@ def to_portable(params: Params, arch_state, cfg: Mapping[str, Any]) -> dict[str,
     return {"W_enc": np.ascontiguousarray(W_dec.T), "b_enc": np.zeros(W_dec.shape[0], np.float32), "W_dec": W_dec,
             "b_dec": np.asarray(params["b_dec"], np.float32),
             "residual_threshold": np.asarray(threshold * scale, np.float32),
-            "stop_on_duplicate_support": np.asarray(stop)}
+            "stop_on_duplicate_support": np.asarray(float(stop), np.float32)}  # every portable array is float32
 
 
 def from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> tuple[Params, dict]:
@@ -164,7 +164,7 @@ def from_portable(weights: Mapping[str, np.ndarray], cfg: Mapping[str, Any]) -> 
     if "residual_threshold" in weights:
         state["residual_threshold"] = jnp.asarray(weights["residual_threshold"], jnp.float32)
     if "stop_on_duplicate_support" in weights:
-        state["stop_on_duplicate_support"] = jnp.asarray(weights["stop_on_duplicate_support"], bool)
+        state["stop_on_duplicate_support"] = jnp.asarray(np.asarray(weights["stop_on_duplicate_support"]) != 0)
     return params, state
 
 
