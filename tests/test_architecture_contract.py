@@ -58,7 +58,7 @@ def test_encode_decode_and_loss_are_finite(name):
     latents = arch.encode(params, arch_state, x)
     assert np.all(np.isfinite(np.asarray(arch.decode(params, latents))))
     ctx = LossContext(jnp.int32(3), jnp.zeros(D_SAE, bool).at[:10].set(True))
-    loss, grads = jax.value_and_grad(lambda p: arch.loss(p, arch_state, x, x, ctx)[0])(params)
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: arch.loss(p, arch_state, x, x, ctx)[0]))(params)
     assert np.isfinite(float(loss))
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads.values())
 
