@@ -138,10 +138,15 @@ TRAIN = Schema(
 
 EXPORT = Schema(
     fields={
-        "run": Field(str, "run directory written by `jaxinterp train`", check=PATH_OR_URL),
-        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
-        "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, or Gemma-Scope "
-                             "params.npz dir", choices=("saelens", "sparsify", "npz")),
+        "run": Field(str, "run directory written by `jaxinterp train` (circuit_tracer: comma-separated runs whose "
+                          "transcoders form the set)", check=PATH_OR_URL),
+        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE (circuit_tracer: comma-separated members "
+                          "of one sweep run; '' = all)"),
+        "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, Gemma-Scope "
+                             "params.npz dir, or circuit-tracer transcoder-set dir (config.yaml + layer_i.safetensors)",
+                        choices=("saelens", "sparsify", "npz", "circuit_tracer")),
+        "partial": Field(bool, "circuit_tracer: accept a set of layers 0..n-1 without checking it covers every layer "
+                               "of the source model (circuit-tracer's ReplacementModel needs all)"),
         "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)",
                      check=PATH_OR_URL),
         "overwrite": Field(bool, "replace an existing export at out"),
