@@ -177,6 +177,9 @@ EVAL = Schema(
                           " or <export>_eval; only an earlier eval output there is replaced", check=PATH_OR_URL),
         "allow_other_model": Field(bool, "evaluate on a store of another model than the SAE was trained on "
                                          "(refused by default)"),
+        "transcoder_set": Field(str, "comma-separated runs whose transcoders replace every MLP output they cover in "
+                                     "one spliced pass (results under 'transcoder_set'); '' = off", check=PATH_OR_URL),
+        "transcoder_set_saes": Field(str, "transcoder_set: comma-separated members of its one sweep run; '' = all"),
         **DISTRIBUTED,
     }
 )
