@@ -246,7 +246,8 @@ PROBE = Schema(
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
 _DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"),
              "train": ("store", "out", "hook", "target_hook", "init_from", "allow_other_model"),
-             "eval": ("run", "sae", "store", "model", "out", "allow_other_model")}
+             "eval": ("run", "sae", "store", "model", "out", "allow_other_model", "transcoder_set",
+                      "transcoder_set_saes")}
 
 
 def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:
