@@ -193,3 +193,28 @@ def test_refusals_write_nothing(sweep_run, tmp_path):
     export_run(sweep_run, "circuit_tracer", str(out), sae="b0,b1", overwrite=True)
     assert set(load_file(str(out / "layer_0.safetensors"))) == {"W_enc", "b_enc", "W_dec", "b_dec",
                                                                 "activation_function.threshold"}
+
+
+def test_a_set_of_separate_runs(sweep_run, tmp_path):
+    """``run`` lists one run per layer (each run's only SAE); the layer files hold their weights as circuit-tracer
+    orients them."""
+    store = load_trained(sweep_run, "j0").run_config["train"]["store"]
+    runs = []
+    for layer in reversed(LAYERS):
+        x_in, x_out = hooks(layer)
+        runs.append(str(tmp_path / f"run{layer}"))
+        train(load_config("configs/train.py", {
+            "store": store, "hook": x_in, "target_hook": x_out, "out": runs[-1], "steps": 10, "batch_size": 256,
+            "sae.n_latents": N_LATENTS, "sae.architecture": "relu", "eval_tokens": 256, "holdout_fraction": 0.1,
+            "checkpoint_every": 10, "mixing_chunks": 4, "mesh.data": 1}, schemas.TRAIN, "train"), progress=False)
+    out = tmp_path / "set"
+    export_run(",".join(runs), "circuit_tracer", str(out))
+    config = (out / "config.yaml").read_text()
+    assert 'model_kind: "transcoder_set"' in config and 'feature_input_hook: "mlp.hook_in"' in config
+    assert f'  - "{out.absolute() / "layer_1.safetensors"}"' in config
+    for layer in LAYERS:
+        ours = loaded_from_trained(load_trained(str(tmp_path / f"run{layer}"))).sae.params
+        theirs = load_file(str(out / f"layer_{layer}.safetensors"))
+        assert set(theirs) == {"W_enc", "b_enc", "W_dec", "b_dec"}  # ReLU: no threshold, no skip
+        np.testing.assert_array_equal(theirs["W_enc"], ours["W_enc"].T)
+        np.testing.assert_array_equal(theirs["W_dec"], ours["W_dec"])
