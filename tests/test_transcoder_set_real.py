@@ -2,8 +2,8 @@
 spliced in at once by ``jaxinterp eval --config.transcoder_set``, checked against a transformers forward whose
 hooks on ``layers[0..2].mlp`` replace each output by its transcoder's prediction from that pass's input.
 
-Cost: one store of 8,192 tokens (the forward stops after layer 2), one sweep of 3 × 60 steps × 256 tokens,
-512 latents, CE on 4 held-out contexts of 128 tokens.
+Cost: one store of 8,192 tokens (the forward stops after layer 2), one sweep of 3 × 30 steps × 256 tokens,
+256 latents, CE on 4 held-out contexts of 128 tokens.
 """
 
 import jax.numpy as jnp
@@ -42,12 +42,12 @@ def test_smollm2_transcoder_set_eval_matches_transformers(tmp_path):
         progress=False)
     sweep = "; ".join(f"l{layer}: hook={hooks(layer)[0]}, target_hook={hooks(layer)[1]}" for layer in LAYERS)
     train(load_config("configs/train.py", {
-        "store": store, "hook": hooks(0)[0], "target_hook": hooks(0)[1], "out": run, "steps": 60, "batch_size": 256,
-        "mesh.data": 1, "sae.architecture": "batch_topk", "sae.n_latents": 512, "sae.k": 16, "normalize": True,
-        "norm_tokens": 2048, "holdout_fraction": 0.25, "eval_tokens": 1024, "checkpoint_every": 60, "sweep": sweep},
+        "store": store, "hook": hooks(0)[0], "target_hook": hooks(0)[1], "out": run, "steps": 30, "batch_size": 256,
+        "mesh.data": 1, "sae.architecture": "batch_topk", "sae.n_latents": 256, "sae.k": 16, "normalize": True,
+        "norm_tokens": 2048, "holdout_fraction": 0.25, "eval_tokens": 512, "checkpoint_every": 30, "sweep": sweep},
         schemas.TRAIN, "train"), progress=False)
     result = evaluate_run(load_config("configs/eval.py", {
-        "run": run, "sae": "l2", "eval_tokens": 1024, "contexts": 8, "ce_contexts": 4, "n_latents": 1,
+        "run": run, "sae": "l2", "eval_tokens": 512, "contexts": 8, "ce_contexts": 4, "n_latents": 1,
         "examples_per_latent": 2, "backend": "jax", "transcoder_set": run, "out": str(tmp_path / "eval")},
         schemas.EVAL, "eval"))
     got = result["transcoder_set"]
@@ -66,7 +66,7 @@ def test_smollm2_transcoder_set_eval_matches_transformers(tmp_path):
     # three replaced MLPs cost more than the last one alone, and less than zeroing all three
     assert got["kl_spliced"] > result["kl_spliced"] > 0
     assert got["ce_loss_spliced"] < got["ce_loss_zero_ablated"]
-    print(f"SmolLM2 transcoder set layers 0-2 (60 steps): CE clean {got['ce_loss_clean']:.4f}, set "
+    print(f"SmolLM2 transcoder set layers 0-2 (30 steps): CE clean {got['ce_loss_clean']:.4f}, set "
           f"{got['ce_loss_spliced']:.4f}, zero {got['ce_loss_zero_ablated']:.4f}, recovered "
           f"{got['ce_loss_recovered']:.4f}, KL {got['kl_spliced']:.4f}; layer 2 alone: recovered "
           f"{result['ce_loss_recovered']:.4f}, KL {result['kl_spliced']:.4f}; reference CE {ce:.4f}")
