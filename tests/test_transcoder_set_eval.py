@@ -27,8 +27,8 @@ def hooks(layer: int) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def set_run(tiny_llama, tmp_path_factory):
-    """A store of every layer's MLP input and output, and one sweep run with a transcoder per layer (l0..l2)
-    plus a second one at layer 0 (``dup``)."""
+    """A store of every layer's MLP input and output, and one sweep run with a BatchTopK transcoder per layer
+    (l0..l2) plus a second one at layer 0 (``dup``)."""
     from jaxinterp.extract import extract
     from jaxinterp.train import train
 
@@ -42,7 +42,8 @@ def set_run(tiny_llama, tmp_path_factory):
     sweep += f"; dup: hook={hooks(0)[0]}, target_hook={hooks(0)[1]}, k=4"
     train(load_config("configs/train.py", {
         "store": str(root / "store"), "hook": hooks(0)[0], "target_hook": hooks(0)[1], "out": str(root / "run"),
-        "steps": 40, "batch_size": 256, "sae.n_latents": 128, "sae.k": 8, "warmup_steps": 3, "checkpoint_every": 40,
+        "steps": 40, "batch_size": 256, "sae.architecture": "batch_topk", "sae.n_latents": 128, "sae.k": 8,
+        "warmup_steps": 3, "checkpoint_every": 40,
         "eval_tokens": 512, "holdout_fraction": 0.25, "mesh.data": 1, "sweep": sweep}, schemas.TRAIN, "train"),
         progress=False)
     return root
@@ -143,3 +144,17 @@ def test_set_refusals(set_run, tmp_path):
         evaluate_run(eval_config(run, transcoder_set=run, transcoder_set_saes="l0", ce_contexts=0,
                                  out=str(tmp_path / "b")))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_circuit_tracer_export_needs_every_layer_of_the_model(set_run, tmp_path):
+    """The run records its source model (3 layers): a set must cover all of them unless ``partial``."""
+    from jaxinterp.export import export_run
+
+    run = str(set_run / "run")
+    with pytest.raises(ConfigError, match="every one of the model's 3 layers.*missing layers 2"):
+        export_run(run, "circuit_tracer", str(tmp_path / "two"), sae="l0,l1")
+    assert not (tmp_path / "two").exists()
+    export_run(run, "circuit_tracer", str(tmp_path / "two"), sae="l0,l1", partial=True)
+    export_run(run, "circuit_tracer", str(tmp_path / "all"), sae="l0,l1,l2")
+    assert sorted(p.name for p in (tmp_path / "all").glob("layer_*")) == [f"layer_{i}.safetensors" for i in LAYERS]
+    assert 'feature_output_hook: "mlp.hook_out"' in (tmp_path / "all" / "config.yaml").read_text()
