@@ -4,6 +4,7 @@ examples of a few latents.
 
     jaxinterp eval --config configs/eval.py --config.run=runs/topk
     jaxinterp eval --config configs/eval.py --config.run=runs/topk --config.latents=12,345 --config.ce_contexts=0
+    jaxinterp eval --config configs/eval.py --config.run=runs/tcs --config.sae=l0 --config.transcoder_set=runs/tcs
 """
 
 import ml_collections
@@ -30,4 +31,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.examples_per_latent = 10
     config.out = ""
     config.allow_other_model = False  # refuse a store made by another model than the SAE's
+    config.transcoder_set = ""  # runs whose transcoders replace every MLP they cover at once (the replacement model)
+    config.transcoder_set_saes = ""  # members of its one sweep run; '' = all
     return config

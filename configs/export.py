@@ -10,6 +10,10 @@ Formats (``--config.format``):
             path (``layers.6``); ``sparsify.SparseCoder.load_from_disk(out/hookpoint)``. TopK only.
   npz       Gemma-Scope-style ``<out>/params.npz`` (+ ``cfg.json``); JumpReLU, BatchTopK,
             Matryoshka, and ReLU (threshold 0). Not TopK.
+  circuit_tracer  circuit-tracer 0.5.0 transcoder set: ``<out>/config.yaml`` + ``layer_<i>.safetensors``,
+            one ReLU/JumpReLU/BatchTopK/Matryoshka transcoder blocks.i.mlp.hook_in -> blocks.i.hook_mlp_out
+            per layer of the model; ``--config.run`` lists the runs (comma-separated) or names one sweep
+            run (``--config.sae`` picks members, default all). Not TopK.
 
 A sweep run needs ``--config.sae=<name>``. Load any of them back with
 ``jaxinterp.export.load_sae(path)``.
@@ -28,4 +32,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.format = "saelens"  # saelens | sparsify | npz
     config.out = "exports/topk_saelens"
     config.overwrite = False
+    config.partial = False  # circuit_tracer: skip the check that the set covers every layer of the model
     return config

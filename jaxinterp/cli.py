@@ -51,7 +51,9 @@ def _train(cfg):
 def _export(cfg):
     from jaxinterp.export import export_run
 
-    return {"exported": str(export_run(cfg["run"], cfg["format"], cfg["out"], overwrite=cfg["overwrite"], sae=cfg["sae"]))}
+    written = export_run(cfg["run"], cfg["format"], cfg["out"], overwrite=cfg["overwrite"], sae=cfg["sae"],
+                         partial=cfg["partial"])
+    return {"exported": str(written)}
 
 
 def _eval(cfg):
@@ -79,7 +81,7 @@ VERBS = {
                     "configs/extract.py", schemas.EXTRACT, _extract),
     "train": Verb("train a sparse autoencoder from a store", "configs/train.py", schemas.TRAIN, _train),
     "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
-    "export": Verb("export a trained run for other tools (SAELens, sparsify/delphi, Gemma-Scope npz)",
+    "export": Verb("export a trained run for other tools (SAELens, sparsify/delphi, Gemma-Scope npz, circuit-tracer)",
                    "configs/export.py", schemas.EXPORT, _export),
     "probe": Verb("train probe sweeps (hooks x C x k) on pooled activations or SAE latents",
                   "configs/probe.py", schemas.PROBE, _probe),

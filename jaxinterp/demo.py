@@ -41,7 +41,7 @@ def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDi
     train_cfg = {**as_dict(cfg["train"]), **job, "store": str(out / "store"), "out": str(out / "run"), "hook": first_hook,
                  "target_hook": "", "init_from": "", "allow_other_model": False}
     eval_cfg = {**as_dict(cfg["eval"]), **job, "run": str(out / "run"), "sae": "", "store": "", "model": "",
-                "allow_other_model": False, "out": str(out / "eval")}
+                "allow_other_model": False, "out": str(out / "eval"), "transcoder_set": "", "transcoder_set_saes": ""}
     return (validate(ml_collections.ConfigDict(extract_cfg), schemas.EXTRACT, "extract"),
             validate(ml_collections.ConfigDict(train_cfg), schemas.TRAIN, "train"),
             validate(ml_collections.ConfigDict(eval_cfg), schemas.EVAL, "eval"))

@@ -128,11 +128,16 @@ TRAIN = Schema(
 
 EXPORT = Schema(
     fields={
-        "run": Field(str, "run directory written by `jaxinterp train`", check=PATH_OR_URL),
-        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
+        "run": Field(str, "run directory written by `jaxinterp train` (circuit_tracer: comma-separated runs whose "
+                          "transcoders form the set)", check=PATH_OR_URL),
+        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE (circuit_tracer: comma-separated members "
+                          "of one sweep run; '' = all)"),
         "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, Gemma-Scope "
-                             "params.npz dir, or dictionary_learning ae.pt + config.json dir",
-                        choices=("saelens", "sparsify", "npz", "dictionary_learning")),
+                             "params.npz dir, dictionary_learning ae.pt + config.json dir, or circuit-tracer transcoder-set dir "
+                             "(config.yaml + layer_i.safetensors)",
+                        choices=("saelens", "sparsify", "npz", "dictionary_learning", "circuit_tracer")),
+        "partial": Field(bool, "circuit_tracer: accept a set of layers 0..n-1 without checking it covers every layer "
+                               "of the source model (circuit-tracer's ReplacementModel needs all)"),
         "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)",
                      check=PATH_OR_URL),
         "overwrite": Field(bool, "replace an existing export at out"),
@@ -163,6 +168,9 @@ EVAL = Schema(
                           " or <export>_eval; only an earlier eval output there is replaced", check=PATH_OR_URL),
         "allow_other_model": Field(bool, "evaluate on a store of another model than the SAE was trained on "
                                          "(refused by default)"),
+        "transcoder_set": Field(str, "comma-separated runs whose transcoders replace every MLP output they cover in "
+                                     "one spliced pass (results under 'transcoder_set'); '' = off", check=PATH_OR_URL),
+        "transcoder_set_saes": Field(str, "transcoder_set: comma-separated members of its one sweep run; '' = all"),
         **DISTRIBUTED,
     }
 )
@@ -229,7 +237,8 @@ PROBE = Schema(
 # Fields a pipeline sets itself (paths between stages), so the demo does not expose them.
 _DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"),
              "train": ("store", "out", "hook", "target_hook", "init_from", "allow_other_model"),
-             "eval": ("run", "sae", "store", "model", "out", "allow_other_model")}
+             "eval": ("run", "sae", "store", "model", "out", "allow_other_model", "transcoder_set",
+                      "transcoder_set_saes")}
 
 
 def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:

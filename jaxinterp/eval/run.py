@@ -5,7 +5,9 @@ massive activations), L0, relative reconstruction bias, dead and dense fractions
 feature-density histogram. Through the source model, with the SAE's reconstruction spliced in at
 its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered and KL (a transcoder's metrics
 are of its target hook, whose activation its prediction from the input hook replaces). For chosen latents:
-top-activating held-out examples (JSON and HTML).
+top-activating held-out examples (JSON and HTML). With ``transcoder_set``, a set of transcoders replaces
+every MLP output it covers in one spliced pass (:mod:`jaxinterp.eval.transcoder_set`), reported under
+``"transcoder_set"``.
 
 Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
 ``top_examples.html`` (``out`` defaults to ``<run>/eval``, or ``<export>_eval`` beside an imported
@@ -30,6 +32,7 @@ from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.eval.plots import plot_feature_density
 from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, transcoder_edit, zero_ablation
+from jaxinterp.eval.transcoder_set import load_transcoder_set, transcoder_set_metrics
 from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.runs import load_trained
@@ -95,6 +98,13 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     own = not cfg["store"]
     require_same_model(sae, store.manifest["model_hash"], store.manifest["model_name"], "store",
                        cfg["allow_other_model"])
+    transcoder_set = []
+    if cfg.get("transcoder_set"):  # .get: an eval config file from before transcoder sets
+        if not cfg["ce_contexts"]:
+            raise ConfigError("config field 'transcoder_set': its metrics are spliced CE losses; set ce_contexts > 0")
+        transcoder_set = load_transcoder_set(cfg["transcoder_set"], cfg.get("transcoder_set_saes", ""),
+                                             store.manifest["model_hash"], store.manifest["model_name"],
+                                             cfg["allow_other_model"])
     hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
     target = sae.sae.target_hook if sae.sae.transcode else hook
     for needed in dict.fromkeys([hook, target]):
@@ -149,6 +159,9 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         result.update(model_metrics(model, contexts.tokens[: cfg["ce_contexts"]], hook, architecture, params,
                                     arch_state, keep_first, cfg["ce_batch_size"], target))
         result["backend"] = model.backend
+        if transcoder_set:
+            result["transcoder_set"] = transcoder_set_metrics(model, contexts.tokens[: cfg["ce_contexts"]],
+                                                              transcoder_set, keep_first, cfg["ce_batch_size"])
 
     requested = [int(i) for i in cfg["latents"].split(",") if i.strip()]
     latent_ids = choose_latents(requested, fire_count, cfg["n_latents"])

@@ -16,6 +16,7 @@ zero-ablation baseline zeroes the target.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -113,8 +114,11 @@ def _edited_sums(clean_log_probs, logits, tokens):
     return jnp.sum(_nll(log_probs, tokens)), jnp.sum(_kl(clean_log_probs, log_probs))
 
 
-def spliced_losses(model: Any, contexts: np.ndarray, edits: dict[str, HookEdit], batch_size: int = 4) -> dict[str, float]:
+def spliced_losses(model: Any, contexts: np.ndarray, edits: dict[str, HookEdit | Sequence[HookEdit]],
+                   batch_size: int = 4) -> dict[str, float]:
     """CE loss of ``model`` on ``contexts`` [n, seq] clean and under each named edit, with KL to clean.
+
+    An edit may be several :class:`HookEdit` applied in the same pass (a transcoder set).
 
     ``model`` is either backend (``logits(tokens, edit)``). Returns ``ce_clean`` and, per edit
     name, ``ce_<name>`` and ``kl_<name>`` (means over the ``n·(seq − 1)`` predicted tokens).

@@ -1,9 +1,11 @@
 """Exporters from a run directory to the formats other tools load, and importers back.
 
 Formats: SAELens v6 directories, EleutherAI sparsify / delphi hookpoint directories, Gemma-Scope
-``params.npz``. Every format goes through one neutral in-memory form, :class:`PortableSAE`.
+``params.npz``, circuit-tracer transcoder sets (export only). Every format goes through one neutral
+in-memory form, :class:`PortableSAE`.
 """
 
+from jaxinterp.export.circuit_tracer import export_circuit_tracer
 from jaxinterp.export.load import (LoadedSAE, detect_format, is_run_directory, load_sae, loaded_from_trained,
                                   require_same_model)
 from jaxinterp.export.npz import export_npz, read_npz
@@ -21,6 +23,7 @@ __all__ = [
     "SAELENS_VERSION",
     "SAEFileError",
     "detect_format",
+    "export_circuit_tracer",
     "export_npz",
     "export_run",
     "export_saelens",

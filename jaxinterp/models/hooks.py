@@ -17,8 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["HookEdit", "HookPoint", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError", "LAYER_KINDS",
-           "RESIDUAL_KINDS", "SUBBLOCK_KINDS", "hook_width", "layer_count", "refused_kinds"]
+__all__ = ["HookEdit", "HookPoint", "as_edits", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError",
+           "LAYER_KINDS", "RESIDUAL_KINDS", "SUBBLOCK_KINDS", "hook_width", "layer_count", "refused_kinds"]
 
 RESIDUAL_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
 SUBBLOCK_KINDS = ("attn.hook_z", "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_in", "mlp.hook_post")
@@ -46,6 +46,13 @@ class HookEdit(NamedTuple):
     replace: Callable[..., Any]
     operand: Any = None
     source: str = ""
+
+
+def as_edits(edit: HookEdit | Sequence[HookEdit] | None) -> tuple[HookEdit, ...]:
+    """``edit`` as a tuple of edits (``()`` for none), what the backends' ``logits`` apply in one pass."""
+    if edit is None:
+        return ()
+    return (edit,) if isinstance(edit, HookEdit) else tuple(edit)
 
 
 class HookPoint(NamedTuple):

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxinterp.mesh import Rules, make_mesh, tree_shardings
 from jaxinterp.models.checkpoint import lazy_safetensors, place
 from jaxinterp.models.files import ModelFiles, load_hf_config
-from jaxinterp.models.hooks import HookEdit, HookPoint, as_hook_points, layer_count, parse_hooks
+from jaxinterp.models.hooks import HookEdit, HookPoint, as_edits, as_hook_points, layer_count, parse_hooks
 from jaxinterp.models.support import check_jax_support
 from jaxinterp.models.transformer import Edit, build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
@@ -49,19 +49,26 @@ def _forward(graphdef, state, tokens, capture, edit, logits):
     return hooked_forward(nnx.merge(graphdef, state), tokens, capture, edit=edit, logits=logits)
 
 
-def _edited_logits(graphdef, hook, replace, source, state, tokens, operand):
-    read = {}  # the source hook's activation, carried (while tracing) to the later hook it edits
+def _edited_logits(graphdef, specs, state, tokens, operands):
+    """Logits with every edit of ``specs`` ((hook, replace, source) each; ``operands`` alongside) applied as the
+    forward pass reaches its hook, so a later edit's source is computed from the already edited stream."""
+    read = {}  # edit index -> its source hook's activation, carried (while tracing) to the later hook it edits
 
     def edit(name, x):
-        if name == source:
-            read["x"] = x
-        if name != hook:
-            return x
-        if not source:
-            return replace(operand, x).astype(x.dtype)
-        if "x" not in read:
-            raise ValueError(f"hook edit: source {source} does not come before {hook} in the forward pass")
-        return replace(operand, x, read["x"].astype(jnp.float32)).astype(x.dtype)
+        for i, (_, _, source) in enumerate(specs):
+            if name == source:
+                read[i] = x
+        new = x
+        for i, (hook, replace, source) in enumerate(specs):
+            if name != hook:
+                continue
+            if not source:
+                new = replace(operands[i], new).astype(x.dtype)
+                continue
+            if i not in read:
+                raise ValueError(f"hook edit: source {source} does not come before {hook} in the forward pass")
+            new = replace(operands[i], new, read.pop(i).astype(jnp.float32)).astype(x.dtype)
+        return new
 
     return hooked_forward(nnx.merge(graphdef, state), tokens, edit=edit, logits=True)[0]
 
@@ -100,7 +107,7 @@ class JaxSourceModel:
         self.n_layers = layer_count(self.config)
         self.d_model = int(self.config.hidden_size)
         self._jitted = jax.jit(partial(_forward, graphdef), static_argnames=("capture", "edit", "logits"))
-        self._jitted_edit = jax.jit(partial(_edited_logits, graphdef), static_argnums=(0, 1, 2))
+        self._jitted_edit = jax.jit(partial(_edited_logits, graphdef), static_argnums=(0,))
 
     def parse_hooks(self, names: str | Sequence[str]) -> list[HookPoint]:
         """Parses hook names against this model's depth."""
@@ -119,15 +126,20 @@ class JaxSourceModel:
         """
         return self._jitted(self.state, self._place(tokens), capture=frozenset(capture), edit=edit, logits=logits)
 
-    def logits(self, tokens: np.ndarray, edit: HookEdit | None = None) -> jax.Array:
-        """Logits [batch, seq, vocab] (float32, on device), with ``edit`` applied during the pass."""
-        if edit is None:
+    def logits(self, tokens: np.ndarray, edit: HookEdit | Sequence[HookEdit] | None = None) -> jax.Array:
+        """Logits [batch, seq, vocab] (float32, on device), with ``edit`` (one or several) applied during the pass.
+
+        Several edits apply in one pass, each where the forward reaches its hook, so an edit's ``source`` is
+        read downstream of every earlier edit (a transcoder set replacing each layer's MLP in turn).
+        """
+        edits = as_edits(edit)
+        if not edits:
             return self.forward(tokens)[0].astype(np.float32)
-        # an unknown or refused hook would edit nothing
-        parse_hooks([edit.hook] + ([edit.source] if edit.source else []), self.n_layers, self.config)
-        operand = jax.device_put(edit.operand, NamedSharding(self.mesh, P()))
-        return self._jitted_edit(edit.hook, edit.replace, edit.source, self.state, self._place(tokens),
-                                 operand).astype(np.float32)
+        for one in edits:  # an unknown or refused hook would edit nothing
+            parse_hooks([one.hook] + ([one.source] if one.source else []), self.n_layers, self.config)
+        operands = jax.device_put(tuple(one.operand for one in edits), NamedSharding(self.mesh, P()))
+        specs = tuple((one.hook, one.replace, one.source) for one in edits)
+        return self._jitted_edit(specs, self.state, self._place(tokens), operands).astype(np.float32)
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
         """``{hook name: [batch, seq, d] float32 numpy}``; the pass stops after the last hook needed."""

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxinterp.models.files import ModelFiles, load_hf_config
-from jaxinterp.models.hooks import SUBBLOCK_KINDS, HookEdit, HookPoint, as_hook_points, parse_hooks
+from jaxinterp.models.hooks import SUBBLOCK_KINDS, HookEdit, HookPoint, as_edits, as_hook_points, parse_hooks
 from jaxinterp.models.support import check_torch_support
 
 __all__ = ["TorchSourceModel", "HOOK_MODULES"]
@@ -266,33 +266,42 @@ class TorchSourceModel:
         self._forward(tokens, handles)
         return {name: value.float().numpy() for name, value in captured.items()}
 
-    def logits(self, tokens: np.ndarray, edit: HookEdit | None = None) -> np.ndarray:
-        """Logits [batch, seq, vocab] (float32), with ``edit`` applied during the pass.
+    def logits(self, tokens: np.ndarray, edit: HookEdit | Sequence[HookEdit] | None = None) -> np.ndarray:
+        """Logits [batch, seq, vocab] (float32), with ``edit`` (one or several) applied during the pass.
 
-        ``edit.replace`` is a JAX function: the activation crosses to JAX and back as float32.
+        ``edit.replace`` is a JAX function: the activation crosses to JAX and back as float32. Several
+        edits apply in the same pass, each as the forward reaches its hook, so an edit's ``source`` is read
+        downstream of every earlier edit (a transcoder set replacing each layer's MLP in turn).
         """
+        edits = as_edits(edit)
         handles = []
-        if edit is not None:
-            (point, *source) = parse_hooks([edit.hook] + ([edit.source] if edit.source else []), self.n_layers,
+        for one in edits:
+            (point, *source) = parse_hooks([one.hook] + ([one.source] if one.source else []), self.n_layers,
                                            self.config)
             if source and source[0].order > point.order:
-                raise ValueError(f"hook edit: source {edit.source} does not come before {edit.hook} in the forward pass")
-            replace = self._jitted_replace(edit.replace)
-            read = {}
-
-            def transform(x):
-                args = (edit.operand, x.float().numpy())
-                if source:
-                    if "x" not in read:
-                        raise ValueError(f"hook edit: source {edit.source} did not fire before {edit.hook}")
-                    args += (read.pop("x"),)
-                new = np.array(replace(*args))  # writable
-                return self._torch.from_numpy(new).to(x.dtype)
-
+                raise ValueError(f"hook edit: source {one.source} does not come before {one.hook} in the forward pass")
             if source:  # attached first: a module's input hook fires before its output hook
-                handles.append(self._attach(source[0], lambda x: read.__setitem__("x", x.float().numpy())))
-            handles.append(self._attach(point, transform))
+                read: dict = {}
+                handles.append(self._attach(source[0], lambda x, read=read: read.__setitem__("x", x.float().numpy())))
+            else:
+                read = None
+            handles.append(self._attach(point, self._transform(one, read)))
         return self._forward(tokens, handles).logits.float().numpy()
+
+    def _transform(self, edit: HookEdit, read: dict | None) -> Callable:
+        """The hook function applying ``edit``; ``read`` gets its source's activation first (``None``: no source)."""
+        replace = self._jitted_replace(edit.replace)
+
+        def transform(x):
+            args = (edit.operand, x.float().numpy())
+            if read is not None:
+                if "x" not in read:
+                    raise ValueError(f"hook edit: source {edit.source} did not fire before {edit.hook}")
+                args += (read.pop("x"),)
+            new = np.array(replace(*args))  # writable
+            return self._torch.from_numpy(new).to(x.dtype)
+
+        return transform
 
     def _jitted_replace(self, replace: Callable) -> Callable:
         if replace not in self._replace_cache:
