@@ -153,6 +153,66 @@ def sparsify_step_seconds(
         _release()
 
 
+def sparsify_transcoder_step_seconds(x: np.ndarray, y: np.ndarray, n_latents: int, k: int,
+                                     steps: int = 5) -> float | None:
+    """Seconds per training step of sparsify's TopK transcoder (``transcode=True``, input ``x``, target
+    ``y``, same width) with its Adam option, as ``sparsify.Trainer`` runs it; or None if absent.
+
+    What the trainer does differently for a transcoder: ``W_dec`` starts at zero, the first step sets
+    ``b_enc = −x̄ W_encᵀ`` and ``b_dec = ȳ``, and there is neither decoder renormalisation nor the
+    decoder-gradient projection (both are skipped when ``transcode``). Loss = fvu + auxk_alpha ·
+    auxk + multi_topk_fvu / 8 (auxk_alpha 0 and multi_topk off by default: fvu alone), backward,
+    Adam step + zero_grad + its linear warm-up scheduler, dead-latent bookkeeping.
+    """
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Triton not installed, ..."
+            import torch
+            from sparsify import SparseCoder, SparseCoderConfig, TrainConfig
+            from transformers import get_linear_schedule_with_warmup
+    except ImportError:
+        return None
+    device = _device()
+    train_cfg = TrainConfig(sae=SparseCoderConfig(num_latents=n_latents, k=k, transcode=True), optimizer="adam")
+    torch.manual_seed(0)
+    inputs = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    outputs = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).to(device)
+    sae = SparseCoder(inputs.shape[1], train_cfg.sae, device, dtype=torch.float32)
+    precision = torch.get_float32_matmul_precision()
+    if device == "cuda":
+        torch.set_float32_matmul_precision("high")
+    # The trainer's first-step init for a transcoder.
+    sae.encoder.bias.data = -inputs.mean(0) @ sae.encoder.weight.data.T
+    sae.b_dec.data = outputs.mean(0)
+    opt = torch.optim.Adam([{"params": sae.parameters(), "lr": 2e-4 / (n_latents / 2**14) ** 0.5}])
+    scheduler = get_linear_schedule_with_warmup(opt, train_cfg.lr_warmup_steps, 10**6)
+    tokens_since_fired = torch.zeros(n_latents, dtype=torch.long, device=device)
+    did_fire = torch.zeros(n_latents, dtype=torch.bool, device=device)
+
+    def step() -> torch.Tensor:
+        dead_mask = tokens_since_fired > train_cfg.dead_feature_threshold if train_cfg.auxk_alpha > 0 else None
+        total_variance = (outputs - outputs.mean(0)).pow(2).sum()
+        out = sae(x=inputs, y=outputs, dead_mask=dead_mask, total_variance=total_variance)
+        did_fire[out.latent_indices.flatten()] = True
+        float(out.fvu.detach())
+        loss = out.fvu + train_cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
+        loss.backward()
+        opt.step()  # transcode: no remove_gradient_parallel_to_decoder_directions
+        opt.zero_grad()
+        scheduler.step()
+        with torch.no_grad():
+            tokens_since_fired.add_(inputs.shape[0])
+            tokens_since_fired[did_fire] = 0
+            did_fire.zero_()
+        return loss.detach()
+
+    try:
+        return _time_steps(step, steps)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        del sae, opt, scheduler, step
+        _release()
+
+
 def saelens_step_seconds(x: np.ndarray, n_latents: int, k: int, steps: int = 5) -> float | None:
     """Seconds per ``SAETrainer.step`` of SAELens v6's ``TopKTrainingSAE``, or None if absent."""
     try:

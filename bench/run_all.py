@@ -1,10 +1,11 @@
-"""Every benchmark at a size that finishes in about 15 minutes on 2 CPU cores, then scaling curves.
+"""Every benchmark at a size that finishes in about 25 minutes on 2 CPU cores, then scaling curves.
 
     python bench/run_all.py                  # prints every table; JSON in bench/results/
-    python bench/run_all.py --skip-curves    # the five tables only
+    python bench/run_all.py --skip-curves    # the tables only
 
 Each script runs in its own process (one JAX runtime, one device count per script), in this order:
-extract, buffer, sae_step (fp32, then bf16 compute), sae_quality, probe_sweep; their tables stream
+extract, buffer, sae_step (fp32, then bf16 compute), transcoder_step, sae_quality (SAE rows, then
+the transcoder table, which extracts its own two-hook store once), probe_sweep; their tables stream
 through unchanged. Then:
 SAE step time vs n_latents (4k → 64k, batch 4096) and vs batch (1k → 16k, 16k latents), each
 against the floor ``top_k(x @ W_enc)`` measured in the same process, and probe-sweep time vs
@@ -25,13 +26,16 @@ from pathlib import Path
 BENCH = Path(__file__).parent
 RESULTS = BENCH / "results"
 
-# (script, arguments): sized for ~15 minutes in all on 2 CPU cores.
+# (script, arguments): sized for ~25 minutes in all on 2 CPU cores (~15 before the transcoder rows).
 TABLES = [
     ("extract.py", ["--tokens", "4096"]),
     ("buffer.py", ["--tokens", "131072"]),
     ("sae_step.py", ["--steps", "3"]),
     ("sae_step.py", ["--steps", "3", "--compute-dtype", "bfloat16", "--json", str(RESULTS / "sae_step_bf16.json")]),
-    ("sae_quality.py", ["--tokens", "131072", "--eval-tokens", "8192", "--ce-contexts", "16", "--sparsify", "signum"]),
+    ("transcoder_step.py", ["--steps", "3"]),
+    ("sae_quality.py", ["--tokens", "131072", "--eval-tokens", "8192", "--ce-contexts", "16", "--sparsify", "signum",
+                        "--transcoder-layer", "-1"]),
+    ("sae_quality.py", ["--only-transcoder", "--tokens", "131072", "--eval-tokens", "8192", "--sparsify", "signum"]),
     ("probe_sweep.py", []),
 ]
 N_LATENTS = (4096, 16384, 65536)
@@ -102,7 +106,8 @@ def main() -> None:
     parser.add_argument("--skip-curves", action="store_true")
     args = parser.parse_args()
     began = time.perf_counter()
-    walls = {script + (" (bf16)" if "bfloat16" in script_args else ""): run(script, script_args)
+    walls = {script + (" (bf16)" if "bfloat16" in script_args else "")
+             + (" (transcoder)" if "--only-transcoder" in script_args else ""): run(script, script_args)
              for script, script_args in TABLES}
     if not args.skip_curves:
         curves = scaling_curves()
