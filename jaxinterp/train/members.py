@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import optax
 
 from jaxinterp.config import ConfigError, as_dict, check_field
-from jaxinterp.sae import Architecture, architecture_spec, remove_parallel_decoder_grad
+from jaxinterp.sae import Architecture, architecture_spec, make_architecture, remove_parallel_decoder_grad
 from jaxinterp.sae.spec import transcoder_architectures
 from jaxinterp.sae.topk import TOPK_BASE_LR
 from jaxinterp.schemas import TRAIN
@@ -155,7 +155,7 @@ def build_members(cfg: Mapping[str, Any]) -> list[Member]:
             raise ConfigError(f"config field 'target_hook': member {name!r} is a transcoder "
                               f"({member['hook']} -> {member['target_hook']}), and a {spec.name!r} dictionary has "
                               f"no transcoder form; use one of {', '.join(transcoder_architectures())}")
-        architecture = spec.make(member["sae"])
+        architecture = make_architecture(member["sae"])
         lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr)
         members.append(Member(name, member["hook"], member["sae"]["n_latents"], architecture,
                               make_optimizer(cfg, lr, architecture.unit_norm_decoder),
