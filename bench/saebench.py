@@ -119,13 +119,37 @@ def run_core(sae, model, args) -> tuple[dict, dict]:
     store.shuffle_input_dataset(seed=42)  # as SAEBench's multiple_evals does
     tok = model.tokenizer
     torch.manual_seed(42)
-    metrics, _ = run_evals(sae, store, model, config, ignore_tokens={tok.pad_token_id, tok.eos_token_id,
-                                                                     tok.bos_token_id})
+    ignore = {tok.pad_token_id, tok.eos_token_id, tok.bos_token_id}
+    metrics, _ = run_evals(sae, store, model, config, ignore_tokens=ignore)
+    store.reset_input_dataset()  # run_evals read its sparsity/variance batches from the start: read them again
+    metrics["check"] = fvu_check(sae, model, store, args, ignore)
     cfg = {"batch_size_prompts": args.core_batch_prompts, "n_eval_reconstruction_batches": args.core_batches,
            "n_eval_sparsity_variance_batches": args.core_batches, "context_size": args.core_context,
            "exclude_special_tokens_from_reconstruction": True, "dataset": "pydoc_data.topics, all documents",
            "prepend_bos": bool(sae.cfg.metadata.prepend_bos)}
     return metrics, cfg
+
+
+def fvu_check(sae, model, store, args, ignore: set) -> dict[str, float]:
+    """1 - FVU (jaxinterp's explained variance) on the tokens SAEBench's variance metrics read, masked alike.
+
+    SAEBench 0.6.0's ``explained_variance`` subtracts (mean of x^2 over tokens and dims)^2 from E||x||^2, not
+    ||E x||^2 (evals/core/main.py, get_sparsity_and_variance_metrics), so it is not 1 - FVU.
+    """
+    import torch
+
+    hook, layer = sae.cfg.metadata.hook_name, int(sae.cfg.metadata.hook_name.split(".")[1])
+    xs, x_hats = [], []
+    for _ in range(args.core_batches):
+        tokens = store.get_batch_tokens(args.core_batch_prompts)
+        _, cache = model.run_with_cache(tokens, names_filter=hook, stop_at_layer=layer + 1)
+        keep = ~torch.isin(tokens, torch.tensor(sorted(t for t in ignore if t is not None)))
+        x = cache[hook][keep]
+        xs.append(x)
+        x_hats.append(sae(x))
+    x, x_hat = torch.cat(xs), torch.cat(x_hats)
+    fvu = float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+    return {"one_minus_fvu": 1 - fvu, "tokens": int(len(x))}
 
 
 def print_core(metrics: dict, jax_eval: dict | None) -> None:
@@ -136,7 +160,10 @@ def print_core(metrics: dict, jax_eval: dict | None) -> None:
     if jax_eval is None:
         print("  (no jaxinterp eval.json found: run `jaxinterp demo` first)")
         return
-    pairs = [("explained variance", "reconstruction_quality.explained_variance", "explained_variance"),
+    print(f"\njaxinterp eval.json: held-out chunks, {jax_eval['_tokens'][0]} tokens for the reconstruction metrics, "
+          f"{jax_eval['_tokens'][1]} predicted tokens for CE/KL (256-token contexts, BOS kept clean)")
+    pairs = [("explained variance (SAEBench formula)", "reconstruction_quality.explained_variance", ""),
+             ("explained variance, 1 - FVU", "check.one_minus_fvu", "explained_variance"),
              ("L0", "sparsity.l0", "l0"),
              ("relative reconstruction bias", "shrinkage.relative_reconstruction_bias",
               "relative_reconstruction_bias"),
@@ -152,7 +179,7 @@ def print_core(metrics: dict, jax_eval: dict | None) -> None:
         value = flat.get(ours_key)
         other = jax_eval.get(jax_key)
         show = (lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "—")
-        print(f"{label:32s} {show(value):>14s} {show(other):>15s}")
+        print(f"{label:38s} {show(value):>14s} {show(other):>15s}")
 
 
 def jaxinterp_eval(demo: Path) -> dict | None:
@@ -166,25 +193,16 @@ def jaxinterp_eval(demo: Path) -> dict | None:
     found = {}
     aliases = {"explained_variance": ["explained_variance"], "l0": ["l0"],
                "relative_reconstruction_bias": ["relative_reconstruction_bias"],
-               "ce_clean": ["ce_clean", "ce_loss_clean"], "ce_sae": ["ce_sae", "ce_loss_sae", "ce_spliced"],
-               "ce_zero": ["ce_zero", "ce_loss_zero", "ce_zero_ablated"],
-               "ce_loss_recovered": ["ce_loss_recovered", "ce_recovered"], "kl": ["kl", "kl_sae", "kl_spliced"]}
-    flat = {}
-
-    def walk(node, prefix=""):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat.setdefault(key, value)
-                flat[f"{prefix}{key}"] = value
-    walk(report)
+               "ce_clean": ["ce_loss_clean"], "ce_sae": ["ce_loss_spliced"], "ce_zero": ["ce_loss_zero_ablated"],
+               "ce_loss_recovered": ["ce_loss_recovered"], "kl": ["kl_spliced"], "kl_zero": ["kl_zero_ablated"]}
     for name, keys in aliases.items():
         for key in keys:
-            if key in flat:
-                found[name] = flat[key]
+            if key in report:
+                found[name] = report[key]
                 break
-    found["_all"] = flat
+    if "kl" in found and "kl_zero" in found:  # SAEBench's KL score, from eval.json's two KLs
+        found["kl_score"] = (found["kl_zero"] - found["kl"]) / found["kl_zero"]
+    found["_tokens"] = report.get("tokens"), report.get("ce_tokens_predicted")
     return found
 
 
@@ -294,8 +312,8 @@ def main() -> None:
     parser.add_argument("--demo", default=str(ROOT / "jaxinterp_demo"), help="jaxinterp demo output directory")
     parser.add_argument("--saebench", default=str(ROOT / ".venv-saebench"), help="where sae-bench was installed")
     parser.add_argument("--core-batches", type=int, default=4)
-    parser.add_argument("--core-batch-prompts", type=int, default=8)
-    parser.add_argument("--core-context", type=int, default=128)
+    parser.add_argument("--core-batch-prompts", type=int, default=4)
+    parser.add_argument("--core-context", type=int, default=256, help="the SAE's training context")
     parser.add_argument("--n-examples", type=int, default=1000, help="texts of builtin:open_bracket")
     parser.add_argument("--k", default="1,2,5,10,20,50")
     parser.add_argument("--probe-context", type=int, default=128)
