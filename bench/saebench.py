@@ -174,7 +174,7 @@ def print_core(metrics: dict, jax_eval: dict | None) -> None:
              ("KL(clean || SAE)", "model_behavior_preservation.kl_div_with_sae", "kl"),
              ("KL(clean || zero-ablated)", "model_behavior_preservation.kl_div_with_ablation", "kl_zero"),
              ("KL score", "model_behavior_preservation.kl_div_score", "kl_score")]
-    print(f"\n{'metric':32s} {'SAEBench core':>14s} {'jaxinterp eval':>15s}")
+    print(f"\n{'metric':38s} {'SAEBench core':>14s} {'jaxinterp eval':>15s}")
     for label, ours_key, jax_key in pairs:
         value = flat.get(ours_key)
         other = jax_eval.get(jax_key)
