@@ -91,7 +91,7 @@ def test_eval_writes_its_output_to_s3(tiny_llama_run, bucket):
     written = location(out)
     assert json.loads((written / "eval.json").read_text())["fvu"] == result["fvu"]
     assert sorted(p.name for p in written.iterdir()) == [".jaxinterp-output.json", "eval.json", "feature_density.png",
-                                                         "top_examples.html", "top_examples.json"]
+                                                         "top_examples.html", "top_examples.json", "zf_plot.png"]
     (written / "notes.txt").write_text("not eval's")
     with pytest.raises(FileExistsError, match="not a eval output|refusing"):
         evaluate_run(load_config("configs/eval.py", {"run": str(tiny_llama_run / "run"), "eval_tokens": 1024,

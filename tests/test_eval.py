@@ -93,6 +93,9 @@ def test_eval_writes_every_output_and_backends_agree(tiny_llama_run, tmp_path):
     out = tmp_path / "jax"
     assert json.loads((out / "eval.json").read_text())["ce_tokens_predicted"] == 4 * 63
     assert (out / "feature_density.png").stat().st_size > 1000
+    assert (out / "zf_plot.png").stat().st_size > 1000
+    # TopK with k of 256 latents on these rows: the code's norm is near, and at most about, the AFA
+    assert 0.2 < r["zf_median_ratio"] < 1.5
     examples = json.loads((out / "top_examples.json").read_text())["latents"]
     assert len(examples) == 3
     for record in examples:

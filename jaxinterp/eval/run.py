@@ -1,15 +1,16 @@
 """``jaxinterp eval``: a trained SAE measured the way the field measures it.
 
 On held-out store activations: FVU and explained variance (over all tokens and over those without
-massive activations), L0, relative reconstruction bias, dead and dense fractions, and a
-feature-density histogram. Through the source model, with the SAE's reconstruction spliced in at
+massive activations), L0, relative reconstruction bias, dead and dense fractions, a
+feature-density histogram, and the ZF plot (code norm against the approximate feature activation
+``‖y − b_dec‖``, Lee et al. 2025) with its median ratio ``zf_median_ratio``. Through the source model, with the SAE's reconstruction spliced in at
 its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered and KL (a transcoder's metrics
 are of its target hook, whose activation its prediction from the input hook replaces). For chosen latents:
 top-activating held-out examples (JSON and HTML). With ``transcoder_set``, a set of transcoders replaces
 every MLP output it covers in one spliced pass (:mod:`jaxinterp.eval.transcoder_set`), reported under
 ``"transcoder_set"``.
 
-Writes ``<out>/eval.json``, ``feature_density.png``, ``top_examples.json`` and
+Writes ``<out>/eval.json``, ``feature_density.png``, ``zf_plot.png``, ``top_examples.json`` and
 ``top_examples.html`` (``out`` defaults to ``<run>/eval``, or ``<export>_eval`` beside an imported
 SAE; a previous evaluation there is replaced as a whole, never left half-written; any other existing
 directory is refused). Runs, imports and outputs may be URLs (``file://``, ``gs://``, ``s3://``).
@@ -22,6 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
+
 from jaxinterp.atomic import atomic_directory, check_replaceable
 from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
@@ -29,13 +33,14 @@ from jaxinterp.eval.contexts import heldout_context_ids, read_contexts
 from jaxinterp.eval.examples import (choose_latents, latent_activations, top_examples, write_examples_html,
                                      write_examples_json)
 from jaxinterp.eval.holdout import evaluate_reconstruction
-from jaxinterp.eval.metrics import dead_fraction, dense_fraction
-from jaxinterp.eval.plots import plot_feature_density
+from jaxinterp.eval.metrics import approximate_feature_activation, code_norm, dead_fraction, dense_fraction
+from jaxinterp.eval.plots import plot_feature_density, plot_zf
 from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, transcoder_edit, zero_ablation
 from jaxinterp.eval.transcoder_set import load_transcoder_set, transcoder_set_metrics
 from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.runs import load_trained
+from jaxinterp.sae import dense_latents
 from jaxinterp.store import Store, open_store
 from jaxinterp.store.paths import location
 from jaxinterp.wandb_log import log_evaluation
@@ -43,7 +48,10 @@ from jaxinterp.wandb_log import log_evaluation
 __all__ = ["EVAL_FILES", "evaluate_run", "model_metrics"]
 
 # What an eval output holds; eval replaces a directory only if it is an earlier one of these.
-EVAL_FILES = ("eval.json", "feature_density.png", "top_examples.json", "top_examples.html")
+EVAL_FILES = ("eval.json", "feature_density.png", "zf_plot.png", "top_examples.json", "top_examples.html")
+
+# Held-out tokens the ZF plot draws (and its median ratio summarises).
+ZF_TOKENS = 4096
 
 
 def _model_spec(cfg: Mapping[str, Any], store: Store) -> str:
@@ -76,6 +84,18 @@ def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_st
         "ce_contexts": int(len(contexts)),
         "ce_tokens_predicted": int(contexts.shape[0] * (contexts.shape[1] - 1)),
     }
+
+
+def zf_sample(architecture, params, arch_state, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    """Dense latents of the first :data:`ZF_TOKENS` rows of ``x`` and the median ``‖f‖ / AFA`` over them (Lee et
+    al. 2025's ZF view, for any architecture): AFA is ``‖y − b_dec‖`` of the reconstructed rows ``y`` (``x`` for an
+    SAE), and the code is measured as if decoder rows were unit-norm (``f ⊙ ‖W_dec,i‖``)."""
+    x, y = x[:ZF_TOKENS], y[:ZF_TOKENS]
+    latents = np.asarray(dense_latents(architecture.encode(params, arch_state, jnp.asarray(x)),
+                                       params["W_dec"].shape[0]), np.float32)
+    afa = np.asarray(approximate_feature_activation(jnp.asarray(y), params["b_dec"]))
+    norms = np.asarray(code_norm(jnp.asarray(latents), jnp.linalg.norm(params["W_dec"], axis=-1)))
+    return latents, float(np.median(norms / np.maximum(afa, 1e-12)))
 
 
 def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -142,6 +162,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         format=sae.format,
         architecture=sae.sae.architecture,
     )
+    zf_rows = held[target][:ZF_TOKENS]
+    zf_latents, result["zf_median_ratio"] = zf_sample(architecture, params, arch_state, rows, held[target])
 
     keep_first = buffer.drop_bos
     context_ids = heldout_context_ids(store, buffer.split.holdout if own else None)[: cfg["contexts"]]
@@ -179,6 +201,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     def write(directory: Path) -> None:
         (directory / "eval.json").write_text(json.dumps(result, indent=2))
         plot_feature_density(fire_count, len(rows), directory / "feature_density.png", title)
+        plot_zf(zf_rows, zf_latents, directory / "zf_plot.png", title, np.asarray(params["b_dec"]),
+                np.linalg.norm(np.asarray(params["W_dec"]), axis=-1))
         if trained:  # a run that logs to Weights & Biases gets the metrics and the plot (else no-op, no import)
             log_evaluation(run, name, result, directory / "feature_density.png")
         meta = {"sae": name, "hook_name": hook, "store": store.url, "contexts": int(len(context_ids))}
