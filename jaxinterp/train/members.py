@@ -9,7 +9,10 @@ Each ``;``-separated member overrides ``sae.*`` fields (and ``hook``, ``target_h
 base config;
 its name is the text before ``:`` (or made from its overrides). The base config is member
 ``sae`` unless the sweep names it. Every member is initialised from the run's seed alone, so a
-member equals a separate run of the same config.
+member equals a separate run of the same config, with one exception: in a run with a transcoder
+member, a token that is massive at *any* of the run's hooks is dropped for every member (shrinking
+each hook by its own factor would break input/target pairs), so a member then also loses the rows
+that are massive at the other members' hooks.
 
 A member whose ``target_hook`` names another hook than its ``hook`` is a transcoder (its ``sae``
 config gets ``transcode=True``, which the architectures read); ``''`` means the input hook (an SAE).
