@@ -248,3 +248,35 @@ def test_saelens_export_refuses_a_gated_transcoder(tmp_path):
                       target_hook="blocks.0.hook_mlp_out")
     with pytest.raises(ValueError, match="cannot hold a 'gated'"):
         export_saelens(sae, str(tmp_path / "gated"))
+
+
+@pytest.mark.parametrize("architecture", ["gated", "matching_pursuit"])
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_saelens_files_import_and_encode_as_saelens_does(tmp_path, architecture, apply_b_dec):
+    """SAELens gated / matching-pursuit directories read back by jaxinterp's importer encode as SAELens'
+    own loader does, also with ``apply_b_dec_to_input: false`` (folded into the biases, or no b_dec)."""
+    import json
+
+    from jaxinterp.export import load_sae
+    from jaxinterp.sae import dense_latents
+
+    if architecture == "gated":
+        _, params, state = _gated_params()
+        weights = gated.SPEC.to_portable(params, state, {})
+    else:
+        arch = matching_pursuit.make({"k": 6})
+        params, state = arch.init(jax.random.key(3), D_IN, D_SAE, _inputs())
+        weights = matching_pursuit.SPEC.to_portable(params, state, {"residual_threshold": 0.5})
+    sae_lens = pytest.importorskip("sae_lens")
+    out = export_saelens(PortableSAE(architecture, weights, D_IN, D_SAE, 6, "blocks.0.hook_resid_post",
+                                     {"model_name": "tiny"}), str(tmp_path / architecture))
+    cfg = json.loads((out / "cfg.json").read_text())
+    (out / "cfg.json").write_text(json.dumps({**cfg, "apply_b_dec_to_input": apply_b_dec}))
+    x = _inputs(seed=7)
+    ref_latents, ref_x_hat = _torch_encode(sae_lens.SAE.load_from_disk(str(out)), x)
+    loaded = load_sae(str(out))
+    assert loaded.architecture.name == architecture
+    latents = np.asarray(dense_latents(loaded.encode(jnp.asarray(x)), D_SAE))
+    assert (latents > 0).any()
+    np.testing.assert_allclose(latents, ref_latents, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(loaded.decode(loaded.encode(jnp.asarray(x)))), ref_x_hat, atol=1e-4)

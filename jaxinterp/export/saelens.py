@@ -61,7 +61,8 @@ _WEIGHTS = {"topk": _STANDARD_WEIGHTS, "relu": _STANDARD_WEIGHTS, "jumprelu": _S
             "gated": ("W_enc", "b_gate", "r_mag", "b_mag", "W_dec", "b_dec"), "matching_pursuit": ("W_dec", "b_dec")}
 
 # SAELens v6's architecture → our family, for import.
-_FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+_FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated",
+                 "matching_pursuit": "matching_pursuit"}
 _SUPPORTED_NORMALIZATION = (None, "none")
 
 
@@ -174,10 +175,15 @@ def _weights(path: Path, cfg: dict[str, Any], architecture: str) -> dict[str, np
         weights["threshold"] = np.exp(weights.pop("log_threshold"))
     if "scaling_factor" in weights and np.all(weights["scaling_factor"] == 1):
         del weights["scaling_factor"]  # SAELens itself drops an all-ones scaling factor
-    wanted = {"W_enc": (cfg["d_in"], cfg["d_sae"]), "b_enc": (cfg["d_sae"],), "W_dec": (cfg["d_sae"], cfg["d_in"]),
-              "b_dec": (cfg["d_in"],)}
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    wanted = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if architecture == "jumprelu":
-        wanted["threshold"] = (cfg["d_sae"],)
+        wanted["threshold"] = (d_sae,)
+    if architecture == "gated":  # SAELens' names: the gate and magnitude paths share W_enc
+        wanted = {"W_enc": (d_in, d_sae), "b_gate": (d_sae,), "r_mag": (d_sae,), "b_mag": (d_sae,),
+                  "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if architecture == "matching_pursuit":  # tied: its encoder is W_decᵀ
+        wanted = {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if set(weights) != set(wanted):
         missing, unexpected = sorted(set(wanted) - set(weights)), sorted(set(weights) - set(wanted))
         raise SAEFileError(f"{path / 'sae_weights.safetensors'}: a SAELens {architecture} SAE needs exactly "
@@ -190,7 +196,7 @@ def _weights(path: Path, cfg: dict[str, Any], architecture: str) -> dict[str, np
 
 
 def read_saelens(path: str | Path) -> PortableSAE:
-    """Reads a SAELens v6 directory (``standard`` → ``relu``, ``topk``, ``jumprelu``).
+    """Reads a SAELens v6 directory (``standard`` → ``relu``, ``topk``, ``jumprelu``, ``gated``, ``matching_pursuit``).
 
     Exact conversions, folded into the weights: ``apply_b_dec_to_input=false`` (``b_enc`` gains
     ``b_dec @ W_enc``), TopK's ``rescale_acts_by_decoder_norm=true`` (as SAELens'
@@ -198,7 +204,7 @@ def read_saelens(path: str | Path) -> PortableSAE:
     ``log_threshold`` (older checkpoints). Weights of any float dtype are read as float32.
 
     Raises:
-      ValueError: what jaxinterp cannot represent: other architectures (gated, …),
+      ValueError: what jaxinterp cannot represent: other architectures,
         ``normalize_activations`` other than ``none``, ``hook_z`` reshaping at a hook other than
         ``blocks.L.attn.hook_z``, a head index,
         a fine-tuning scaling factor, or weights that do not match ``cfg.json``.
@@ -209,9 +215,14 @@ def read_saelens(path: str | Path) -> PortableSAE:
     architecture = _architecture(path, cfg)
     _check_options(path, cfg, metadata)
     weights = _weights(path, cfg, architecture)
-    if not cfg.get("apply_b_dec_to_input", True):
-        weights["b_enc"] = _fold_b_dec(weights)
     k = int(cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k") or 0)
+    if not cfg.get("apply_b_dec_to_input", True):
+        weights.update(_without_b_dec_on_input(weights, architecture))
+    if architecture == "matching_pursuit":  # its options travel as 0-d portable arrays
+        k = int(cfg.get("max_iterations") or cfg["d_in"])  # SAELens: None = d_in steps
+        weights["residual_threshold"] = np.asarray(cfg.get("residual_threshold", 1e-2), np.float32)
+        weights["stop_on_duplicate_support"] = np.asarray(float(cfg.get("stop_on_duplicate_support", True)),
+                                                          np.float32)
     if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
         norms = np.maximum(np.linalg.norm(weights["W_dec"].astype(np.float64), axis=-1), 1e-8)
         weights["W_enc"] = (weights["W_enc"] * norms).astype(np.float32)
@@ -225,6 +236,17 @@ def read_saelens(path: str | Path) -> PortableSAE:
             metadata[key] = cfg[key]
     return PortableSAE(FAMILY_BUILTINS[_FROM_SAELENS[architecture]], weights, int(cfg["d_in"]), int(cfg["d_sae"]), k, hook_name,
                        metadata, None if frequency is None else np.asarray(frequency, np.float32))
+
+
+def _without_b_dec_on_input(weights: dict[str, np.ndarray], architecture: str) -> dict[str, np.ndarray]:
+    """Weights that subtract ``b_dec`` from the input, for a file whose encoder reads ``x`` itself."""
+    if architecture == "matching_pursuit":  # SAELens then adds b_dec neither to the input nor to the output
+        return {"b_dec": np.zeros_like(weights["b_dec"])}
+    if architecture == "gated":  # both paths see b_dec @ W_enc more; the magnitude path scaled by exp(r_mag)
+        shift = weights["b_dec"].astype(np.float64) @ weights["W_enc"].astype(np.float64)
+        return {"b_gate": (weights["b_gate"] + shift).astype(np.float32),
+                "b_mag": (weights["b_mag"] + shift * np.exp(weights["r_mag"].astype(np.float64))).astype(np.float32)}
+    return {"b_enc": _fold_b_dec(weights)}
 
 
 def _fold_b_dec(weights: dict[str, np.ndarray]) -> np.ndarray:

@@ -127,7 +127,8 @@ class ArchitectureSpec(NamedTuple):
 BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu", "gated", "matching_pursuit", "top_afa")
 
 # The built-in an importer gives a file of each family (a file records the inference rule only).
-FAMILY_BUILTINS: Mapping[str, str] = {"topk": "topk", "jumprelu": "jumprelu", "relu": "relu"}
+FAMILY_BUILTINS: Mapping[str, str] = {"topk": "topk", "jumprelu": "jumprelu", "relu": "relu", "gated": "gated",
+                                      "matching_pursuit": "matching_pursuit"}
 
 
 def architecture_spec(name: str) -> ArchitectureSpec:
