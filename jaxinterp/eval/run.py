@@ -35,7 +35,7 @@ from jaxinterp.eval.examples import (choose_latents, latent_activations, top_exa
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import approximate_feature_activation, code_norm, dead_fraction, dense_fraction
 from jaxinterp.eval.plots import plot_feature_density, plot_zf
-from jaxinterp.eval.splice import ce_loss_recovered, sae_edit, spliced_losses, transcoder_edit, zero_ablation
+from jaxinterp.eval.splice import sae_edit, spliced_losses, spliced_summary, transcoder_edit, zero_ablation
 from jaxinterp.eval.transcoder_set import load_transcoder_set, transcoder_set_metrics
 from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
@@ -73,17 +73,8 @@ def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_st
     else:
         edit, ablated = sae_edit(hook, architecture, params, arch_state, keep_first), hook
     losses = spliced_losses(model, contexts, {"sae": edit, "zero": zero_ablation(ablated, keep_first)}, batch_size)
-    return {
-        "ce_loss_clean": losses["ce_clean"],
-        "ce_loss_spliced": losses["ce_sae"],
-        "ce_loss_zero_ablated": losses["ce_zero"],
-        "ce_loss_recovered": ce_loss_recovered(losses["ce_clean"], losses["ce_sae"], losses["ce_zero"]),
-        "ce_loss_delta": losses["ce_sae"] - losses["ce_clean"],
-        "kl_spliced": losses["kl_sae"],
-        "kl_zero_ablated": losses["kl_zero"],
-        "ce_contexts": int(len(contexts)),
-        "ce_tokens_predicted": int(contexts.shape[0] * (contexts.shape[1] - 1)),
-    }
+    return {**spliced_summary(losses, "sae", contexts),
+            "ce_tokens_predicted": int(contexts.shape[0] * (contexts.shape[1] - 1))}
 
 
 def zf_sample(architecture, params, arch_state, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:

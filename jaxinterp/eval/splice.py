@@ -28,7 +28,7 @@ from jaxinterp.models import HookEdit
 from jaxinterp.sae import Architecture
 from jaxinterp.sae.base import predict
 
-__all__ = ["ce_loss_recovered", "next_token_loss", "kl_divergence", "sae_edit", "transcoder_edit", "zero_ablation",
+__all__ = ["ce_loss_recovered", "spliced_summary", "next_token_loss", "kl_divergence", "sae_edit", "transcoder_edit", "zero_ablation",
            "spliced_losses"]
 
 
@@ -57,6 +57,22 @@ def kl_divergence(clean_logits: jax.Array, logits: jax.Array) -> jax.Array:
 def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
     """(CE_zero − CE_spliced) / (CE_zero − CE_clean): 1 = as good as the model, 0 = as bad as zeros."""
     return (ce_zero - ce_spliced) / (ce_zero - ce_clean)
+
+
+def spliced_summary(losses: dict[str, float], name: str, contexts) -> dict[str, float | int]:
+    """eval.json's CE/KL metrics of spliced pass ``name`` of :func:`spliced_losses` (beside ``clean`` and
+    ``zero``) over ``contexts`` [n, length]."""
+    ce_clean, ce_spliced, ce_zero = losses["ce_clean"], losses[f"ce_{name}"], losses["ce_zero"]
+    return {
+        "ce_loss_clean": ce_clean,
+        "ce_loss_spliced": ce_spliced,
+        "ce_loss_zero_ablated": ce_zero,
+        "ce_loss_recovered": ce_loss_recovered(ce_clean, ce_spliced, ce_zero),
+        "ce_loss_delta": ce_spliced - ce_clean,
+        "kl_spliced": losses[f"kl_{name}"],
+        "kl_zero_ablated": losses["kl_zero"],
+        "ce_contexts": int(len(contexts)),
+    }
 
 
 def _keep_positions(x: jax.Array, new: jax.Array, keep_first: bool) -> jax.Array:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxinterp.config import ConfigError
-from jaxinterp.eval.splice import ce_loss_recovered, spliced_losses, transcoder_edit, zero_ablation
+from jaxinterp.eval.splice import spliced_losses, spliced_summary, transcoder_edit, zero_ablation
 from jaxinterp.export import LoadedSAE, loaded_from_trained, require_same_model
 from jaxinterp.export.run import transcoder_set_members
 from jaxinterp.runs import load_trained
@@ -76,12 +76,5 @@ def transcoder_set_metrics(model: Any, contexts: np.ndarray, members: Sequence[S
     return {
         "members": [{"run": m.run, "sae": m.name, "hook_name": m.sae.sae.hook_name,
                      "target_hook": m.sae.sae.target_hook, "architecture": m.sae.sae.architecture} for m in members],
-        "ce_loss_clean": losses["ce_clean"],
-        "ce_loss_spliced": losses["ce_set"],
-        "ce_loss_zero_ablated": losses["ce_zero"],
-        "ce_loss_recovered": ce_loss_recovered(losses["ce_clean"], losses["ce_set"], losses["ce_zero"]),
-        "ce_loss_delta": losses["ce_set"] - losses["ce_clean"],
-        "kl_spliced": losses["kl_set"],
-        "kl_zero_ablated": losses["kl_zero"],
-        "ce_contexts": int(len(contexts)),
+        **spliced_summary(losses, "set", contexts),
     }
