@@ -141,7 +141,7 @@ def test_saelens_options_jaxinterp_cannot_represent_are_refused(tiny_run, tmp_pa
     run, _ = tiny_run
     out = export_run(run, "saelens", str(tmp_path / "e"), sae="jump")
     for change, message in [({"normalize_activations": "layer_norm"}, "normalize_activations='layer_norm'"),
-                            ({"architecture": "gated"}, "architecture='gated' has no jaxinterp equivalent"),
+                            ({"architecture": "temporal"}, "architecture='temporal' has no jaxinterp equivalent"),
                             ({"reshape_activations": "hook_z"}, "reshape_activations='hook_z'")]:
         original = (out / "cfg.json").read_text()
         _edit_cfg(out, **change)
