@@ -77,8 +77,9 @@ def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_st
             "ce_tokens_predicted": int(contexts.shape[0] * (contexts.shape[1] - 1))}
 
 
-def zf_sample(architecture, params, arch_state, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Dense latents of the first :data:`ZF_TOKENS` rows of ``x`` and the median ``‖f‖ / AFA`` over them (Lee et
+def zf_sample(architecture, params, arch_state, x: np.ndarray, y: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The first :data:`ZF_TOKENS` rows of ``y``, the dense latents of those rows of ``x``, and the median ``‖f‖ / AFA`` over them (Lee et
     al. 2025's ZF view, for any architecture): AFA is ``‖y − b_dec‖`` of the reconstructed rows ``y`` (``x`` for an
     SAE), and the code is measured as if decoder rows were unit-norm (``f ⊙ ‖W_dec,i‖``)."""
     x, y = x[:ZF_TOKENS], y[:ZF_TOKENS]
@@ -86,7 +87,7 @@ def zf_sample(architecture, params, arch_state, x: np.ndarray, y: np.ndarray) ->
                                        params["W_dec"].shape[0]), np.float32)
     afa = np.asarray(approximate_feature_activation(jnp.asarray(y), params["b_dec"]))
     norms = np.asarray(code_norm(jnp.asarray(latents), jnp.linalg.norm(params["W_dec"], axis=-1)))
-    return latents, float(np.median(norms / np.maximum(afa, 1e-12)))
+    return y, latents, float(np.median(norms / np.maximum(afa, 1e-12)))
 
 
 def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,8 +154,7 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
         format=sae.format,
         architecture=sae.sae.architecture,
     )
-    zf_rows = held[target][:ZF_TOKENS]
-    zf_latents, result["zf_median_ratio"] = zf_sample(architecture, params, arch_state, rows, held[target])
+    zf_rows, zf_latents, result["zf_median_ratio"] = zf_sample(architecture, params, arch_state, rows, held[target])
 
     keep_first = buffer.drop_bos
     context_ids = heldout_context_ids(store, buffer.split.holdout if own else None)[: cfg["contexts"]]
