@@ -52,14 +52,14 @@ def _export(cfg):
     from jaxinterp.export import export_run
 
     written = export_run(cfg["run"], cfg["format"], cfg["out"], overwrite=cfg["overwrite"], sae=cfg["sae"],
-                         partial=cfg["partial"])
+                         partial=cfg["partial"], progress=True)
     return {"exported": str(written)}
 
 
 def _eval(cfg):
     from jaxinterp.eval.run import evaluate_run
 
-    return evaluate_run(cfg)
+    return evaluate_run(cfg, progress=True)
 
 
 def _probe(cfg):

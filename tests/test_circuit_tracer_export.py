@@ -173,7 +173,7 @@ def test_circuit_tracer_loads_the_set_and_computes_what_jaxinterp_does(sweep_run
     print(f"circuit-tracer vs jaxinterp ({prefix}): max abs diff {diffs}")
 
 
-def test_refusals_write_nothing(sweep_run, tmp_path):
+def test_refusals_write_nothing(sweep_run, tmp_path, capsys):
     out = tmp_path / "set"
     with pytest.raises(ConfigError, match=r"config field 'format': 'circuit_tracer' cannot hold a per-token TopK.*"
                                           r"batch_topk.*'sparsify'"):
@@ -187,7 +187,9 @@ def test_refusals_write_nothing(sweep_run, tmp_path):
     with pytest.raises(ConfigError, match="config field 'sae'.*one sweep run"):
         export_run(f"{sweep_run},{sweep_run}", "circuit_tracer", str(out), sae="j0")
     assert not out.exists()
-    export_run(sweep_run, "circuit_tracer", str(out), sae="j0,j1")
+    export_run(sweep_run, "circuit_tracer", str(out), sae="j0,j1", progress=True)
+    bar = capsys.readouterr().err  # one restored checkpoint per member
+    assert "restore: 100%" in bar and "2/2" in bar
     with pytest.raises(FileExistsError, match="overwrite"):
         export_run(sweep_run, "circuit_tracer", str(out), sae="b0,b1")
     export_run(sweep_run, "circuit_tracer", str(out), sae="b0,b1", overwrite=True)

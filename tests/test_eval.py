@@ -78,10 +78,13 @@ def eval_config(run, **overrides):
     return load_config("configs/eval.py", fields, schemas.EVAL, "eval")
 
 
-def test_eval_writes_every_output_and_backends_agree(tiny_llama_run, tmp_path):
+def test_eval_writes_every_output_and_backends_agree(tiny_llama_run, tmp_path, capsys):
     results = {}
     for backend in ("jax", "torch"):
-        results[backend] = evaluate_run(eval_config(tiny_llama_run / "run", backend=backend, out=str(tmp_path / backend)))
+        results[backend] = evaluate_run(eval_config(tiny_llama_run / "run", backend=backend, out=str(tmp_path / backend)),
+                                        progress=backend == "jax")
+    bars = capsys.readouterr().err  # the reconstruction and CE-loss passes each show tokens/s
+    assert "eval: 100%" in bars and "ce-loss: 100%" in bars and "tok/s" in bars
     jax_result, torch_result = results["jax"], results["torch"]
     for key in ("ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated", "kl_spliced"):
         assert jax_result[key] == pytest.approx(torch_result[key], rel=1e-4, abs=1e-5), key

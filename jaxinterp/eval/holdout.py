@@ -7,6 +7,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxinterp.eval.metrics import MASSIVE_RATIO, fvu_metrics, massive_token_mask, squared_error_sums, token_norms
 from jaxinterp.sae import Architecture, latent_fires
@@ -31,7 +32,7 @@ def reconstruction_sums(architecture: Architecture, params, arch_state, x, mean,
 def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Array], arch_state: dict[str, jax.Array],
                             x: np.ndarray, batch_size: int = 4096,
                             massive_ratio: float = MASSIVE_RATIO,
-                            y: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+                            y: np.ndarray | None = None, progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Metrics over all rows of ``x`` and each latent's firing count there; for a transcoder the
     metrics are of its target ``y`` (row-aligned with ``x``; ``None`` = ``x``, an SAE), and so are
     the norms that pick massive rows and the means FVU is about.
@@ -43,7 +44,8 @@ def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Ar
     ``massive_ratio`` × the median norm of all of ``x`` (:mod:`jaxinterp.eval.metrics`), about
     the other rows' mean. The relative reconstruction bias γ = Σ x̂·x̂ / Σ x̂·x is the scale that
     best maps x̂ back onto x (Rajamanoharan et al. 2024, "Improving Dictionary Learning with Gated
-    Sparse Autoencoders", §5.1): γ < 1 means the SAE shrinks its reconstructions.
+    Sparse Autoencoders", §5.1): γ < 1 means the SAE shrinks its reconstructions. ``progress``
+    shows a bar with tokens/s.
     """
     if len(x) == 0:
         raise ValueError("no holdout activations to evaluate")
@@ -55,6 +57,7 @@ def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Ar
     mean_nonmassive = jnp.asarray(target[~massive].mean(axis=0, dtype=np.float64), jnp.float32)
     totals = np.zeros(7)
     fire_count = np.zeros(params["W_dec"].shape[0], np.float64)
+    bar = tqdm(total=len(x), unit="tok", unit_scale=True, desc="eval", disable=not progress)
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)
         *sums, fires = reconstruction_sums(architecture, params, arch_state, jnp.asarray(x[rows]), mean,
@@ -62,6 +65,8 @@ def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Ar
                                            None if y is None else jnp.asarray(y[rows]))
         totals += np.asarray(sums, np.float64)
         fire_count += np.asarray(fires)
+        bar.update(len(x[rows]))
+    bar.close()
     residual, total, residual_nonmassive, total_nonmassive, active, hat_hat, hat_x = totals
     fvus = fvu_metrics(residual, total, residual_nonmassive, total_nonmassive, int(massive.sum()), len(x))
     metrics = {**{key: float(value) for key, value in fvus.items()}, "l0": active / len(x),

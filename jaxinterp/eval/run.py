@@ -63,7 +63,7 @@ def _model_spec(cfg: Mapping[str, Any], store: Store) -> str:
 
 
 def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_state, keep_first: bool,
-                  batch_size: int, target_hook: str = "") -> dict[str, float]:
+                  batch_size: int, target_hook: str = "", progress: bool = False) -> dict[str, float]:
     """CE clean / SAE-spliced / zero-ablated, CE-loss recovered, ΔCE and KL on ``contexts`` [n, seq].
 
     With ``target_hook`` (a transcoder), its prediction from ``hook`` replaces ``target_hook`` and the
@@ -72,7 +72,8 @@ def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_st
         edit, ablated = transcoder_edit(hook, target_hook, architecture, params, arch_state, keep_first), target_hook
     else:
         edit, ablated = sae_edit(hook, architecture, params, arch_state, keep_first), hook
-    losses = spliced_losses(model, contexts, {"sae": edit, "zero": zero_ablation(ablated, keep_first)}, batch_size)
+    losses = spliced_losses(model, contexts, {"sae": edit, "zero": zero_ablation(ablated, keep_first)}, batch_size,
+                             progress)
     return {**spliced_summary(losses, "sae", contexts),
             "ce_tokens_predicted": int(contexts.shape[0] * (contexts.shape[1] - 1))}
 
@@ -90,8 +91,9 @@ def zf_sample(architecture, params, arch_state, x: np.ndarray, y: np.ndarray
     return y, latents, float(np.median(norms / np.maximum(afa, 1e-12)))
 
 
-def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Evaluates an SAE; returns the metrics (also in ``eval.json``).
+def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
+    """Evaluates an SAE; returns the metrics (also in ``eval.json``). ``progress`` shows bars with
+    tokens/s for the reconstruction pass and the CE-loss passes (the CLI turns them on).
 
     ``cfg.run`` is a run directory (its newest checkpoint) or any SAE :func:`load_sae` reads
     (SAELens, sparsify, Gemma-Scope npz). For a run with ``cfg.store`` empty, the run's own store
@@ -136,7 +138,8 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     rows = held[hook]
     # a transcoder's metrics are of its target's rows (row-aligned with the input's)
     result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"],
-                                                  cfg["massive_ratio"], None if target == hook else held[target])
+                                                  cfg["massive_ratio"], None if target == hook else held[target],
+                                                  progress)
     name = trained.name if trained else run.name
     if trained:
         result.update(
@@ -170,11 +173,12 @@ def evaluate_run(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if cfg["ce_contexts"]:
         model = load_source_model(spec, backend=cfg["backend"], dtype=store.manifest["model_dtype"])
         result.update(model_metrics(model, contexts.tokens[: cfg["ce_contexts"]], hook, architecture, params,
-                                    arch_state, keep_first, cfg["ce_batch_size"], target))
+                                    arch_state, keep_first, cfg["ce_batch_size"], target, progress))
         result["backend"] = model.backend
         if transcoder_set:
             result["transcoder_set"] = transcoder_set_metrics(model, contexts.tokens[: cfg["ce_contexts"]],
-                                                              transcoder_set, keep_first, cfg["ce_batch_size"])
+                                                              transcoder_set, keep_first, cfg["ce_batch_size"],
+                                                              progress)
 
     requested = [int(i) for i in cfg["latents"].split(",") if i.strip()]
     latent_ids = choose_latents(requested, fire_count, cfg["n_latents"])

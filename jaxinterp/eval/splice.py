@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxinterp.models import HookEdit
 from jaxinterp.sae import Architecture
@@ -131,15 +132,17 @@ def _edited_sums(clean_log_probs, logits, tokens):
 
 
 def spliced_losses(model: Any, contexts: np.ndarray, edits: dict[str, HookEdit | Sequence[HookEdit]],
-                   batch_size: int = 4) -> dict[str, float]:
+                   batch_size: int = 4, progress: bool = False) -> dict[str, float]:
     """CE loss of ``model`` on ``contexts`` [n, seq] clean and under each named edit, with KL to clean.
 
     An edit may be several :class:`HookEdit` applied in the same pass (a transcoder set).
 
     ``model`` is either backend (``logits(tokens, edit)``). Returns ``ce_clean`` and, per edit
     name, ``ce_<name>`` and ``kl_<name>`` (means over the ``n·(seq − 1)`` predicted tokens).
+    ``progress`` shows a bar with tokens/s (tokens of ``contexts``, each run once clean and once per edit).
     """
     sums = {"ce_clean": 0.0, **{f"{kind}_{name}": 0.0 for name in edits for kind in ("ce", "kl")}}
+    bar = tqdm(total=int(np.prod(contexts.shape)), unit="tok", unit_scale=True, desc="ce-loss", disable=not progress)
     for first in range(0, len(contexts), batch_size):
         tokens = np.asarray(contexts[first: first + batch_size], np.int32)
         clean_log_probs, ce_clean = _clean_sums(model.logits(tokens), tokens)
@@ -148,5 +151,7 @@ def spliced_losses(model: Any, contexts: np.ndarray, edits: dict[str, HookEdit |
             ce, kl = _edited_sums(clean_log_probs, model.logits(tokens, edit), tokens)
             sums[f"ce_{name}"] += float(ce)
             sums[f"kl_{name}"] += float(kl)
+        bar.update(tokens.size)
+    bar.close()
     n_predicted = contexts.shape[0] * (contexts.shape[1] - 1)
     return {key: value / n_predicted for key, value in sums.items()}

@@ -67,12 +67,12 @@ def _order(hook: str) -> tuple[int, str]:
 
 
 def transcoder_set_metrics(model: Any, contexts: np.ndarray, members: Sequence[SetMember], keep_first: bool,
-                           batch_size: int) -> dict[str, Any]:
+                           batch_size: int, progress: bool = False) -> dict[str, Any]:
     """CE clean / set-spliced / all-targets-zeroed, CE-loss recovered, ΔCE and KL on ``contexts`` [n, seq]."""
     edits = [transcoder_edit(m.sae.sae.hook_name, m.sae.sae.target_hook, m.sae.architecture, m.sae.params,
                              m.sae.arch_state, keep_first) for m in members]
     zeros = [zero_ablation(m.sae.sae.target_hook, keep_first) for m in members]
-    losses = spliced_losses(model, contexts, {"set": edits, "zero": zeros}, batch_size)
+    losses = spliced_losses(model, contexts, {"set": edits, "zero": zeros}, batch_size, progress)
     return {
         "members": [{"run": m.run, "sae": m.name, "hook_name": m.sae.sae.hook_name,
                      "target_hook": m.sae.sae.target_hook, "architecture": m.sae.sae.architecture} for m in members],

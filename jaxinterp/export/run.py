@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from jaxinterp.config import ConfigError
 from jaxinterp.export.circuit_tracer import export_circuit_tracer
 from jaxinterp.export.dictionary_learning import export_dictionary_learning
@@ -62,12 +64,14 @@ def _model_layers(source: dict, partial: bool) -> int:
                           "layers 0..n-1 anyway") from error
 
 
-def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str = "", partial: bool = False) -> Path:
+def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str = "", partial: bool = False,
+               progress: bool = False) -> Path:
     """Exports SAE ``sae`` (default: the run's only one) at the newest checkpoint of ``run`` in
     format ``fmt`` to ``out``; returns the directory written (for sparsify ``<out>/<hookpoint>``).
 
     For a set format (``circuit_tracer``) ``run`` may list several runs and ``sae`` several members
     (:func:`transcoder_set_members`); the set must cover every layer of the source model unless ``partial``.
+    ``progress`` shows a bar over a set's members as they are restored (one checkpoint each).
 
     Raises:
       ConfigError: an unknown format, or one that cannot hold this SAE's architecture or hook.
@@ -75,7 +79,8 @@ def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str =
     """
     if fmt in SET_FORMATS:
         members = transcoder_set_members(run, sae)
-        trained = [load_trained(run_dir, name) for run_dir, name in members]
+        trained = [load_trained(run_dir, name)
+                   for run_dir, name in tqdm(members, unit="sae", desc="restore", disable=not progress)]
         n_layers = _model_layers(trained[0].run_config["source"], partial)
         return export_circuit_tracer([portable_from_trained(t) for t in trained], out, overwrite, n_layers)
     if fmt not in FORMATS:
