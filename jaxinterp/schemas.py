@@ -82,7 +82,8 @@ TRAIN = Schema(
         "steps": Field(int, "optimizer steps", minimum=1),
         "batch_size": Field(int, "tokens per step (global, across data replicas)", minimum=1),
         "lr": Field(float, "peak Adam learning rate; 0 = base / sqrt(n_latents / 2**14), base 2e-3 for the TopK family, "
-                                "2e-4 for relu/jumprelu (Gao et al. 2024's scaling)", minimum=0.0),
+                                "2e-4 for relu/jumprelu (Gao et al. 2024's scaling); a TopK-family transcoder: 8e-3 "
+                                "x sqrt(batch_size / 1024)", minimum=0.0),
         "warmup_steps": Field(int, "linear lr warm-up steps", minimum=0),
         "decay_fraction": Field(float, "final fraction of steps with linear lr decay to 0", minimum=0.0, maximum=1.0),
         "grad_clip": Field(float, "global gradient-norm clip; 0 = off", minimum=0.0),

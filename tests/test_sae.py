@@ -262,6 +262,13 @@ def test_optimizer_schedule_warms_up_and_decays():
     assert learning_rate(0.0, 2**16) == pytest.approx(1e-3)
     for name in ("jumprelu", "relu"):
         assert learning_rate(0.0, 2**14, make_architecture(sae_config(name)).base_lr) == pytest.approx(2e-4)
+    for name in ("topk", "batch_topk", "matryoshka"):  # a TopK-family transcoder: 4x, and sqrt(batch / 1024)
+        sae_arch, transcoder = (make_architecture({**sae_config(name), "transcode": t}) for t in (False, True))
+        assert learning_rate(0.0, 2**14, sae_arch.base_lr, 4096, sae_arch.lr_batch_reference) == pytest.approx(2e-3)
+        assert learning_rate(0.0, 2**14, transcoder.base_lr, 1024, transcoder.lr_batch_reference) == pytest.approx(8e-3)
+        assert learning_rate(0.0, 2**12, transcoder.base_lr, 4096, transcoder.lr_batch_reference) == pytest.approx(3.2e-2)
+        assert learning_rate(0.0, 2**12, transcoder.base_lr, 256, transcoder.lr_batch_reference) == pytest.approx(8e-3)
+    assert learning_rate(0.01, 2**12, 8e-3, 256, 1024) == 0.01  # a set lr is used as it is
 
 
 def test_kth_largest_by_bits_equals_sorting():

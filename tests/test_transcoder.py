@@ -209,8 +209,10 @@ def test_smollm2_mlp_transcoder(tmp_path):
     """Real SmolLM2-135M: TopK transcoders blocks.6.mlp.hook_in → blocks.6.hook_mlp_out, plain and
     skip, on 8,192 tokens (pydoc, context 128), 80 steps of 256 tokens, 2048 latents, k 32 (~45 s).
 
-    Measured (one CPU device): holdout target FVU 0.511 (plain) and 0.435 (skip), against 1.0 for
-    predicting the mean; the bounds leave ~20% margin.
+    Measured (one CPU device, the transcoder default lr: 1.13e-2 at this batch and width): holdout target
+    FVU 0.543 (plain) and 0.504 (skip), against 1.0 for predicting the mean; the bounds leave ~15% margin.
+    (At the SAE's lr, 5.7e-3, these were 0.511 and 0.435: 6,144 training tokens seen 3.3 times favour
+    a lower lr; at 262k tokens the transcoder default wins, bench/RESULTS.md.)
     """
     from jaxinterp.extract import extract
 
@@ -225,7 +227,7 @@ def test_smollm2_mlp_transcoder(tmp_path):
         "holdout_fraction": 0.25, "eval_tokens": 1024, "checkpoint_every": 80,
         "sweep": "tc: ; skip: skip=true"}, schemas.TRAIN, "train"), progress=False)
     print({name: round(values["fvu"], 4) for name, values in summary["eval"].items()})
-    assert summary["eval"]["tc"]["fvu"] < 0.62 and summary["eval"]["skip"]["fvu"] < 0.53
+    assert summary["eval"]["tc"]["fvu"] < 0.63 and summary["eval"]["skip"]["fvu"] < 0.58
     assert summary["eval"]["skip"]["fvu"] < summary["eval"]["tc"]["fvu"]  # the skip connection helps
     saes = json.loads((run / "cfg.json").read_text())["saes"]
     assert saes["skip"]["hook_name"] == layer_in and saes["skip"]["target_hook"] == layer_out

@@ -91,6 +91,9 @@ class Architecture(NamedTuple):
         is the target (pass ``x`` itself for an SAE).
       unit_norm_decoder: decoder rows are kept at unit norm (gradient projected, rows renormalised).
       base_lr: default Adam lr at 2¹⁴ latents, scaled by 1/√(n_latents/2¹⁴) (Gao et al. 2024, §2.3).
+      lr_batch_reference: > 0: the default lr also scales by √(batch_size / lr_batch_reference), the
+        square-root rule for Adam (Malladi et al. 2022, "On the SDEs and Scaling Rules for Adaptive
+        Gradient Algorithms"); 0: the default does not depend on the batch.
     """
 
     name: str
@@ -100,6 +103,7 @@ class Architecture(NamedTuple):
     loss: Callable[[Params, dict[str, jax.Array], jax.Array, jax.Array, LossContext], tuple[jax.Array, LossOutput]]
     unit_norm_decoder: bool
     base_lr: float
+    lr_batch_reference: int = 0
 
 
 # ``b_dec``'s initial value: the sample's mean (sparsify, Gao et al. 2024), its geometric median

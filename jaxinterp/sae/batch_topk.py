@@ -19,7 +19,7 @@ from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, d
                                 pre_activations, skip_term, total_variance)
 from jaxinterp.sae.sparse import SparseLatents, dead_top_k
 from jaxinterp.sae.spec import ArchitectureSpec, standard_from_portable, standard_to_portable
-from jaxinterp.sae.topk import AUX_K_COEFFICIENT, AUXK_FIELDS, TOPK_BASE_LR, aux_k_size, auxk_loss, renormalize_encoder
+from jaxinterp.sae.topk import AUX_K_COEFFICIENT, AUXK_FIELDS, topk_family_lr, aux_k_size, auxk_loss, renormalize_encoder
 
 __all__ = ["make", "kth_largest_nonnegative", "batch_topk_activations", "dense_auxk_loss", "threshold_encode",
            "update_threshold", "GLOBAL_THRESHOLD_FIELDS", "SPEC"]
@@ -110,7 +110,8 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
             terms["auxk"], total = auxk, total + aux_coefficient * auxk
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate), x_hat)
 
-    return Architecture("batch_topk", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)
+    return Architecture("batch_topk", init, encode, dense_decode, loss, unit_norm_decoder=True,
+                        **topk_family_lr(transcode))
 
 
 def global_threshold_to_portable(params: Params, arch_state: dict[str, jax.Array],

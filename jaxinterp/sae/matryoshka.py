@@ -21,7 +21,7 @@ from jaxinterp.sae.batch_topk import (GLOBAL_THRESHOLD_FIELDS, batch_topk_activa
                                       init_with_threshold, renormalize_global_threshold, threshold_encode,
                                       update_threshold)
 from jaxinterp.sae.spec import ArchitectureSpec
-from jaxinterp.sae.topk import AUX_K_COEFFICIENT, TOPK_BASE_LR
+from jaxinterp.sae.topk import AUX_K_COEFFICIENT, topk_family_lr
 
 __all__ = ["make", "prefix_sizes", "SPEC"]
 
@@ -65,7 +65,8 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
             terms["auxk"], total = auxk, total + aux_coefficient * auxk
         return total, LossOutput(acts, terms, update_threshold(arch_state, kth, rate), x_hat)
 
-    return Architecture("matryoshka", init, encode, dense_decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)
+    return Architecture("matryoshka", init, encode, dense_decode, loss, unit_norm_decoder=True,
+                        **topk_family_lr(transcode))
 
 
 SPEC = ArchitectureSpec(

@@ -19,11 +19,25 @@ from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, i
 from jaxinterp.sae.sparse import SparseLatents, dead_decode, sparse_decode, topk_encode
 from jaxinterp.sae.spec import ArchitectureSpec
 
-__all__ = ["make", "auxk_loss", "aux_k_size", "AUX_K", "AUX_K_COEFFICIENT", "AUXK_FIELDS", "SPEC", "TOPK_BASE_LR"]
+__all__ = ["make", "auxk_loss", "aux_k_size", "AUX_K", "AUX_K_COEFFICIENT", "AUXK_FIELDS", "SPEC", "TOPK_BASE_LR",
+           "TOPK_TRANSCODER_BASE_LR", "TRANSCODER_LR_BATCH", "topk_family_lr"]
 
 # 10x Gao et al.'s 2e-4 (which suits 10⁵ steps): for runs of 10²–10³ steps it measured best on
 # SmolLM2 and beats sparsify's FVU from 128 steps on (bench/RESULTS.md, "Learning rate").
 TOPK_BASE_LR = 2e-3
+
+# A TopK-family transcoder's default: 4x the SAE's at batch 1,024, scaled by sqrt(batch / 1,024).
+# On SmolLM2 (layers 4/12/20, batches 256-4,096, 262k tokens) the SAE lr left its target FVU 9-17%
+# behind sparsify's; this beat it at every point measured (bench/RESULTS.md, "transcoder learning rate").
+TOPK_TRANSCODER_BASE_LR = 4 * TOPK_BASE_LR
+TRANSCODER_LR_BATCH = 1024
+
+
+def topk_family_lr(transcode: bool) -> dict[str, float | int]:
+    """A TopK-family architecture's ``base_lr`` and ``lr_batch_reference`` (:class:`Architecture`)."""
+    if transcode:
+        return {"base_lr": TOPK_TRANSCODER_BASE_LR, "lr_batch_reference": TRANSCODER_LR_BATCH}
+    return {"base_lr": TOPK_BASE_LR, "lr_batch_reference": 0}
 
 # AuxK's weight (Gao et al. 2024, §A.2: 1/32); BatchTopK and Matryoshka reuse it.
 AUX_K_COEFFICIENT = 1 / 32
@@ -115,7 +129,7 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
             total = total + aux_coefficient * terms["auxk"]
         return total, LossOutput(latents, terms, arch_state, x_hat)
 
-    return Architecture("topk", init, encode, decode, loss, unit_norm_decoder=True, base_lr=TOPK_BASE_LR)
+    return Architecture("topk", init, encode, decode, loss, unit_norm_decoder=True, **topk_family_lr(transcode))
 
 
 def renormalize_encoder(params: Params, arch_state: dict[str, jax.Array], norms: jax.Array

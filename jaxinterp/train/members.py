@@ -120,10 +120,17 @@ def _resolve_target(member: dict[str, Any], where: str = "") -> dict[str, Any]:
     return {**member, "target_hook": target, "sae": sae}
 
 
-def learning_rate(lr: float, n_latents: int, base_lr: float = TOPK_BASE_LR) -> float:
-    """``lr``, or by default ``base_lr`` × 1/√(n_latents / 2¹⁴) (Gao et al. 2024, §2.3); each
-    architecture states its ``base_lr``."""
-    return lr if lr > 0 else base_lr / (n_latents / 2**14) ** 0.5
+def learning_rate(lr: float, n_latents: int, base_lr: float = TOPK_BASE_LR, batch_size: int = 0,
+                  lr_batch_reference: int = 0) -> float:
+    """``lr``, or by default ``base_lr`` × 1/√(n_latents / 2¹⁴) (Gao et al. 2024, §2.3), times
+    √(batch_size / lr_batch_reference) where the architecture sets a reference batch; each
+    architecture states its ``base_lr`` and ``lr_batch_reference``."""
+    if lr > 0:
+        return lr
+    if lr_batch_reference and batch_size <= 0:
+        raise ValueError(f"learning_rate: this architecture's default lr scales with the batch; got batch_size={batch_size}")
+    batch_scale = (batch_size / lr_batch_reference) ** 0.5 if lr_batch_reference else 1.0
+    return base_lr / (n_latents / 2**14) ** 0.5 * batch_scale
 
 
 def make_optimizer(cfg: Mapping[str, Any], lr: float, unit_norm_decoder: bool = True) -> optax.GradientTransformation:
@@ -159,7 +166,9 @@ def build_members(cfg: Mapping[str, Any]) -> list[Member]:
                               f"({member['hook']} -> {member['target_hook']}), and a {spec.name!r} dictionary has "
                               f"no transcoder form; use one of {', '.join(transcoder_architectures())}")
         architecture = make_architecture(member["sae"])
-        lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr)
+        batch_size = cfg["batch_size"] if architecture.lr_batch_reference and member["lr"] <= 0 else 0
+        lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr, batch_size,
+                           architecture.lr_batch_reference)
         members.append(Member(name, member["hook"], member["sae"]["n_latents"], architecture,
                               make_optimizer(cfg, lr, architecture.unit_norm_decoder),
                               member["target_hook"] if member["sae"]["transcode"] else ""))
