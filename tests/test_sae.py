@@ -204,8 +204,8 @@ def test_parallel_gradient_is_removed():
 def run_config(**fields):
     from jaxinterp.schemas import sae_config
 
-    base = {"hook": "h", "lr": 3e-3, "steps": 300, "warmup_steps": 10, "decay_fraction": 0.2, "grad_clip": 1.0,
-            "sweep": "", "sae": sae_config("topk", n_latents=128, k=4)}
+    base = {"hook": "h", "lr": 3e-3, "steps": 300, "batch_size": 256, "warmup_steps": 10, "decay_fraction": 0.2,
+            "grad_clip": 1.0, "sweep": "", "sae": sae_config("topk", n_latents=128, k=4)}
     return {**base, **fields}
 
 

@@ -65,7 +65,7 @@ def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Ar
                                            None if y is None else jnp.asarray(y[rows]))
         totals += np.asarray(sums, np.float64)
         fire_count += np.asarray(fires)
-        bar.update(len(x[rows]))
+        bar.update(min(batch_size, len(x) - first))
     bar.close()
     residual, total, residual_nonmassive, total_nonmassive, active, hat_hat, hat_x = totals
     fvus = fvu_metrics(residual, total, residual_nonmassive, total_nonmassive, int(massive.sum()), len(x))

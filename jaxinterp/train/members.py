@@ -166,8 +166,7 @@ def build_members(cfg: Mapping[str, Any]) -> list[Member]:
                               f"({member['hook']} -> {member['target_hook']}), and a {spec.name!r} dictionary has "
                               f"no transcoder form; use one of {', '.join(transcoder_architectures())}")
         architecture = make_architecture(member["sae"])
-        batch_size = cfg["batch_size"] if architecture.lr_batch_reference and member["lr"] <= 0 else 0
-        lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr, batch_size,
+        lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr, cfg["batch_size"],
                            architecture.lr_batch_reference)
         members.append(Member(name, member["hook"], member["sae"]["n_latents"], architecture,
                               make_optimizer(cfg, lr, architecture.unit_norm_decoder),
