@@ -10,6 +10,8 @@ Formats (``--config.format``):
             path (``layers.6``); ``sparsify.SparseCoder.load_from_disk(out/hookpoint)``. TopK only.
   npz       Gemma-Scope-style ``<out>/params.npz`` (+ ``cfg.json``); JumpReLU, BatchTopK,
             Matryoshka, and ReLU (threshold 0). Not TopK.
+  dictionary_learning  ``<out>/ae.pt`` + ``config.json`` as dictionary-learning 0.1.0 and SAEBench load
+            them; the architectures it has.
   circuit_tracer  circuit-tracer 0.5.0 transcoder set: ``<out>/config.yaml`` + ``layer_<i>.safetensors``,
             one ReLU/JumpReLU/BatchTopK/Matryoshka transcoder blocks.i.mlp.hook_in -> blocks.i.hook_mlp_out
             per layer of the model; ``--config.run`` lists the runs (comma-separated) or names one sweep
@@ -21,16 +23,9 @@ A sweep run needs ``--config.sae=<name>``. Load any of them back with
 
 import ml_collections
 
-from jaxinterp.schemas import distributed_config
+from jaxinterp.schemas import EXPORT
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.distributed = distributed_config()  # processes: from the environment (launch/local.py, TPU pod, SLURM)
-    config.run = "runs/topk"
-    config.sae = ""  # a sweep run names the SAE to use
-    config.format = "saelens"  # saelens | sparsify | npz
-    config.out = "exports/topk_saelens"
-    config.overwrite = False
-    config.partial = False  # circuit_tracer: skip the check that the set covers every layer of the model
+    config = EXPORT.defaults()  # every field's default and doc: jaxinterp/schemas.py
     return config

@@ -49,8 +49,8 @@ class Field:
       minimum: smallest allowed value for numbers.
       maximum: largest allowed value for numbers.
       check: extra predicate with a description of what it accepts, e.g. ``(fn, "a hook list")``.
-      default: the value a config file gets when it does not set the field (architecture fields,
-        which :func:`jaxinterp.schemas.sae_config` fills from each architecture's spec).
+      default: the field's value when a config file does not set it. Stated here once: the shipped
+        ``configs/*.py`` start from :meth:`Schema.defaults` and set only what their job changes.
     """
 
     kind: type
@@ -82,13 +82,21 @@ class Schema:
     """The fields a verb accepts, plus cross-field constraints ``(fields, predicate, message)``.
 
     ``extra(flat)`` adds fields that depend on the config's own values (the fields of the
-    architecture ``sae.architecture`` names by dotted path); a config that omits one gets its
-    ``default``.
+    architecture ``sae.architecture`` names by dotted path). A config that omits a field gets its
+    ``default``; every field's default must pass the field's own check.
     """
 
     fields: Mapping[str, Field]
     constraints: Sequence[tuple[tuple[str, ...], Callable[..., bool], str]] = ()
     extra: Callable[[Mapping[str, Any]], Mapping[str, Field]] | None = None
+
+    def __post_init__(self) -> None:
+        for path, field in self.fields.items():
+            check_field(path, field, field.default)
+
+    def defaults(self) -> ml_collections.ConfigDict:
+        """A config with every field at its default: where a ``configs/*.py`` ``get_config()`` starts."""
+        return ml_collections.ConfigDict(_unflatten({path: field.default for path, field in self.fields.items()}))
 
     def all_fields(self, flat: Mapping[str, Any]) -> dict[str, Field]:
         """:attr:`fields` plus the :attr:`extra` fields of the flat config ``flat``."""
@@ -176,8 +184,8 @@ def validate(config: ml_collections.ConfigDict, schema: Schema, verb: str = "") 
     """Checks every field of ``config`` against ``schema`` and returns a frozen, type-correct copy.
 
     Raises:
-      ConfigError: on an unknown field, a missing field, a wrong type, a value outside its allowed
-        set, or a failed cross-field constraint; the message names the field.
+      ConfigError: on an unknown field, a wrong type, a value outside its allowed set, or a failed
+        cross-field constraint; the message names the field. A field the config omits gets its default.
     """
     flat = flatten(config)
     where = f" for `jaxinterp {verb}`" if verb else ""
@@ -188,10 +196,7 @@ def validate(config: ml_collections.ConfigDict, schema: Schema, verb: str = "") 
                 f"unknown config field '{path}'{where}; valid fields: {', '.join(sorted(fields))}"
             )
     for path, field in fields.items():
-        if path not in flat and path not in schema.fields:
-            flat[path] = field.default  # an extra field the config file predates
-        if path not in flat:
-            raise ConfigError(f"config field '{path}' is missing{where} ({field.doc})")
+        flat.setdefault(path, field.default)
     typed = {}
     for path, value in flat.items():
         field = fields[path]
@@ -274,17 +279,17 @@ def load_config(
       verb: the CLI verb, for error messages.
     """
     path, variant = _resolve_config_path(spec)
-    base = flatten(_read_config_file(path, variant))
+    base = {**flatten(schema.defaults()), **flatten(_read_config_file(path, variant))}
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     where = f" for `jaxinterp {verb}`" if verb else ""
-    later = {key: value for key, value in overrides.items() if key not in schema.fields or key not in base}
+    later = {key: value for key, value in overrides.items() if key not in schema.fields}
     for key, value in overrides.items():
         if key not in later:
             base[key] = _coerce(key, schema.fields[key], value)
     fields = schema.all_fields(base) if later else schema.fields  # extra fields follow the overridden values
     for key, value in later.items():
-        if key not in fields or (key not in base and key in schema.fields):
+        if key not in fields:
             raise ConfigError(
                 f"unknown config field '{key}'{where}; valid fields: {', '.join(sorted(fields))}"
             )

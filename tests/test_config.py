@@ -1,11 +1,16 @@
+import ast
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jaxinterp import schemas
-from jaxinterp.config import ConfigError, load_config, parse_overrides
+from jaxinterp.config import ConfigError, Field, Schema, flatten, load_config, parse_overrides, validate
+
+SHIPPED = {"extract": schemas.EXTRACT, "train": schemas.TRAIN, "export": schemas.EXPORT, "eval": schemas.EVAL,
+           "probe": schemas.PROBE, "demo": schemas.DEMO}
 
 
 def test_overrides_are_typed_and_applied():
@@ -62,7 +67,8 @@ def test_every_shipped_config_validates():
     for spec, schema in [("configs/extract.py", schemas.EXTRACT), ("configs/train.py", schemas.TRAIN),
                          ("configs/export.py", schemas.EXPORT), ("configs/eval.py", schemas.EVAL),
                          ("configs/demo.py", schemas.DEMO), ("configs/demo.py:quick", schemas.DEMO),
-                         ("configs/extract.py:quick", schemas.EXTRACT), ("configs/train.py:quick", schemas.TRAIN)]:
+                         ("configs/extract.py:quick", schemas.EXTRACT), ("configs/train.py:quick", schemas.TRAIN),
+                         ("configs/probe.py", schemas.PROBE), ("configs/probe.py:quick", schemas.PROBE)]:
         load_config(spec, [], schema)
 
 
@@ -83,3 +89,49 @@ def test_cli_help_lists_fields():
 def test_the_former_train_config_name_still_loads_the_same_config():
     old = load_config("configs/train_topk.py", {"sae.k": 16}, schemas.TRAIN, "train")
     assert old == load_config("configs/train.py", {"sae.k": 16}, schemas.TRAIN, "train")
+
+
+@pytest.mark.parametrize("verb", sorted(SHIPPED))
+def test_every_field_states_a_default_its_own_check_accepts(verb):
+    schema = SHIPPED[verb]
+    assert flatten(validate(schema.defaults(), schema)) == {path: f.default for path, f in schema.fields.items()}
+    with pytest.raises(ConfigError, match="'steps' must be an int >= 1, got 0"):
+        Schema({"steps": Field(int, "optimizer steps", minimum=1, default=0)})
+    with pytest.raises(ConfigError, match="'out' must be a string, got None"):
+        Schema({"out": Field(str, "where")})  # no default stated
+
+
+def _assignments(tree: ast.AST) -> dict[str, tuple[object, int]]:
+    """``config.a.b = <literal>`` statements of a get_config body outside its ``if variant`` blocks."""
+    function = next(node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "get_config")
+    found = {}
+    for statement in function.body:
+        if isinstance(statement, ast.Assign) and isinstance(statement.targets[0], ast.Attribute):
+            path = ast.unparse(statement.targets[0]).removeprefix("config.")
+            found[path] = (ast.literal_eval(statement.value), statement.lineno)
+    return found
+
+
+@pytest.mark.parametrize("verb", sorted(SHIPPED))
+def test_shipped_configs_start_from_the_schema_and_restate_no_default(verb):
+    path = Path("configs") / f"{verb}.py"
+    schema = SHIPPED[verb]
+    defaults = flatten(schema.defaults())
+    assigned = _assignments(ast.parse(path.read_text()))
+    for field, (value, line) in assigned.items():
+        assert field in schema.fields, f"{path}:{line} sets '{field}', not a field of the schema"
+        assert value != defaults[field], f"{path}:{line} restates the schema's default {field}={value!r}"
+    loaded = flatten(load_config(str(path), [], schema))
+    assert {field: value for field, value in loaded.items() if value != defaults[field]} == {
+        field: value for field, (value, _) in assigned.items()}
+
+
+def test_a_config_file_of_your_own_needs_only_the_fields_it_changes(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text("import ml_collections\n"
+                    "def get_config():\n"
+                    "    return ml_collections.ConfigDict({'store': 'stores/mine', 'sae': {'k': 16}})\n")
+    cfg = load_config(str(path), ["--config.steps=50", "--config.sae.architecture=jumprelu"], schemas.TRAIN, "train")
+    assert (cfg.store, cfg.sae.k, cfg.steps, cfg.sae.architecture) == ("stores/mine", 16, 50, "jumprelu")
+    assert cfg.batch_size == schemas.TRAIN.fields["batch_size"].default
+    assert cfg.sae.bandwidth == schemas.TRAIN.fields["sae.bandwidth"].default  # jumprelu's own field
