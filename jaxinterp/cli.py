@@ -48,6 +48,18 @@ def _train(cfg):
     return train(cfg)
 
 
+def _plan(cfg):
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        import jax
+
+        from jaxinterp.train.plan import PLANNING_DEVICES
+
+        jax.config.update("jax_num_cpu_devices", PLANNING_DEVICES)  # the planning mesh's host CPU devices
+    from jaxinterp.train.plan import format_plan, plan_run
+
+    print(format_plan(plan_run(cfg)))
+
+
 def _export(cfg):
     from jaxinterp.export import export_run
 
@@ -80,6 +92,8 @@ VERBS = {
     "extract": Verb("run a source model over a corpus and write hooked activations to a store",
                     "configs/extract.py", schemas.EXTRACT, _extract),
     "train": Verb("train a sparse autoencoder from a store", "configs/train.py", schemas.TRAIN, _train),
+    "plan": Verb("print a train config's memory per device on a mesh (params, optimizer, step), without the devices",
+                 "configs/train.py", schemas.PLAN, _plan),
     "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
     "export": Verb("export a trained run for other tools (SAELens, sparsify/delphi, Gemma-Scope npz, circuit-tracer)",
                    "configs/export.py", schemas.EXPORT, _export),

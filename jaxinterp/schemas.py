@@ -14,7 +14,7 @@ from jaxinterp.config import HOOK_LIST, Field, Schema
 from jaxinterp.sae.spec import DICTIONARY_FIELDS, architecture_fields, builtin_fields
 from jaxinterp.store.paths import PATH_OR_URL
 
-__all__ = ["EXTRACT", "TRAIN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "WANDB", "nested", "sae_config",
+__all__ = ["EXTRACT", "TRAIN", "PLAN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "WANDB", "nested", "sae_config",
            "distributed_config", "wandb_config"]
 
 # Every verb's ``distributed`` section (jaxinterp.distributed.initialize reads it).
@@ -143,6 +143,19 @@ TRAIN = Schema(
         (("warmup_steps", "steps"), lambda w, s: w < s, "must be smaller than steps"),
         (("streams",), lambda n: n != 0, "must be -1 or >= 1"),
     ),
+    extra=architecture_fields,
+)
+
+# `jaxinterp plan`: a train config, planned on a mesh and device size it need not have.
+PLAN = Schema(
+    fields={
+        **TRAIN.fields,
+        "device_memory_gib": Field(float, "memory per device, GiB (TPU v5e 16, v4 32, v5p 95; H100 80, H200 141)",
+                                   minimum=0.01, default=16.0),
+        "d_in": Field(int, "width of every hook, for a model without a store; 0 = each hook's width from store",
+                      minimum=0, default=0),
+    },
+    constraints=TRAIN.constraints,
     extra=architecture_fields,
 )
 

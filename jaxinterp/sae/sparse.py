@@ -15,6 +15,9 @@ top-k over a latent axis sharded on 'model' is then a local top-k per shard, mer
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from functools import partial
 from typing import NamedTuple
 
@@ -22,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["SparseLatents", "top_k", "dead_top_k", "topk_encode", "sparse_decode", "dead_decode", "aux_widths",
+__all__ = ["SparseLatents", "unchunked", "top_k", "dead_top_k", "topk_encode", "sparse_decode", "dead_decode", "aux_widths",
            "dense_from_sparse"]
 
 
@@ -72,10 +75,15 @@ def top_k(pre: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     top k of those kept: the same set as a global top-k, for k ≤ latents per shard.
     """
     shards = _model_axis_size()
-    if shards == 1 or pre.shape[-1] % shards or k > pre.shape[-1] // shards:
-        return _block_top_k(pre, k)
     mesh = jax.sharding.get_abstract_mesh()
-    data = "data" if "data" in mesh.axis_names and pre.shape[0] % mesh.shape["data"] == 0 else None
+    data = ("data" if not mesh.empty and "data" in mesh.axis_names and mesh.shape["data"] > 1
+            and pre.shape[0] % mesh.shape["data"] == 0 else None)
+    if shards == 1 or pre.shape[-1] % shards or k > pre.shape[-1] // shards:
+        if data is None:
+            return _block_top_k(pre, k)
+        # Rows split over 'data' by hand: left to XLA, a wide top-k (AuxK's k_aux) gathered the whole batch.
+        return jax.shard_map(lambda rows: tuple(_block_top_k(rows, k)), in_specs=P(data, None),
+                             out_specs=(P(data, None), P(data, None)), check_vma=False)(pre)
 
     def local(block):
         values, indices = _block_top_k(block, k)
@@ -159,6 +167,21 @@ _ENCODER_CHUNK_BYTES = 32 * 2**20
 _MIN_ENCODER_CHUNK = 512
 
 
+# Set by :func:`unchunked` (scoped to a ``with`` block, like ``jax.set_mesh``).
+_UNCHUNKED: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxinterp_unchunked", default=False)
+
+
+@contextlib.contextmanager
+def unchunked() -> Iterator[None]:
+    """Inside it, programs traced on a one-device CPU take the whole-array form they take on an
+    accelerator or a multi-device mesh (the memory planner compiles one device's share this way)."""
+    token = _UNCHUNKED.set(True)
+    try:
+        yield
+    finally:
+        _UNCHUNKED.reset(token)
+
+
 def _chunk_tokens(n_tokens: int, row_bytes: int, budget: int, least: int = 1) -> int:
     """Tokens per chunk, ``budget // row_bytes`` or a nearby divisor of ``n_tokens`` (no padding).
 
@@ -166,7 +189,7 @@ def _chunk_tokens(n_tokens: int, row_bytes: int, budget: int, least: int = 1) ->
     """
     mesh = jax.sharding.get_abstract_mesh()
     target = max(least, budget // row_bytes, 1)
-    if not _on_cpu() or not (mesh.empty or mesh.size == 1) or target >= n_tokens:
+    if not _on_cpu() or not (mesh.empty or mesh.size == 1) or target >= n_tokens or _UNCHUNKED.get():
         return n_tokens
     return next((c for c in range(target, target // 2, -1) if n_tokens % c == 0), target)
 
