@@ -154,6 +154,8 @@ PLAN = Schema(
                                    minimum=0.01, default=16.0),
         "d_in": Field(int, "width of every hook, for a model without a store; 0 = each hook's width from store",
                       minimum=0, default=0),
+        "n_layers": Field(int, "with d_in: the layers a wildcard hook (blocks.*.mlp.hook_in, a CLT's) expands to",
+                          minimum=0, default=0),
     },
     constraints=TRAIN.constraints,
     extra=architecture_fields,

@@ -1,5 +1,6 @@
-"""What every architecture promises through its spec, checked for each built-in (and a custom one
-defined in tests/), so an architecture added to BUILTINS is covered without a new test."""
+"""What every one-hook architecture promises through its spec, checked for each built-in (and a custom
+one defined in tests/), so an architecture added to BUILTINS is covered without a new test. A cross-layer
+one (its spec's ``layers``: hooks are layer wildcards) has its own tests (tests/test_clt*.py)."""
 
 from functools import partial
 
@@ -11,13 +12,13 @@ import pytest
 from bench.sae_step import dense_vjp_topk_loss
 from jaxinterp.mesh import batch_sharding, make_mesh
 from jaxinterp.sae import BUILTINS, LossContext, architecture_spec, dense_latents, make_architecture
-from jaxinterp.sae.spec import LATENT
+from jaxinterp.sae.spec import LATENT, one_hook_builtins
 from jaxinterp.train import Member, init_state, make_optimizer, train_step
 from jaxinterp.train.state import abstract_state, state_shardings
 from tests.stores import sparse_activations
 from tests.test_sae import sae_cfg
 
-ARCHITECTURES = [*BUILTINS, "tests.custom_architecture"]
+ARCHITECTURES = [*one_hook_builtins(), "tests.custom_architecture"]
 D_IN, D_SAE, HOOK = 32, 128, "blocks.0.hook_resid_post"
 
 
@@ -63,7 +64,7 @@ def test_encode_decode_and_loss_are_finite(name):
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads.values())
 
 
-@pytest.mark.parametrize("name", [n for n in BUILTINS if architecture_spec(n).family == "topk"])
+@pytest.mark.parametrize("name", [n for n in one_hook_builtins() if architecture_spec(n).family == "topk"])
 def test_topk_family_gradients_equal_dense_autodiff(name):
     cfg, arch, spec, params, arch_state, x = _setup(name, aux_k_coefficient=0.0, multi_topk=False)
     params = {**params, "b_enc": 0.1 * jax.random.normal(jax.random.key(2), (D_SAE,))}
@@ -157,7 +158,7 @@ def test_every_builtin_resumes_bitwise_and_round_trips_each_format_that_holds_it
     from tests.test_train import train_config
 
     store = small_sparse_store(str(tmp_path / "store"), HOOK)
-    sweep = "; ".join(f"{name}: architecture={name}" for name in BUILTINS)
+    sweep = "; ".join(f"{name}: architecture={name}" for name in one_hook_builtins())
     overrides = {"steps": 6, "checkpoint_every": 3, "log_every": 3, "sae.n_latents": 64, "sae.k": 4,
                  "normalize": True, "norm_tokens": 1024, "sweep": sweep, "mesh.data": 2, "mesh.model": 4}
     train(train_config(store, tmp_path / "straight", **overrides), progress=False)
@@ -165,7 +166,7 @@ def test_every_builtin_resumes_bitwise_and_round_trips_each_format_that_holds_it
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")  # as if killed between steps 3 and 6
     assert train(train_config(store, tmp_path / "resumed", **overrides), progress=False)["steps"] == 6
     x = open_store(store).read(HOOK, 0, 128)
-    for name in BUILTINS:
+    for name in one_hook_builtins():
         a, b = load_trained(str(tmp_path / "straight"), name), load_trained(str(tmp_path / "resumed"), name)
         for key in a.state.params:
             np.testing.assert_array_equal(a.state.params[key], b.state.params[key], err_msg=f"{name} {key}")

@@ -24,10 +24,13 @@ def train_cfg(**overrides):
     return load_config("configs/train.py", fields, schemas.TRAIN, "train")
 
 
+CLT_HOOKS = [f"blocks.{layer}.{name}" for layer in range(3) for name in ("mlp.hook_in", "hook_mlp_out")]
+
+
 def compiled_step_bytes(cfg, data: int, model: int) -> int:
     """Per-device bytes XLA reports for the run's real sharded step on a data x model mesh of the test devices."""
-    members = build_members(cfg)
-    hooks = list(dict.fromkeys(hook for m in members for hook in (m.hook, m.target)))
+    members = build_members(cfg, CLT_HOOKS)
+    hooks = list(dict.fromkeys(hook for m in members for hook in (*m.input_hooks, *m.target_hooks)))
     abstract = abstract_state(members, dict.fromkeys(hooks, D_IN))
     mesh = make_mesh(data, model)
     shardings = state_shardings(abstract, members, mesh)
@@ -50,10 +53,12 @@ def compiled_step_bytes(cfg, data: int, model: int) -> int:
     ({"sae.architecture": "batch_topk"}, 4, 2),
     ({"target_hook": TARGET, "sae.skip": True}, 1, 8),  # a skip transcoder
     ({"sweep": "a: k=8; wide: n_latents=4096, architecture=relu"}, 2, 4),
+    ({"hook": "blocks.*.mlp.hook_in", "target_hook": "blocks.*.hook_mlp_out", "sae.architecture": "clt",
+      "sae.n_latents": 3 * 1024}, 2, 4),  # a cross-layer transcoder over 3 layers
 ])
 def test_planned_bytes_match_the_compiled_sharded_step(overrides, data, model):
     cfg = train_cfg(**overrides)
-    hooks = {HOOK: D_IN, TARGET: D_IN}
+    hooks = {HOOK: D_IN, TARGET: D_IN, **dict.fromkeys(CLT_HOOKS, D_IN)}
     plan = plan_memory(cfg, hooks, data, model, 16 * GIB, search_batch=False)
     compiled = compiled_step_bytes(cfg, data, model)
     assert abs(plan.total - compiled) <= 0.10 * compiled, (plan, compiled)

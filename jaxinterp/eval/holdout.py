@@ -13,7 +13,12 @@ from jaxinterp.eval.metrics import MASSIVE_RATIO, fvu_metrics, massive_token_mas
 from jaxinterp.sae import Architecture, latent_fires
 from jaxinterp.sae.base import skip_term
 
-__all__ = ["evaluate_reconstruction", "reconstruction_sums"]
+__all__ = ["evaluate_reconstruction", "latent_count", "reconstruction_sums"]
+
+
+def latent_count(params: dict[str, jax.Array]) -> int:
+    """Latents of a dictionary: its decoder's rows, or a cross-layer transcoder's ``b_enc [L, n]`` entries."""
+    return params["W_dec"].shape[0] if "W_dec" in params else params["b_enc"].size
 
 
 @partial(jax.jit, static_argnums=0)
@@ -24,7 +29,9 @@ def reconstruction_sums(architecture: Architecture, params, arch_state, x, mean,
     latents = architecture.encode(params, arch_state, x)
     x_hat = skip_term(params, x, architecture.decode(params, latents))
     y = x if y is None else y
-    fires = latent_fires(latents, params["W_dec"].shape[0])
+    # A cross-layer transcoder's [tokens, L, d]: all its target layers as one row.
+    y, x_hat = y.reshape(y.shape[0], -1), x_hat.reshape(x_hat.shape[0], -1)
+    fires = latent_fires(latents, latent_count(params))
     return (*squared_error_sums(y, x_hat, mean), *squared_error_sums(y, x_hat, mean_nonmassive, ~massive),
             jnp.sum(fires), jnp.sum(x_hat * x_hat), jnp.sum(x_hat * y), fires)
 
@@ -50,13 +57,14 @@ def evaluate_reconstruction(architecture: Architecture, params: dict[str, jax.Ar
     if len(x) == 0:
         raise ValueError("no holdout activations to evaluate")
     target = x if y is None else y
+    target = target.reshape(len(target), -1)  # a cross-layer transcoder's layers as one row
     norms = np.concatenate([np.asarray(token_norms(jnp.asarray(target[first: first + batch_size])))
                             for first in range(0, len(x), batch_size)])
     massive = np.asarray(massive_token_mask(norms, massive_ratio))
     mean = jnp.asarray(target.mean(axis=0, dtype=np.float64), jnp.float32)
     mean_nonmassive = jnp.asarray(target[~massive].mean(axis=0, dtype=np.float64), jnp.float32)
     totals = np.zeros(7)
-    fire_count = np.zeros(params["W_dec"].shape[0], np.float64)
+    fire_count = np.zeros(latent_count(params), np.float64)
     bar = tqdm(total=len(x), unit="tok", unit_scale=True, desc="eval", disable=not progress)
     for first in range(0, len(x), batch_size):
         rows = slice(first, first + batch_size)

@@ -101,6 +101,9 @@ def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, An
     store is read from its start, and an imported SAE needs one.
     """
     trained = load_trained(cfg["run"], cfg["sae"]) if is_run_directory(cfg["run"]) else None
+    if trained and "hook_names" in trained.config:
+        raise NotImplementedError("config field 'run': eval of a cross-layer transcoder (per-layer FVU, the "
+                                  "spliced CE loss) is not implemented yet; its run's eval.json has the holdout FVU")
     sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])
     if not (cfg["store"] or trained):
         raise ConfigError(f"config field 'store': {cfg['run']} is an imported SAE; name the store to evaluate on")

@@ -76,7 +76,9 @@ def load_trained(run_dir: str, name: str = "") -> TrainedSAE:
               "saes": {name: {field: saved["saes"][name][field] for field in TrainedState._fields}}}
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), wanted)
     state, buffer_state = restore_step(run_dir, step, target, legacy, partial=True)
-    return TrainedSAE(name, saes[name], run_config, make_architecture(saes[name]), step,
-                      TrainedState(**state["saes"][name]), float(state["tokens_seen"]),
-                      buffer_state.scales[saes[name]["hook_name"]],
-                      buffer_state.scales[saes[name].get("target_hook") or saes[name]["hook_name"]])
+    sae = saes[name]
+    # A cross-layer transcoder's first layer (its layers' scales are all 1: it trains on raw activations).
+    hook = (sae.get("hook_names") or [sae["hook_name"]])[0]
+    target = (sae.get("target_hooks") or [sae.get("target_hook") or sae["hook_name"]])[0]
+    return TrainedSAE(name, sae, run_config, make_architecture(sae), step, TrainedState(**state["saes"][name]),
+                      float(state["tokens_seen"]), buffer_state.scales[hook], buffer_state.scales[target])

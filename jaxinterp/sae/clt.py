@@ -27,21 +27,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.sae.base import TRANSCODER_ENCODER_SCALE, Params, b_dec_init, linear_warmup, total_variance
-from jaxinterp.sae.batch_topk import batch_topk_activations
+from jaxinterp.config import Field
+from jaxinterp.sae.base import (TRANSCODER_ENCODER_SCALE, Architecture, LossContext, LossOutput, Params, b_dec_init,
+                                linear_warmup, option, total_variance)
+from jaxinterp.sae.batch_topk import GLOBAL_THRESHOLD_FIELDS, batch_topk_activations, update_threshold
+from jaxinterp.sae.jumprelu import SPEC as JUMPRELU_SPEC
 from jaxinterp.sae.jumprelu import initial_log_threshold, jump_relu
+from jaxinterp.sae.relu import PENALTY_WARMUP_STEPS
 from jaxinterp.sae.sparse import SparseLatents, dense_from_sparse, top_k
-from jaxinterp.sae.spec import LATENT
+from jaxinterp.sae.spec import LATENT, ArchitectureSpec
+from jaxinterp.sae.topk import topk_family_lr
 
 __all__ = ["ACTIVATIONS", "CLT_PARAM_AXES", "CLTLossOutput", "MAX_LAYERS", "NORM_COMBINES", "PRE_ACT_COEFFICIENT",
            "TANH_SCALE", "activate", "decode", "decoder_key", "decoder_norms", "encode", "init_clt", "loss",
-           "layer_count", "pre_activations"]
+           "layer_count", "make", "pre_activations", "SPEC"]
 
 ACTIVATIONS = ("jumprelu", "relu", "topk", "batch_topk")
 
@@ -161,9 +166,8 @@ def activate(params: Params, pre: jax.Array, activation: str, k: int, bandwidth:
         return _topk_per_layer(pre, k), zero
     if threshold is not None:
         return jax.nn.relu(pre) * (pre > threshold), zero
-    tokens, layers, n = pre.shape
-    latents, kth = batch_topk_activations(pre.reshape(tokens, layers * n), k * layers)
-    return latents.reshape(tokens, layers, n), kth
+    # On [tokens, L, n] as it is: merging L with a latent axis sharded over 'model' would gather it.
+    return batch_topk_activations(pre, k * pre.shape[1])
 
 
 def encode(params: Params, x: jax.Array, activation: str, k: int = 32, bandwidth: float = 1e-3,
@@ -257,3 +261,84 @@ def loss(params: Params, x: jax.Array, y: jax.Array, activation: str, k: int = 3
             terms["pre_act"] = pre_act / variance
     return total / variance, CLTLossOutput(latents, terms, squared_error_per_layer / variance_per_layer, kth, y_hat)
 
+
+
+# --- the ``clt`` architecture: the math above as an Architecture over stacked layers -------------------
+#
+# The trainer stacks a CLT member's hooks (``blocks.*.mlp.hook_in`` → ``[tokens, L, d_in]``, its targets
+# likewise) and counts its latents flat, ``[n·L]`` (``sae.n_latents`` is the total over layers): flat id
+# ``i·L + ℓ`` for latent i of layer ℓ, latent-major so that the flat axis shards over 'model' as n does.
+
+
+def _flat(latents: jax.Array) -> jax.Array:
+    """``[tokens, L, n]`` → ``[tokens, n·L]`` (flat id ``i·L + ℓ``)."""
+    return jnp.swapaxes(latents, 1, 2).reshape(latents.shape[0], -1)
+
+
+def _unflat(latents: jax.Array, layers: int) -> jax.Array:
+    return jnp.swapaxes(latents.reshape(latents.shape[0], -1, layers), 1, 2)
+
+
+def make(cfg: Mapping[str, Any]) -> Architecture:
+    """A CLT configured by an ``sae`` block (``activation``, ``k``, and the penalty fields)."""
+    activation, k = option(cfg, "activation", "batch_topk"), option(cfg, "k", 32)
+    _check_activation(activation)
+    penalty = {"l0_coefficient": option(cfg, "sparsity_coefficient", 1.0),
+               "tanh_scale": option(cfg, "tanh_scale", TANH_SCALE),
+               "pre_act_coefficient": option(cfg, "pre_act_coefficient", PRE_ACT_COEFFICIENT),
+               "penalty_warmup_steps": option(cfg, "penalty_warmup_steps", 0),
+               "bandwidth": option(cfg, "bandwidth", 1e-3)}
+
+    def init(key, d_in, d_sae, sample, d_out=None, target_sample=None):
+        layers = sample.shape[1]
+        params = init_clt(key, layers, d_in, d_sae // layers, d_out or d_in, sample,
+                          sample if target_sample is None else target_sample, activation, k,
+                          option(cfg, "b_dec_init", "mean"))
+        return params, ({"threshold": jnp.zeros((), jnp.float32)} if activation == "batch_topk" else {})
+
+    def encode_flat(params, arch_state, x):
+        threshold = arch_state.get("threshold") if activation == "batch_topk" else None
+        return _flat(encode(params, x, activation, k, penalty["bandwidth"], threshold)[0])
+
+    def decode_flat(params, latents):
+        return decode(params, _unflat(latents, layer_count(params)))
+
+    def loss_fn(params, arch_state, x, y, ctx: LossContext):
+        value, out = loss(params, x, y, activation, k, ctx.step, **penalty)
+        if activation == "batch_topk":
+            arch_state = update_threshold(arch_state, out.kth, option(cfg, "threshold_rate", 0.01))
+        return value, LossOutput(_flat(out.latents), out.terms, arch_state, out.y_hat)
+
+    # Untuned: the one-layer transcoder's default of the activation's family, at the CLT's total latents.
+    lr = topk_family_lr(True) if activation in ("topk", "batch_topk") else {"base_lr": 2e-4, "lr_batch_reference": 0}
+    return Architecture("clt", init, encode_flat, decode_flat, loss_fn, unit_norm_decoder=False, **lr)
+
+
+def _no_file_format(*_args, **_kwargs):
+    raise NotImplementedError("exporting or importing a cross-layer transcoder (sae.architecture=clt) is not "
+                              "implemented yet; its run directory holds the trained params (orbax)")
+
+
+def _fold_scales(params: Params, input_scale: float, target_scale: float, transcode: bool) -> Params:
+    if input_scale != 1.0 or target_scale != 1.0:
+        raise NotImplementedError("a CLT trained with normalize=true: folding per-layer scales is not implemented")
+    return params
+
+
+SPEC = ArchitectureSpec(
+    "clt", make, "clt",
+    fields={
+        "activation": Field(str, "CLT: latent activation (per layer: topk, jumprelu, relu; batch_topk across all "
+                                 "layers' latents)", choices=ACTIVATIONS, default="batch_topk"),
+        "sparsity_coefficient": Field(float, "CLT jumprelu/relu: weight of the tanh(c |W_dec| a) sparsity penalty "
+                                             "(Ameisen et al. 2025)", minimum=0.0, default=1.0),
+        "tanh_scale": Field(float, "CLT: c of the tanh penalty (Anthropic, Jan 2025: 4)", minimum=0.0,
+                            default=TANH_SCALE),
+        "pre_act_coefficient": Field(float, "CLT jumprelu: weight of the dead-latent pre-activation loss "
+                                            "(Anthropic, Jan 2025: 3e-6)", minimum=0.0, default=PRE_ACT_COEFFICIENT),
+        "penalty_warmup_steps": PENALTY_WARMUP_STEPS,
+        "bandwidth": JUMPRELU_SPEC.fields["bandwidth"],
+        "threshold_rate": GLOBAL_THRESHOLD_FIELDS["threshold_rate"],
+    },
+    param_axes=CLT_PARAM_AXES, to_portable=_no_file_format, from_portable=_no_file_format,
+    fold_scales=_fold_scales, layers=True)

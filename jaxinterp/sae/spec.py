@@ -31,7 +31,7 @@ import numpy as np
 from jaxinterp.config import ConfigError, Field
 from jaxinterp.sae.base import B_DEC_INITS, Architecture, Params
 
-__all__ = ["ArchitectureSpec", "BUILTINS", "DICTIONARY_FIELDS", "FAMILY_BUILTINS", "LATENT", "STANDARD_PARAM_AXES", "transcoder_architectures",
+__all__ = ["ArchitectureSpec", "BUILTINS", "DICTIONARY_FIELDS", "FAMILY_BUILTINS", "LATENT", "STANDARD_PARAM_AXES", "one_hook_builtins", "transcoder_architectures",
            "architecture_fields", "architecture_spec", "builtin_fields", "fold_scales", "make_architecture",
            "standard_from_portable", "standard_to_portable"]
 
@@ -101,6 +101,8 @@ class ArchitectureSpec(NamedTuple):
         (true for a per-latent threshold; false for a top-k ranking or a global threshold).
       transcoder: whether it has a transcoder form (``cfg["transcode"]``: a target hook other than its
         input hook); the trainer refuses a transcoder member of one that has not.
+      layers: it reads one hook per layer (a cross-layer transcoder): its ``hook`` and ``target_hook``
+        are layer wildcards (``blocks.*.mlp.hook_in``) and its functions see ``[tokens, L, d]`` stacks.
     """
 
     name: str
@@ -116,6 +118,7 @@ class ArchitectureSpec(NamedTuple):
     unit_norm_renormalize: Callable[[Params, ArchState, jax.Array], tuple[Params, ArchState]] | None = None
     renormalize_exact: bool = False
     transcoder: bool = True
+    layers: bool = False
 
     def axes(self, param: str) -> Axes | None:
         """Logical axes of parameter ``param`` (``None``: replicated)."""
@@ -124,7 +127,7 @@ class ArchitectureSpec(NamedTuple):
 
 # The built-in architectures, each the module ``jaxinterp.sae.<name>`` (a static list: nothing is
 # registered at import time).
-BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu", "gated", "matching_pursuit", "top_afa")
+BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu", "gated", "matching_pursuit", "top_afa", "clt")
 
 # The built-in an importer gives a file of each family (a file records the inference rule only).
 FAMILY_BUILTINS: Mapping[str, str] = {"topk": "topk", "jumprelu": "jumprelu", "relu": "relu", "gated": "gated",
@@ -185,8 +188,13 @@ DICTIONARY_FIELDS: Mapping[str, Field] = {
 
 
 def transcoder_architectures() -> tuple[str, ...]:
-    """The built-ins that have a transcoder form."""
-    return tuple(name for name in BUILTINS if architecture_spec(name).transcoder)
+    """The one-hook built-ins that have a transcoder form."""
+    return tuple(name for name in one_hook_builtins() if architecture_spec(name).transcoder)
+
+
+def one_hook_builtins() -> tuple[str, ...]:
+    """The built-ins that read one hook (all but the cross-layer ones, whose hooks are layer wildcards)."""
+    return tuple(name for name in BUILTINS if not architecture_spec(name).layers)
 
 
 def builtin_fields() -> dict[str, Field]:

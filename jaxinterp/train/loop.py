@@ -33,7 +33,7 @@ from jaxinterp.runs import restore_step
 from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
 from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir
-from jaxinterp.train.members import Member, build_members, member_configs
+from jaxinterp.train.members import Member, build_members, layer_hooks, member_configs, member_rows
 from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock
 from jaxinterp.train.state import TrainState, abstract_state, init_state, state_shardings
@@ -54,8 +54,14 @@ def run_config(cfg: Mapping[str, Any], manifest: Mapping[str, Any], d_in: Mappin
     saes = {}
     for name, member in member_configs(cfg).items():
         sae = member["sae"]
-        saes[name] = {**sae, "d_in": d_in[member["hook"]], "d_sae": sae["n_latents"], "hook_name": member["hook"],
-                      "target_hook": member["target_hook"], "d_out": d_in[member["target_hook"]], "lr": member["lr"]}
+        inputs, targets = member["hook"], member["target_hook"]
+        layers = {}
+        if "*" in inputs:  # a cross-layer member: its hooks, layer by layer
+            layers = {"hook_names": list(layer_hooks(inputs, list(d_in)).values()),
+                      "target_hooks": list(layer_hooks(targets, list(d_in)).values())}
+            inputs, targets = layers["hook_names"][0], layers["target_hooks"][0]
+        saes[name] = {**sae, "d_in": d_in[inputs], "d_sae": sae["n_latents"], "hook_name": member["hook"],
+                      "target_hook": member["target_hook"], "d_out": d_in[targets], "lr": member["lr"], **layers}
     return {"saes": saes, "source": {key: manifest.get(key) for key in _SOURCE_KEYS}, "train": as_dict(cfg)}
 
 
@@ -163,12 +169,15 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     """
     out = location(cfg["out"], "out")  # a local path or URL; checked before any work
     store = open_store(cfg["store"])
-    members = build_members(cfg)
+    members = build_members(cfg, store.manifest["hook_names"])
     if cfg["init_from"] and any(member.transcoder for member in members):  # before anything is written
         raise ConfigError("config field 'init_from': warm start of a transcoder from an exported SAE is not "
                           "implemented yet")
+    if cfg["normalize"] and any(member.layer_hooks for member in members):
+        raise ConfigError("config field 'normalize': a cross-layer transcoder with per-layer input scales is not "
+                          "implemented yet; train it on raw activations (normalize=false)")
     # Input and target hooks: the buffer yields them row-aligned, each normalised with its own scale.
-    hooks = list(dict.fromkeys(hook for member in members for hook in (member.hook, member.target)))
+    hooks = list(dict.fromkeys(hook for member in members for hook in (*member.input_hooks, *member.target_hooks)))
     d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}  # a missing hook lists the store's
     mesh = make_mesh(cfg["mesh"]["data"], cfg["mesh"]["model"])
 
@@ -214,9 +223,9 @@ def _train_locked(cfg, progress: bool, out: epath.Path, store, members, hooks, d
     for member in members:
         values = evaluation[member.name] = _holdout_metrics(member, state, holdout, cfg)
         values.update(train_tokens=int(state.tokens_seen), **_row_counts(buffer))
-        values["input_scale"] = buffer.scales[member.hook]
+        values["input_scale"] = buffer.scales[member.input_hooks[0]]  # a cross-layer member's are all 1 (raw)
         if member.transcoder:
-            values["target_scale"] = buffer.scales[member.target]
+            values["target_scale"] = buffer.scales[member.target_hooks[0]]
     if is_primary():
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
     if wandb is not None:
@@ -244,9 +253,9 @@ def _holdout_metrics(member: Member, state: TrainState, holdout: Mapping[str, np
     # With several processes the params span them all while the holdout rows are local; the
     # optimizer state is not needed here, so it is not gathered.
     sae = host_copy(state.saes[member.name]._replace(opt_state=None))
-    result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state, holdout[member.hook],
-                                        massive_ratio=cfg["massive_ratio"],
-                                        y=holdout[member.target] if member.transcoder else None)
+    result, _ = evaluate_reconstruction(member.architecture, sae.params, sae.arch_state,
+                                        member_rows(holdout, member.input_hooks), massive_ratio=cfg["massive_ratio"],
+                                        y=member_rows(holdout, member.target_hooks) if member.transcoder else None)
     result.update(
         dead_fraction=float(dead_fraction(sae.tokens_since_fired, cfg["dead_tokens"])),
         dense_fraction=float(dense_fraction(sae.fire_count, state.tokens_seen)),

@@ -20,9 +20,13 @@ config gets ``transcode=True``, which the architectures read); ``''`` means the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxinterp.config import ConfigError, as_dict, check_field
@@ -31,7 +35,7 @@ from jaxinterp.sae.spec import transcoder_architectures
 from jaxinterp.sae.topk import TOPK_BASE_LR
 from jaxinterp.schemas import TRAIN
 
-__all__ = ["Member", "member_configs", "build_members", "learning_rate", "make_optimizer"]
+__all__ = ["Member", "member_configs", "build_members", "layer_hooks", "member_rows", "learning_rate", "make_optimizer"]
 
 
 class Member(NamedTuple):
@@ -43,6 +47,8 @@ class Member(NamedTuple):
     architecture: Architecture
     optimizer: optax.GradientTransformation
     target_hook: str = ""  # the hook it reconstructs; '' = hook (an SAE)
+    layer_hooks: tuple[str, ...] = ()  # a cross-layer member: its input hooks, layer by layer
+    layer_targets: tuple[str, ...] = ()  # and its target hooks
 
     @property
     def target(self) -> str:
@@ -52,6 +58,38 @@ class Member(NamedTuple):
     @property
     def transcoder(self) -> bool:
         return self.target != self.hook
+
+    @property
+    def input_hooks(self) -> tuple[str, ...]:
+        """The store hooks it reads: one, or a cross-layer member's layers (stacked ``[tokens, L, d]``)."""
+        return self.layer_hooks or (self.hook,)
+
+    @property
+    def target_hooks(self) -> tuple[str, ...]:
+        return self.layer_targets or (self.target,)
+
+
+def layer_hooks(pattern: str, available: Sequence[str], field: str = "hook") -> dict[int, str]:
+    """``{layer: hook}`` of the hooks of ``available`` that a layer wildcard (``blocks.*.mlp.hook_in``)
+    names, in layer order.
+
+    Raises:
+      ConfigError: naming ``field`` when none match.
+    """
+    regex = re.compile(re.escape(pattern).replace(r"\*", r"(\d+)") + "$")
+    found = sorted((int(m.group(1)), hook) for hook in available if (m := regex.match(hook)))
+    if not found:
+        raise ConfigError(f"config field '{field}': no hook matches {pattern!r}; the store has {', '.join(available)}")
+    return dict(found)
+
+
+def member_rows(rows: Mapping[str, Any], hooks: Sequence[str]) -> Any:
+    """A member's rows of a batch (or holdout, or sample): its one hook's ``[tokens, d]``, or a cross-layer
+    member's hooks stacked ``[tokens, L, d]``."""
+    if len(hooks) == 1:
+        return rows[hooks[0]]
+    stack = jnp.stack if isinstance(rows[hooks[0]], jax.Array) else np.stack
+    return stack([rows[hook] for hook in hooks], axis=1)
 
 
 def _parse_member(spec: str) -> tuple[str | None, dict[str, str]]:
@@ -156,8 +194,9 @@ def make_optimizer(cfg: Mapping[str, Any], lr: float, unit_norm_decoder: bool = 
     )
 
 
-def build_members(cfg: Mapping[str, Any]) -> list[Member]:
-    """The run's SAEs with their architectures and optimizers."""
+def build_members(cfg: Mapping[str, Any], store_hooks: Sequence[str] = ()) -> list[Member]:
+    """The run's SAEs with their architectures and optimizers; a cross-layer member's layer wildcards
+    are resolved against ``store_hooks`` (the hooks of the store, or of the run's ``cfg.json``)."""
     members = []
     for name, member in member_configs(cfg).items():
         spec = architecture_spec(member["sae"]["architecture"])
@@ -165,10 +204,39 @@ def build_members(cfg: Mapping[str, Any]) -> list[Member]:
             raise ConfigError(f"config field 'target_hook': member {name!r} is a transcoder "
                               f"({member['hook']} -> {member['target_hook']}), and a {spec.name!r} dictionary has "
                               f"no transcoder form; use one of {', '.join(transcoder_architectures())}")
+        layers = _layers(name, member, spec.layers, store_hooks)
         architecture = make_architecture(member["sae"])
         lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr, cfg["batch_size"],
                            architecture.lr_batch_reference)
         members.append(Member(name, member["hook"], member["sae"]["n_latents"], architecture,
                               make_optimizer(cfg, lr, architecture.unit_norm_decoder),
-                              member["target_hook"] if member["sae"]["transcode"] else ""))
+                              member["target_hook"] if member["sae"]["transcode"] else "", *layers))
     return members
+
+
+def _layers(name: str, member: Mapping[str, Any], cross_layer: bool,
+            store_hooks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A cross-layer member's (input hooks, target hooks), layer by layer; ``((), ())`` for the others.
+
+    Raises:
+      ConfigError: a wildcard on a one-hook architecture, a cross-layer one without wildcards, inputs and
+        targets on different layers, or latents that do not split evenly over the layers.
+    """
+    hook, target = member["hook"], member["target_hook"]
+    wildcard = "*" in hook or "*" in target
+    if not cross_layer:
+        if wildcard:
+            raise ConfigError(f"config field 'hook': member {name!r}: a layer wildcard ({hook} -> {target}) names "
+                              f"a cross-layer transcoder's layers; set sae.architecture=clt, or name one hook")
+        return (), ()
+    if "*" not in hook or "*" not in target or hook == target:
+        raise ConfigError(f"config field 'hook': member {name!r}: a cross-layer transcoder reads every layer; set "
+                          "hook='blocks.*.mlp.hook_in' and target_hook='blocks.*.hook_mlp_out' (layer wildcards)")
+    inputs, targets = layer_hooks(hook, store_hooks, "hook"), layer_hooks(target, store_hooks, "target_hook")
+    if list(inputs) != list(targets):
+        raise ConfigError(f"config field 'target_hook': member {name!r}: {target} matches layers {list(targets)}, "
+                          f"{hook} layers {list(inputs)}")
+    if member["sae"]["n_latents"] % len(inputs):
+        raise ConfigError(f"config field 'sae.n_latents': member {name!r}: {member['sae']['n_latents']} latents do "
+                          f"not split evenly over {len(inputs)} layers")
+    return tuple(inputs.values()), tuple(targets.values())

@@ -33,7 +33,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 from jaxinterp.config import ConfigError
 from jaxinterp.mesh import batch_sharding, make_mesh
 from jaxinterp.sae.sparse import unchunked
-from jaxinterp.train.members import Member, build_members
+from jaxinterp.train.members import Member, build_members, member_configs
 from jaxinterp.train.state import SAEState, abstract_state, state_shardings
 from jaxinterp.train.step import train_step
 
@@ -112,7 +112,7 @@ def _step_memory(cfg: Mapping[str, Any], members: Sequence[Member], d_in: Mappin
     mesh = make_mesh(plan_data, plan_model, devices=cpus)
     abstract = abstract_state(local, d_in)
     shardings = state_shardings(abstract, local, mesh)
-    hooks = list(dict.fromkeys(hook for m in local for hook in (m.hook, m.target)))
+    hooks = list(dict.fromkeys(hook for m in local for hook in (*m.input_hooks, *m.target_hooks)))
     batch = {hook: jax.ShapeDtypeStruct((rows * plan_data, d_in[hook]), jnp.float32, sharding=batch_sharding(mesh))
              for hook in hooks}
     placed = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, shardings)
@@ -140,7 +140,7 @@ def plan_memory(cfg: Mapping[str, Any], d_in: Mapping[str, int], data: int, mode
     if cfg["batch_size"] % data:
         raise ConfigError(f"config field 'batch_size': {cfg['batch_size']} rows do not split evenly over "
                           f"mesh.data={data} devices")
-    members = build_members(cfg)
+    members = build_members(cfg, list(d_in))
     abstract = abstract_state(members, d_in)
     shardings = state_shardings(abstract, members, AbstractMesh((data, model), ("data", "model")))
     member_plans = tuple(_member_plan(m, abstract.saes[m.name], shardings.saes[m.name], model) for m in members)
@@ -183,8 +183,9 @@ def _largest_rows(fits: Callable[[int], bool], rows: int, rows_fit: bool, limit:
 
 
 def plan_run(cfg: Mapping[str, Any]) -> Plan:
-    """:func:`plan_memory` of a ``jaxinterp plan`` config: a train config plus ``device_memory_gib`` and
-    ``d_in`` (0: every hook's width from the store; else that width for every hook, no store needed).
+    """:func:`plan_memory` of a ``jaxinterp plan`` config: a train config plus ``device_memory_gib``, ``d_in``
+    (0: every hook's width from the store; else that width for every hook, no store needed) and ``n_layers``
+    (with ``d_in``: the layers a wildcard hook such as ``blocks.*.mlp.hook_in`` expands to).
 
     Raises:
       ConfigError: naming ``mesh.data``/``mesh.model`` when one is -1 (there are no devices to count).
@@ -193,15 +194,21 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
         if cfg["mesh"][axis] < 1:
             raise ConfigError(f"config field 'mesh.{axis}': plan needs the planned mesh's size (>= 1), not "
                               f"{cfg['mesh'][axis]}; e.g. --config.mesh.data=4 --config.mesh.model=64")
-    members = build_members(cfg)
-    hooks = list(dict.fromkeys(hook for m in members for hook in (m.hook, m.target)))
     if cfg["d_in"] > 0:
-        d_in = dict.fromkeys(hooks, cfg["d_in"])
+        named = {hook for m in member_configs(cfg).values() for hook in (m["hook"], m["target_hook"])}
+        if any("*" in hook for hook in named) and cfg["n_layers"] < 1:
+            raise ConfigError("config field 'n_layers': a layer wildcard in hook needs the model's layer count "
+                              "when d_in is given (no store)")
+        available = [hook.replace("*", str(layer)) for hook in named for layer in range(max(cfg["n_layers"], 1))]
+        members = build_members(cfg, available)
+        d_in = dict.fromkeys((hook for m in members for hook in (*m.input_hooks, *m.target_hooks)), cfg["d_in"])
     else:
         from jaxinterp.store import open_store
 
         store = open_store(cfg["store"])
-        d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}  # a missing hook lists the store's
+        members = build_members(cfg, store.manifest["hook_names"])
+        d_in = {hook: int(store.array(hook).shape[1])  # a missing hook lists the store's
+                for m in members for hook in (*m.input_hooks, *m.target_hooks)}
     return plan_memory(cfg, d_in, cfg["mesh"]["data"], cfg["mesh"]["model"], int(cfg["device_memory_gib"] * _GIB))
 
 

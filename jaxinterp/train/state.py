@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxinterp.mesh import logical_sharding
 from jaxinterp.sae import architecture_spec
 from jaxinterp.sae.spec import LATENT, ArchitectureSpec
-from jaxinterp.train.members import Member
+from jaxinterp.train.members import Member, member_rows
 
 __all__ = ["SAEState", "TrainState", "abstract_state", "init_state", "param_shardings", "state_shardings"]
 
@@ -51,15 +51,15 @@ def init_state(key: jax.Array, samples: Mapping[str, jax.Array], members: Sequen
     """
     saes = {}
     for member in members:
-        sample = samples[member.hook]
+        sample = member_rows(samples, member.input_hooks)  # [tokens, d], a cross-layer member's [tokens, L, d]
         if initial and member.name in initial:
             params, arch_state = initial[member.name]
         elif member.transcoder:
-            target = samples[member.target]
-            params, arch_state = member.architecture.init(key, sample.shape[1], member.d_sae, sample, target.shape[1],
-                                                          target)
+            target = member_rows(samples, member.target_hooks)
+            params, arch_state = member.architecture.init(key, sample.shape[-1], member.d_sae, sample,
+                                                          target.shape[-1], target)
         else:
-            params, arch_state = member.architecture.init(key, sample.shape[1], member.d_sae, sample)
+            params, arch_state = member.architecture.init(key, sample.shape[-1], member.d_sae, sample)
         saes[member.name] = SAEState(
             params=params,
             opt_state=member.optimizer.init(params),

@@ -10,7 +10,7 @@ import optax
 
 from jaxinterp.eval.metrics import MASSIVE_RATIO, dead_fraction, dense_fraction, reconstruction_metrics
 from jaxinterp.sae import LossContext, latent_fires, mean_l0, normalize_decoder
-from jaxinterp.train.members import Member
+from jaxinterp.train.members import Member, member_rows
 from jaxinterp.train.state import SAEState, TrainState
 
 __all__ = ["train_step", "sae_step"]
@@ -54,10 +54,12 @@ def sae_step(member: Member, sae: SAEState, x: jax.Array, step: jax.Array, token
     # Saturate instead of overflowing int32 on very long runs.
     since = jnp.minimum(sae.tokens_since_fired, _INT32_MAX - n_tokens) + n_tokens
     new = SAEState(params, opt_state, out.arch_state, jnp.where(fires > 0, 0, since), sae.fire_count + fires)
+    target = x if y is None else y
     metrics = {
         "loss": loss,
         **out.terms,
-        **reconstruction_metrics(x if y is None else y, out.x_hat, massive_ratio),
+        # A cross-layer member's [tokens, L, d]: FVU of all its target layers together.
+        **reconstruction_metrics(target.reshape(n_tokens, -1), out.x_hat.reshape(n_tokens, -1), massive_ratio),
         "l0": mean_l0(out.latents),
         "dead_fraction": dead_fraction(new.tokens_since_fired, dead_tokens),
         "dense_fraction": dense_fraction(new.fire_count, tokens_seen + n_tokens),
@@ -84,7 +86,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, members: Se
     saes, metrics = {}, {}
     for member in members:
         saes[member.name], metrics[member.name] = sae_step(
-            member, state.saes[member.name], batch[member.hook], state.step, state.tokens_seen, dead_tokens,
-            compute_dtype, massive_ratio, batch[member.target] if member.transcoder else None)
+            member, state.saes[member.name], member_rows(batch, member.input_hooks), state.step, state.tokens_seen,
+            dead_tokens, compute_dtype, massive_ratio,
+            member_rows(batch, member.target_hooks) if member.transcoder else None)
     n_tokens = next(iter(batch.values())).shape[0]
     return TrainState(state.step + 1, state.tokens_seen + n_tokens, saes), metrics
