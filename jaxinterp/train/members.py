@@ -16,6 +16,9 @@ that are massive at the other members' hooks.
 
 A member whose ``target_hook`` names another hook than its ``hook`` is a transcoder (its ``sae``
 config gets ``transcode=True``, which the architectures read); ``''`` means the input hook (an SAE).
+A cross-layer architecture (its spec's ``layers``, e.g. ``clt``) takes layer wildcards instead,
+``hook='blocks.*.mlp.hook_in'``, ``target_hook='blocks.*.hook_mlp_out'``: :func:`build_members` matches
+them against the store's hooks in layer order, and the member reads them stacked (:func:`member_rows`).
 """
 
 from __future__ import annotations
