@@ -33,7 +33,7 @@ from jaxinterp.runs import restore_step
 from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
 from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir
-from jaxinterp.train.members import Member, build_members, layer_hooks, member_configs, member_rows
+from jaxinterp.train.members import Member, build_members, layer_hooks, member_configs, member_rows, run_hooks
 from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock
 from jaxinterp.train.state import TrainState, abstract_state, init_state, state_shardings
@@ -177,7 +177,7 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         raise ConfigError("config field 'normalize': a cross-layer transcoder with per-layer input scales is not "
                           "implemented yet; train it on raw activations (normalize=false)")
     # Input and target hooks: the buffer yields them row-aligned, each normalised with its own scale.
-    hooks = list(dict.fromkeys(hook for member in members for hook in (*member.input_hooks, *member.target_hooks)))
+    hooks = run_hooks(members)
     d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}  # a missing hook lists the store's
     mesh = make_mesh(cfg["mesh"]["data"], cfg["mesh"]["model"])
 

@@ -38,7 +38,7 @@ from jaxinterp.sae.spec import transcoder_architectures
 from jaxinterp.sae.topk import TOPK_BASE_LR
 from jaxinterp.schemas import TRAIN
 
-__all__ = ["Member", "member_configs", "build_members", "layer_hooks", "member_rows", "learning_rate", "make_optimizer"]
+__all__ = ["Member", "member_configs", "build_members", "layer_hooks", "member_rows", "run_hooks", "learning_rate", "make_optimizer"]
 
 
 class Member(NamedTuple):
@@ -84,6 +84,11 @@ def layer_hooks(pattern: str, available: Sequence[str], field: str = "hook") -> 
     if not found:
         raise ConfigError(f"config field '{field}': no hook matches {pattern!r}; the store has {', '.join(available)}")
     return dict(found)
+
+
+def run_hooks(members: Sequence[Member]) -> list[str]:
+    """Every input and target hook the members read, each once, in first-use order (the buffer's hooks)."""
+    return list(dict.fromkeys(hook for member in members for hook in (*member.input_hooks, *member.target_hooks)))
 
 
 def member_rows(rows: Mapping[str, Any], hooks: Sequence[str]) -> Any:

@@ -33,7 +33,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 from jaxinterp.config import ConfigError
 from jaxinterp.mesh import batch_sharding, make_mesh
 from jaxinterp.sae.sparse import unchunked
-from jaxinterp.train.members import Member, build_members, member_configs
+from jaxinterp.train.members import Member, build_members, member_configs, run_hooks
 from jaxinterp.train.state import SAEState, abstract_state, state_shardings
 from jaxinterp.train.step import train_step
 
@@ -112,7 +112,7 @@ def _step_memory(cfg: Mapping[str, Any], members: Sequence[Member], d_in: Mappin
     mesh = make_mesh(plan_data, plan_model, devices=cpus)
     abstract = abstract_state(local, d_in)
     shardings = state_shardings(abstract, local, mesh)
-    hooks = list(dict.fromkeys(hook for m in local for hook in (*m.input_hooks, *m.target_hooks)))
+    hooks = run_hooks(local)
     batch = {hook: jax.ShapeDtypeStruct((rows * plan_data, d_in[hook]), jnp.float32, sharding=batch_sharding(mesh))
              for hook in hooks}
     placed = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract, shardings)
@@ -145,16 +145,15 @@ def plan_memory(cfg: Mapping[str, Any], d_in: Mapping[str, int], data: int, mode
     shardings = state_shardings(abstract, members, AbstractMesh((data, model), ("data", "model")))
     member_plans = tuple(_member_plan(m, abstract.saes[m.name], shardings.saes[m.name], model) for m in members)
     rows = cfg["batch_size"] // data
-    state = sum(m.params + m.optimizer + m.counters for m in member_plans)
 
-    def step_memory(rows: int) -> tuple[int, int, int]:
-        return _step_memory(cfg, members, d_in, rows, data, model)
+    def planned(rows: int) -> Plan:
+        return Plan(data, model, rows * data, member_plans, *_step_memory(cfg, members, d_in, rows, data, model),
+                    device_memory, 0)
 
-    batch, activations, outputs = step_memory(rows)
-    largest = _largest_rows(lambda n: state + sum(step_memory(n)) <= device_memory, rows,
-                            state + batch + activations + outputs <= device_memory) if search_batch else 0
-    return Plan(data, model, cfg["batch_size"], member_plans, batch, activations, outputs, device_memory,
-                largest * data)
+    plan = planned(rows)
+    if not search_batch:
+        return plan
+    return plan._replace(max_batch_size=_largest_rows(lambda n: planned(n).fits, rows, plan.fits) * data)
 
 
 def _largest_rows(fits: Callable[[int], bool], rows: int, rows_fit: bool, limit: int = 2**20) -> int:
@@ -201,14 +200,13 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
                               "when d_in is given (no store)")
         available = [hook.replace("*", str(layer)) for hook in named for layer in range(max(cfg["n_layers"], 1))]
         members = build_members(cfg, available)
-        d_in = dict.fromkeys((hook for m in members for hook in (*m.input_hooks, *m.target_hooks)), cfg["d_in"])
+        d_in = dict.fromkeys(run_hooks(members), cfg["d_in"])
     else:
         from jaxinterp.store import open_store
 
         store = open_store(cfg["store"])
         members = build_members(cfg, store.manifest["hook_names"])
-        d_in = {hook: int(store.array(hook).shape[1])  # a missing hook lists the store's
-                for m in members for hook in (*m.input_hooks, *m.target_hooks)}
+        d_in = {hook: int(store.array(hook).shape[1]) for hook in run_hooks(members)}  # a missing hook lists the store's
     return plan_memory(cfg, d_in, cfg["mesh"]["data"], cfg["mesh"]["model"], int(cfg["device_memory_gib"] * _GIB))
 
 
