@@ -39,28 +39,31 @@ from jaxinterp.config import ConfigError
 from jaxinterp.export.portable import PortableSAE
 from jaxinterp.store.paths import location, on_object_store
 
-__all__ = ["CIRCUIT_TRACER_FAMILIES", "circuit_tracer_config", "circuit_tracer_tensors", "export_circuit_tracer",
-           "transcoder_set_layers"]
+__all__ = ["CIRCUIT_TRACER_FAMILIES", "FEATURE_INPUT_HOOKS", "TARGET_KIND", "circuit_tracer_config", "circuit_tracer_tensors",
+           "export_circuit_tracer", "feature_output_hook", "layer_and_kind", "refuse", "transcoder_set_layers",
+           "yaml_text"]
 
 # The families circuit-tracer's single-layer loader runs exactly: ReLU (no threshold) and JumpReLU (BatchTopK and
 # Matryoshka with their global threshold).
 CIRCUIT_TRACER_FAMILIES = ("relu", "jumprelu")
 
 # jaxinterp's input hook kind → circuit-tracer's feature_input_hook (both block-relative TransformerLens names).
-_INPUT_HOOKS = {"mlp.hook_in": "mlp.hook_in", "hook_resid_mid": "hook_resid_mid"}
-_TARGET_KIND = "hook_mlp_out"
+FEATURE_INPUT_HOOKS = {"mlp.hook_in": "mlp.hook_in", "hook_resid_mid": "hook_resid_mid"}
+TARGET_KIND = "hook_mlp_out"
 # Models whose MLP output passes a post-MLP norm before the residual sum: jaxinterp's hook_mlp_out is then
 # circuit-tracer's hook_mlp_out, not its mlp.hook_out (the bare MLP output).
 _POST_MLP_NORM_CLASSES = ("gemma2", "gemma3")
 _HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def _layer_and_kind(hook: str) -> tuple[int, str]:
+def layer_and_kind(hook: str) -> tuple[int, str]:
+    """``blocks.3.mlp.hook_in`` → ``(3, 'mlp.hook_in')``; ``(-1, hook)`` for a hook outside the blocks."""
     match = _HOOK.match(hook)
     return (int(match.group(1)), match.group(2)) if match else (-1, hook)
 
 
-def _refuse(why: str) -> ConfigError:
+def refuse(why: str) -> ConfigError:
+    """The error for a dictionary circuit-tracer cannot hold, naming the 'format' field."""
     return ConfigError(f"config field 'format': 'circuit_tracer' {why}")
 
 
@@ -78,44 +81,44 @@ def transcoder_set_layers(saes: Sequence[PortableSAE], n_layers: int = 0) -> lis
         missing layer, or transcoders that differ in model, input hook kind, width, d_sae or skip connection.
     """
     if not saes:
-        raise _refuse("needs at least one transcoder")
+        raise refuse("needs at least one transcoder")
     by_layer: dict[int, PortableSAE] = {}
     for sae in saes:
         if not sae.transcode:
-            raise _refuse(f"holds transcoders, and the SAE at {sae.hook_name} is not one; export it as 'saelens'")
+            raise refuse(f"holds transcoders, and the SAE at {sae.hook_name} is not one; export it as 'saelens'")
         if sae.family == "topk":
-            raise _refuse(f"cannot hold a per-token TopK transcoder ({sae.hook_name} -> {sae.target_hook}): "
+            raise refuse(f"cannot hold a per-token TopK transcoder ({sae.hook_name} -> {sae.target_hook}): "
                           "circuit-tracer's transcoders are ReLU or JumpReLU; train architecture=batch_topk (exported "
                           "as JumpReLU with its threshold) or export this one as 'sparsify'")
         if sae.family not in CIRCUIT_TRACER_FAMILIES:
-            raise _refuse(f"cannot hold a {sae.architecture!r} transcoder "
+            raise refuse(f"cannot hold a {sae.architecture!r} transcoder "
                           f"(it holds the {', '.join(CIRCUIT_TRACER_FAMILIES)} families)")
-        layer, kind = _layer_and_kind(sae.hook_name)
-        target_layer, target_kind = _layer_and_kind(sae.target_hook)
-        if kind not in _INPUT_HOOKS or target_kind != _TARGET_KIND or layer != target_layer:
-            raise _refuse(f"holds per-layer transcoders blocks.i.{{{', '.join(_INPUT_HOOKS)}}} -> "
+        layer, kind = layer_and_kind(sae.hook_name)
+        target_layer, target_kind = layer_and_kind(sae.target_hook)
+        if kind not in FEATURE_INPUT_HOOKS or target_kind != TARGET_KIND or layer != target_layer:
+            raise refuse(f"holds per-layer transcoders blocks.i.{{{', '.join(FEATURE_INPUT_HOOKS)}}} -> "
                           f"blocks.i.hook_mlp_out; this one maps {sae.hook_name} -> {sae.target_hook}")
         if sae.d_in != sae.d_out:
-            raise _refuse(f"needs d_in == d_out (both d_model); {sae.hook_name} has {sae.d_in} -> {sae.d_out}")
+            raise refuse(f"needs d_in == d_out (both d_model); {sae.hook_name} has {sae.d_in} -> {sae.d_out}")
         if layer in by_layer:
-            raise _refuse(f"holds one transcoder per layer; two read {sae.hook_name}")
+            raise refuse(f"holds one transcoder per layer; two read {sae.hook_name}")
         by_layer[layer] = sae
     ordered = [by_layer[layer] for layer in sorted(by_layer)]
     wanted = n_layers or max(by_layer) + 1
     missing = sorted(set(range(wanted)) - set(by_layer))
     if missing:
         what = f"the model's {n_layers} layers" if n_layers else f"layers 0..{wanted - 1}"
-        raise _refuse(f"needs a transcoder for every one of {what} (circuit-tracer's load_transcoder_set and "
+        raise refuse(f"needs a transcoder for every one of {what} (circuit-tracer's load_transcoder_set and "
                       f"ReplacementModel index them by layer); missing layers {', '.join(map(str, missing))}")
     first = ordered[0]
     for sae in ordered[1:]:
         for what, ours, theirs in (
                 ("source model", sae.metadata.get("jaxinterp_model_hash"), first.metadata.get("jaxinterp_model_hash")),
-                ("input hook kind", _layer_and_kind(sae.hook_name)[1], _layer_and_kind(first.hook_name)[1]),
+                ("input hook kind", layer_and_kind(sae.hook_name)[1], layer_and_kind(first.hook_name)[1]),
                 ("d_in", sae.d_in, first.d_in), ("d_sae", sae.d_sae, first.d_sae),
                 ("skip connection", "W_skip" in sae.params, "W_skip" in first.params)):
             if ours != theirs:
-                raise _refuse(f"needs one {what} for the whole set: {sae.hook_name} has {ours!r}, "
+                raise refuse(f"needs one {what} for the whole set: {sae.hook_name} has {ours!r}, "
                               f"{first.hook_name} has {theirs!r}")
     return ordered
 
@@ -133,7 +136,8 @@ def circuit_tracer_tensors(sae: PortableSAE) -> dict[str, np.ndarray]:
     return {name: np.asarray(value, np.float32) for name, value in tensors.items()}
 
 
-def _output_hook(model_class: str) -> str:
+def feature_output_hook(model_class: str) -> str:
+    """circuit-tracer's name of jaxinterp's ``hook_mlp_out`` on a model of class ``model_class``."""
     return "hook_mlp_out" if (model_class or "").lower().startswith(_POST_MLP_NORM_CLASSES) else "mlp.hook_out"
 
 
@@ -143,14 +147,15 @@ def circuit_tracer_config(saes: Sequence[PortableSAE], layer_paths: Sequence[str
     return {
         "model_name": first.metadata.get("model_name") or "",
         "model_kind": "transcoder_set",
-        "feature_input_hook": _INPUT_HOOKS[_layer_and_kind(first.hook_name)[1]],
-        "feature_output_hook": _output_hook(first.metadata.get("model_class_name") or ""),
+        "feature_input_hook": FEATURE_INPUT_HOOKS[layer_and_kind(first.hook_name)[1]],
+        "feature_output_hook": feature_output_hook(first.metadata.get("model_class_name") or ""),
         "scan": scan,
         "transcoders": list(layer_paths),
     }
 
 
-def _yaml(config: dict[str, object]) -> str:
+def yaml_text(config: dict[str, object]) -> str:
+    """``config`` (strings and lists of strings) as YAML."""
     # JSON scalars are YAML scalars: every string is written double-quoted, a list as a block sequence.
     lines = []
     for key, value in config.items():
@@ -183,6 +188,6 @@ def export_circuit_tracer(saes: Sequence[PortableSAE], out: str, overwrite: bool
     def write(directory: Path) -> None:
         for name, sae in zip(names, ordered):
             save_file(circuit_tracer_tensors(sae), str(directory / name))
-        (directory / "config.yaml").write_text(_yaml(config))  # last: circuit-tracer's cache treats it as "complete"
+        (directory / "config.yaml").write_text(yaml_text(config))  # last: circuit-tracer's cache treats it as "complete"
 
     return atomic_directory(str(final), overwrite, write, "circuit_tracer", ("config.yaml", *names))

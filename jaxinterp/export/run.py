@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from jaxinterp.config import ConfigError
 from jaxinterp.export.circuit_tracer import export_circuit_tracer
+from jaxinterp.export.circuit_tracer_clt import export_circuit_tracer_clt
 from jaxinterp.export.dictionary_learning import export_dictionary_learning
 from jaxinterp.export.npz import export_npz
 from jaxinterp.export.portable import portable_from_trained, require_format
@@ -64,6 +65,10 @@ def _model_layers(source: dict, partial: bool) -> int:
                           "layers 0..n-1 anyway") from error
 
 
+def _is_clt(run: str, sae: str) -> bool:
+    return read_run_config(run)["saes"][sae]["architecture"] == "clt"
+
+
 def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str = "", partial: bool = False,
                progress: bool = False) -> Path:
     """Exports SAE ``sae`` (default: the run's only one) at the newest checkpoint of ``run`` in
@@ -71,6 +76,8 @@ def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str =
 
     For a set format (``circuit_tracer``) ``run`` may list several runs and ``sae`` several members
     (:func:`transcoder_set_members`); the set must cover every layer of the source model unless ``partial``.
+    A cross-layer transcoder (``sae.architecture=clt``) is exported alone, as circuit-tracer's
+    ``cross_layer_transcoder``.
     ``progress`` shows a bar over a set's members as they are restored (one checkpoint each).
 
     Raises:
@@ -79,6 +86,10 @@ def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str =
     """
     if fmt in SET_FORMATS:
         members = transcoder_set_members(run, sae)
+        if len(members) == 1 and _is_clt(*members[0]):  # a cross-layer transcoder is a set by itself
+            trained = load_trained(*members[0])
+            return export_circuit_tracer_clt(trained, out, overwrite,
+                                             _model_layers(trained.run_config["source"], partial))
         trained = [load_trained(run_dir, name)
                    for run_dir, name in tqdm(members, unit="sae", desc="restore", disable=not progress)]
         n_layers = _model_layers(trained[0].run_config["source"], partial)

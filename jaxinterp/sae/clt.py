@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxinterp.config import Field
+from jaxinterp.config import ConfigError, Field
 from jaxinterp.sae.base import (TRANSCODER_ENCODER_SCALE, Architecture, LossContext, LossOutput, Params, b_dec_init,
                                 linear_warmup, option, total_variance)
 from jaxinterp.sae.batch_topk import GLOBAL_THRESHOLD_FIELDS, batch_topk_activations, update_threshold
@@ -315,8 +315,8 @@ def make(cfg: Mapping[str, Any]) -> Architecture:
 
 
 def _no_file_format(*_args, **_kwargs):
-    raise NotImplementedError("exporting or importing a cross-layer transcoder (sae.architecture=clt) is not "
-                              "implemented yet; its run directory holds the trained params (orbax)")
+    raise ConfigError("config field 'format': a cross-layer transcoder (sae.architecture=clt) exports as "
+                      "format=circuit_tracer only (its cross_layer_transcoder layout); one-hook formats cannot hold it")
 
 
 def _fold_scales(params: Params, input_scale: float, target_scale: float, transcode: bool) -> Params:
