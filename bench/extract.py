@@ -154,7 +154,8 @@ def main() -> None:
             "configs/extract.py", {"hooks": args.hook, "max_tokens": args.tokens, "out": f"{tmp}/{backend}",
                                    "context_size": args.context_size, "batch_size": args.batch_size, "backend": backend},
             schemas.EXTRACT, "extract")
-        hooks, packed, _ = plan_extraction(config("torch"))
+        sources, packed, _ = plan_extraction(config("torch"))
+        hooks = sources[0].hooks
         model = load_source_model("smollm2", backend="torch")
         jax_model = load_source_model("smollm2", backend="jax")
         batches = [packed.tokens[i: i + args.batch_size] for i in range(0, len(packed.tokens), args.batch_size)]

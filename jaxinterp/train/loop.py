@@ -45,7 +45,7 @@ __all__ = ["train", "run_config"]
 
 # Store-manifest keys copied into the run's cfg.json, so a run describes its data by itself.
 _SOURCE_KEYS = ("model", "model_name", "model_hash", "model_class", "context_size", "prepend_bos", "dataset_path",
-                "dataset_hash", "tokenizer", "dtype", "n_tokens")
+                "dataset_hash", "tokenizer", "dtype", "n_tokens", "models")  # models: a store of several (else None)
 
 
 def run_config(cfg: Mapping[str, Any], manifest: Mapping[str, Any], d_in: Mapping[str, int]) -> dict[str, Any]:
