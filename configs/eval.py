@@ -5,6 +5,7 @@ examples of a few latents.
     jaxinterp eval --config configs/eval.py --config.run=runs/topk
     jaxinterp eval --config configs/eval.py --config.run=runs/topk --config.latents=12,345 --config.ce_contexts=0
     jaxinterp eval --config configs/eval.py --config.run=runs/tcs --config.sae=l0 --config.transcoder_set=runs/tcs
+    jaxinterp eval --config configs/eval.py --config.run=runs/clt    # a cross-layer transcoder: per-layer metrics
 """
 
 import ml_collections

@@ -7,13 +7,15 @@ so the trained SAE never saw any of its tokens.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxinterp.config import ConfigError
 from jaxinterp.store import Store
 
-__all__ = ["Contexts", "heldout_context_ids", "read_contexts"]
+__all__ = ["Contexts", "heldout_context_ids", "model_spec", "read_contexts"]
 
 
 class Contexts(NamedTuple):
@@ -55,3 +57,16 @@ def read_contexts(store: Store, context_ids: np.ndarray, hooks: list[str]) -> Co
     joined = {name: np.concatenate(chunks) if chunks else np.zeros((0,), np.float32) for name, chunks in parts.items()}
     activations = {hook: joined[hook].astype(np.float32).reshape(len(ids), context, -1) for hook in hooks}
     return Contexts(joined["tokens"].reshape(len(ids), context), ids * context, activations)
+
+
+def model_spec(cfg: Mapping[str, Any], store: Store) -> str:
+    """The source model to run the contexts through: ``cfg.model``, else the one the store records.
+
+    Raises:
+      ConfigError: naming 'model' when neither names one.
+    """
+    spec = cfg["model"] or store.manifest.get("model", "")
+    if not spec:
+        raise ConfigError(f"config field 'model': store {store.url} does not record which model made it; "
+                          "pass --config.model (e.g. smollm2 or an HF directory)")
+    return spec

@@ -8,7 +8,8 @@ its hook: CE loss clean / spliced / zero-ablated, CE-loss recovered and KL (a tr
 are of its target hook, whose activation its prediction from the input hook replaces). For chosen latents:
 top-activating held-out examples (JSON and HTML). With ``transcoder_set``, a set of transcoders replaces
 every MLP output it covers in one spliced pass (:mod:`jaxinterp.eval.transcoder_set`), reported under
-``"transcoder_set"``.
+``"transcoder_set"``. A cross-layer transcoder run is evaluated by :mod:`jaxinterp.eval.clt_run` (per-layer FVU
+and L0, and the whole CLT spliced in at once).
 
 Writes ``<out>/eval.json``, ``feature_density.png``, ``zf_plot.png``, ``top_examples.json`` and
 ``top_examples.html`` (``out`` defaults to ``<run>/eval``, or ``<export>_eval`` beside an imported
@@ -29,7 +30,8 @@ import numpy as np
 from jaxinterp.atomic import atomic_directory, check_replaceable
 from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
-from jaxinterp.eval.contexts import heldout_context_ids, read_contexts
+from jaxinterp.eval.clt_run import evaluate_clt_run
+from jaxinterp.eval.contexts import heldout_context_ids, model_spec, read_contexts
 from jaxinterp.eval.examples import (choose_latents, latent_activations, top_examples, write_examples_html,
                                      write_examples_json)
 from jaxinterp.eval.holdout import evaluate_reconstruction
@@ -41,7 +43,7 @@ from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, re
 from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
 from jaxinterp.runs import load_trained
 from jaxinterp.sae import dense_latents
-from jaxinterp.store import Store, open_store
+from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
 from jaxinterp.wandb_log import log_evaluation
 
@@ -52,14 +54,6 @@ EVAL_FILES = ("eval.json", "feature_density.png", "zf_plot.png", "top_examples.j
 
 # Held-out tokens the ZF plot draws (and its median ratio summarises).
 ZF_TOKENS = 4096
-
-
-def _model_spec(cfg: Mapping[str, Any], store: Store) -> str:
-    spec = cfg["model"] or store.manifest.get("model", "")
-    if not spec:
-        raise ConfigError(f"config field 'model': store {store.url} does not record which model made it; "
-                          "pass --config.model (e.g. smollm2 or an HF directory)")
-    return spec
 
 
 def model_metrics(model: Any, contexts, hook: str, architecture, params, arch_state, keep_first: bool,
@@ -101,9 +95,8 @@ def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, An
     store is read from its start, and an imported SAE needs one.
     """
     trained = load_trained(cfg["run"], cfg["sae"]) if is_run_directory(cfg["run"]) else None
-    if trained and "hook_names" in trained.config:
-        raise NotImplementedError("config field 'run': eval of a cross-layer transcoder (per-layer FVU, the "
-                                  "spliced CE loss) is not implemented yet; its run's eval.json has the holdout FVU")
+    if trained and "hook_names" in trained.config:  # a cross-layer transcoder: its own metrics
+        return evaluate_clt_run(cfg, trained, progress)
     sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])
     if not (cfg["store"] or trained):
         raise ConfigError(f"config field 'store': {cfg['run']} is an imported SAE; name the store to evaluate on")
@@ -168,7 +161,7 @@ def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, An
         raise ConfigError("config field 'contexts': no whole context lies in the held-out chunks; raise the run's "
                           "holdout_fraction or evaluate on another store (--config.store)")
     contexts = read_contexts(store, context_ids, [hook])
-    spec = _model_spec(cfg, store)
+    spec = model_spec(cfg, store)
     files = resolve_model(spec)
     if files.fingerprint() != store.manifest["model_hash"]:
         raise ConfigError(f"config field 'model': {files.name} is not the model that made store {store.url} "

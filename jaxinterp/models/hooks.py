@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["HookEdit", "HookPoint", "as_edits", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError",
+__all__ = ["HookEdit", "HookPoint", "as_edits", "edit_sources", "as_hook_points", "parse_hooks", "valid_hook_names", "HookError",
            "LAYER_KINDS", "RESIDUAL_KINDS", "SUBBLOCK_KINDS", "hook_width", "layer_count", "refused_kinds"]
 
 RESIDUAL_KINDS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "hook_resid_post")
@@ -39,13 +39,20 @@ class HookEdit(NamedTuple):
 
     With ``source`` (a hook earlier in the forward pass, e.g. ``blocks.6.mlp.hook_in`` for a
     transcoder replacing ``blocks.6.hook_mlp_out``), the edit reads that hook's activation in the
-    same pass and ``replace(operand, x, source_x)`` gets it too.
+    same pass and ``replace(operand, x, source_x)`` gets it too. ``source`` may be a tuple of such hooks
+    (a cross-layer transcoder's target reads every earlier layer's input): ``replace(operand, x, *source_xs)``,
+    in the tuple's order.
     """
 
     hook: str
     replace: Callable[..., Any]
     operand: Any = None
-    source: str = ""
+    source: str | tuple[str, ...] = ""
+
+
+def edit_sources(edit: HookEdit) -> tuple[str, ...]:
+    """The hooks ``edit`` reads besides its own: ``()``, its one ``source``, or its tuple of them."""
+    return (edit.source,) if isinstance(edit.source, str) and edit.source else tuple(edit.source)
 
 
 def as_edits(edit: HookEdit | Sequence[HookEdit] | None) -> tuple[HookEdit, ...]:

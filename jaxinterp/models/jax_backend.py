@@ -25,7 +25,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxinterp.mesh import Rules, make_mesh, tree_shardings
 from jaxinterp.models.checkpoint import lazy_safetensors, place
 from jaxinterp.models.files import ModelFiles, load_hf_config
-from jaxinterp.models.hooks import HookEdit, HookPoint, as_edits, as_hook_points, layer_count, parse_hooks
+from jaxinterp.models.hooks import (HookEdit, HookPoint, as_edits, as_hook_points, edit_sources, layer_count,
+                                    parse_hooks)
 from jaxinterp.models.support import check_jax_support
 from jaxinterp.models.transformer import Edit, build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
@@ -50,24 +51,26 @@ def _forward(graphdef, state, tokens, capture, edit, logits):
 
 
 def _edited_logits(graphdef, specs, state, tokens, operands):
-    """Logits with every edit of ``specs`` ((hook, replace, source) each; ``operands`` alongside) applied as the
-    forward pass reaches its hook, so a later edit's source is computed from the already edited stream."""
-    read = {}  # edit index -> its source hook's activation, carried (while tracing) to the later hook it edits
+    """Logits with every edit of ``specs`` ((hook, replace, sources) each; ``operands`` alongside) applied as the
+    forward pass reaches its hook, so a later edit's sources are computed from the already edited stream."""
+    read = {}  # edit index -> {source hook: its activation}, carried (while tracing) to the later hook it edits
 
     def edit(name, x):
-        for i, (_, _, source) in enumerate(specs):
-            if name == source:
-                read[i] = x
+        for i, (_, _, sources) in enumerate(specs):
+            if name in sources:
+                read.setdefault(i, {})[name] = x
         new = x
-        for i, (hook, replace, source) in enumerate(specs):
+        for i, (hook, replace, sources) in enumerate(specs):
             if name != hook:
                 continue
-            if not source:
+            if not sources:
                 new = replace(operands[i], new).astype(x.dtype)
                 continue
-            if i not in read:
-                raise ValueError(f"hook edit: source {source} does not come before {hook} in the forward pass")
-            new = replace(operands[i], new, read.pop(i).astype(jnp.float32)).astype(x.dtype)
+            got = read.pop(i, {})
+            missing = [source for source in sources if source not in got]
+            if missing:
+                raise ValueError(f"hook edit: source {missing[0]} does not come before {hook} in the forward pass")
+            new = replace(operands[i], new, *(got[source].astype(jnp.float32) for source in sources)).astype(x.dtype)
         return new
 
     return hooked_forward(nnx.merge(graphdef, state), tokens, edit=edit, logits=True)[0]
@@ -136,9 +139,9 @@ class JaxSourceModel:
         if not edits:
             return self.forward(tokens)[0].astype(np.float32)
         for one in edits:  # an unknown or refused hook would edit nothing
-            parse_hooks([one.hook] + ([one.source] if one.source else []), self.n_layers, self.config)
+            parse_hooks([one.hook, *edit_sources(one)], self.n_layers, self.config)
         operands = jax.device_put(tuple(one.operand for one in edits), NamedSharding(self.mesh, P()))
-        specs = tuple((one.hook, one.replace, one.source) for one in edits)
+        specs = tuple((one.hook, one.replace, edit_sources(one)) for one in edits)
         return self._jitted_edit(specs, self.state, self._place(tokens), operands).astype(np.float32)
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:

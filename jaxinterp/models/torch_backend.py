@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from jaxinterp.models.files import ModelFiles, load_hf_config
-from jaxinterp.models.hooks import SUBBLOCK_KINDS, HookEdit, HookPoint, as_edits, as_hook_points, parse_hooks
+from jaxinterp.models.hooks import (SUBBLOCK_KINDS, HookEdit, HookPoint, as_edits, as_hook_points, edit_sources,
+                                    parse_hooks)
 from jaxinterp.models.support import check_torch_support
 
 __all__ = ["TorchSourceModel", "HOOK_MODULES"]
@@ -276,28 +277,30 @@ class TorchSourceModel:
         edits = as_edits(edit)
         handles = []
         for one in edits:
-            (point, *source) = parse_hooks([one.hook] + ([one.source] if one.source else []), self.n_layers,
-                                           self.config)
-            if source and source[0].order > point.order:
-                raise ValueError(f"hook edit: source {one.source} does not come before {one.hook} in the forward pass")
-            if source:  # attached first: a module's input hook fires before its output hook
-                read: dict = {}
-                handles.append(self._attach(source[0], lambda x, read=read: read.__setitem__("x", x.float().numpy())))
-            else:
-                read = None
-            handles.append(self._attach(point, self._transform(one, read)))
+            sources = edit_sources(one)
+            (point, *source_points) = parse_hooks([one.hook, *sources], self.n_layers, self.config)
+            for source in source_points:
+                if source.order > point.order:
+                    raise ValueError(f"hook edit: source {source.name} does not come before {one.hook} in the "
+                                     "forward pass")
+            read: dict = {}  # source hook -> its activation in this pass
+            for source in source_points:  # attached first: a module's input hook fires before its output hook
+                handles.append(self._attach(source, lambda x, read=read, name=source.name:
+                                            read.__setitem__(name, x.float().numpy())))
+            handles.append(self._attach(point, self._transform(one, read if sources else None)))
         return self._forward(tokens, handles).logits.float().numpy()
 
     def _transform(self, edit: HookEdit, read: dict | None) -> Callable:
-        """The hook function applying ``edit``; ``read`` gets its source's activation first (``None``: no source)."""
+        """The hook function applying ``edit``; ``read`` gets its sources' activations first (``None``: none)."""
         replace = self._jitted_replace(edit.replace)
 
         def transform(x):
             args = (edit.operand, x.float().numpy())
             if read is not None:
-                if "x" not in read:
-                    raise ValueError(f"hook edit: source {edit.source} did not fire before {edit.hook}")
-                args += (read.pop("x"),)
+                for source in edit_sources(edit):
+                    if source not in read:
+                        raise ValueError(f"hook edit: source {source} did not fire before {edit.hook}")
+                    args += (read.pop(source),)
             new = np.array(replace(*args))  # writable
             return self._torch.from_numpy(new).to(x.dtype)
 
