@@ -106,7 +106,7 @@ def test_decode_equals_the_dense_block_triangular_decoder():
     expected = latents.reshape(T, L * N) @ dense_decoder(params) + params["b_dec"].reshape(-1)
     y_hat = jax.jit(clt.decode)(params, latents)
     assert y_hat.shape == (T, L, D_OUT)
-    np.testing.assert_allclose(y_hat.reshape(T, -1), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(y_hat.reshape(T, -1), expected, rtol=1e-5, atol=1e-5)
     # A latent of the last layer writes only to the last layer; one of layer 0 to every layer.
     only_last = jnp.zeros((1, L, N)).at[0, L - 1, 3].set(2.0)
     np.testing.assert_allclose(clt.decode(params, only_last)[0, :L - 1], params["b_dec"][:L - 1], atol=1e-7)
@@ -224,17 +224,31 @@ def test_decoder_is_block_triangular_in_the_pytree_and_axes_name_the_latent_dim(
             assert logical_sharding(axes, value.shape, mesh).spec[axes.index(LATENT)] == "model", name
 
 
-def test_init_centres_pre_activations_and_scales_decoders_by_target_fan_in():
+def test_init_centres_pre_activations_and_scales_decoders_to_each_target():
     x, y = samples(6, 512)
     params = clt.init_clt(jax.random.key(0), L, D_IN, N, D_OUT, x, y, "jumprelu", k=K)
     np.testing.assert_allclose(params["b_dec"], jnp.mean(y, axis=0), rtol=1e-5, atol=1e-6)
     pre = clt.pre_activations(params, x)
     np.testing.assert_allclose(jnp.mean(pre, axis=0), 0.0, atol=1e-6)
     np.testing.assert_allclose(jnp.linalg.norm(params["W_enc"], axis=1), 0.1, rtol=1e-5)
-    for source in range(L):
-        norms = jnp.linalg.norm(params[f"W_dec_{source}"], axis=-1)
-        np.testing.assert_allclose(norms, jnp.broadcast_to(1 / jnp.sqrt(jnp.arange(source, L) + 1.0), norms.shape),
-                                   rtol=1e-5)
+    # Decoder vectors into target L' all share one norm (∝ 1/√(L' + 1), the sources adding into it) ...
+    into = [jnp.concatenate([jnp.linalg.norm(params[f"W_dec_{s}"][:, t - s], axis=-1) for s in range(t + 1)])
+            for t in range(L)]
+    for norms in into:
+        np.testing.assert_allclose(norms, norms[0], rtol=1e-5)
+    # ... 1/√(L' + 1) where that prediction stays below the target, else shrunk to the target's centred norm.
+    centred = lambda a: jnp.sum(jnp.square(a - jnp.mean(a, axis=0)), axis=(0, 2))
+    for scale in (1.0, 1e-3):  # MLP outputs of a large and of a tiny model
+        params = clt.init_clt(jax.random.key(0), L, D_IN, N, D_OUT, x, scale * y, "jumprelu", k=K)
+        predicted = centred(clt.decode(params, clt.encode(params, x, "jumprelu", K)[0]))
+        unshrunk = np.array([float(jnp.linalg.norm(params["W_dec_0"][0, t])) * np.sqrt(t + 1) for t in range(L)])
+        for t in range(L):
+            if np.isclose(unshrunk[t], 1.0, rtol=1e-5):
+                assert predicted[t] <= centred(scale * y)[t] * (1 + 1e-4), (scale, t)
+            else:
+                assert unshrunk[t] < 1.0
+                np.testing.assert_allclose(predicted[t], centred(scale * y)[t], rtol=1e-4)
+        assert (scale == 1.0) == bool(np.allclose(unshrunk, 1.0, rtol=1e-5)), unshrunk  # only the tiny one shrinks
     fires = jnp.mean(pre > jnp.exp(params["log_threshold"]), axis=0)
     np.testing.assert_allclose(fires, K / N, atol=2 / 512)
     assert "log_threshold" not in clt.init_clt(jax.random.key(0), L, D_IN, N, D_OUT, x, y, "topk")

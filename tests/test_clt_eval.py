@@ -202,6 +202,7 @@ def test_jaxinterp_eval_of_a_clt_run(clt_run, capsys):
     assert got["ce_contexts"] == 4 and set(got["skipped"]) == {"zf_plot", "top_examples"}
     # the per-layer FVU is of the same holdout rows as the all-layer one; it is between its extremes
     assert min(got["fvu_per_layer"]) <= got["fvu"] <= max(got["fvu_per_layer"])
+    assert got["fvu"] < 0.9  # it learnt (0.74 measured; 1.30 before init matched the targets' tiny scale)
     trained = load_trained(str(run))
     assert got["step"] == trained.step == 40
     print(f"CLT eval (tiny Llama, 3 layers, 64 latents/layer, k {K}, 40 steps): "

@@ -102,8 +102,9 @@ def init_clt(key: jax.Array, n_layers: int, d_in: int, n_latents: int, d_out: in
     As :func:`jaxinterp.sae.base.init_dictionary`'s transcoder: encoder columns random of norm
     :data:`TRANSCODER_ENCODER_SCALE`, ``b_enc = −x̄_ℓ W_enc[ℓ]`` (the first pre-activations see centred
     input), ``b_dec[ℓ]`` from ``y_sample``'s layer ℓ (:func:`b_dec_init`). Decoder vectors are random unit
-    directions, those into target ``L'`` scaled by ``1/√(L' + 1)``: ``L' + 1`` source layers add into that
-    target, so each target's initial prediction is as large as one layer's transcoder's. JumpReLU:
+    directions, those into target ``L'`` scaled by ``1/√(L' + 1)`` (``L' + 1`` source layers add into that
+    target), then those into a target the sample's initial prediction overshoots shrunk to the target's
+    centred norm (:func:`_match_target_scale`). JumpReLU:
     ``log_threshold[ℓ]`` where each latent fires on ``k / n`` of the sample (:func:`initial_log_threshold`).
     """
     _check_activation(activation)
@@ -125,10 +126,27 @@ def init_clt(key: jax.Array, n_layers: int, d_in: int, n_latents: int, d_out: in
     starts = np.cumsum([0] + [n_layers - source for source in range(n_layers)])
     for source in range(n_layers):
         params[decoder_key(source)] = W_dec[:, starts[source]:starts[source + 1]]
+    pre = pre_activations(params, x_sample)
     if activation == "jumprelu":
-        pre = pre_activations(params, x_sample)
         params["log_threshold"] = jax.vmap(partial(initial_log_threshold, target_l0=min(k, n_latents)),
                                            in_axes=1)(pre)
+    return _match_target_scale(params, activate(params, pre, activation, min(k, n_latents))[0], y_sample)
+
+
+def _match_target_scale(params: Params, latents: jax.Array, y_sample: jax.Array) -> Params:
+    """Shrinks the decoder blocks into each target L' whose sample prediction is larger than the target
+    (centred norms) to the target's norm: MLP outputs range from ~0.01 (small models) to ~10, and unit
+    decoders far above the target's scale cost hundreds of steps of shrinking (a CLT's decoder norms are
+    free, not unit). A smaller prediction is left as it is: random directions at the target's full norm
+    would double the initial error."""
+    layers = layer_count(params)
+    b_dec = params["b_dec"]
+    y_hat = decode(params, latents) - b_dec
+    predicted = jnp.sqrt(jax.vmap(total_variance, in_axes=1)(y_hat))
+    wanted = jnp.sqrt(jax.vmap(total_variance, in_axes=1)(y_sample))
+    ratio = jnp.minimum(1.0, wanted / jnp.maximum(predicted, jnp.finfo(jnp.float32).tiny))  # [L'] targets
+    for source in range(layers):
+        params[decoder_key(source)] = params[decoder_key(source)] * ratio[source:, None]
     return params
 
 
