@@ -24,6 +24,7 @@ from jaxinterp.runs import load_trained
 from jaxinterp.sae import crosscoder as xc
 from jaxinterp.sae.jumprelu import jump_relu
 from jaxinterp.train import abstract_state, build_members, train
+from jaxinterp.train.loop import massive_mode
 from jaxinterp.train.members import check_widths, source_hooks
 from jaxinterp.train.state import state_shardings
 from tests.stores import write_store
@@ -163,6 +164,8 @@ def test_a_layer_wildcard_names_the_same_sources():
     cfg = xc_config("unused", "unused", hook="blocks.*.hook_resid_post")
     (member,) = build_members(cfg, ["blocks.1.hook_resid_post", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"])
     assert member.input_hooks == HOOKS and member.target_hooks == HOOKS and not member.transcoder
+    # Shrinking each source's massive rows by its own factor would unpair one token's sources: they are dropped.
+    assert cfg["massive_tokens"] == "shrink" and massive_mode("shrink", [member]) == "drop"
 
 
 def test_any_store_hook_names_work_as_sources():

@@ -126,10 +126,11 @@ def massive_mode(massive_tokens: str, members: Sequence[Member]) -> str:
     """The buffer's handling of massive rows for ``massive_tokens`` (``keep`` sets no threshold at all).
 
     ``shrink`` rescales each hook's vector by that hook's own factor, so a transcoder's (input,
-    target) pair would stop being an MLP's input and output: a run with a transcoder member drops
+    target) pair would stop being an MLP's input and output, and a crosscoder's sources (one token's
+    shared latents) would stop being one token's: a run with a transcoder or multi-hook member drops
     massive rows instead (at every hook, for every member, since they share the batches).
     """
-    if massive_tokens == "drop" or any(member.transcoder for member in members):
+    if massive_tokens == "drop" or any(member.transcoder or member.layer_hooks for member in members):
         return "drop"
     return "shrink"
 
