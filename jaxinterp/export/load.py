@@ -13,7 +13,8 @@ import jax
 from etils import epath
 
 from jaxinterp.config import ConfigError
-from jaxinterp.export.crosscoder import CROSSCODER_FORMAT, WEIGHTS_FILE, portable_crosscoder, read_crosscoder, to_crosscoder
+from jaxinterp.export.crosscoder import (CROSSCODER_FORMAT, WEIGHTS_FILE, portable_crosscoder, read_crosscoder,
+                                         to_crosscoder)
 from jaxinterp.export.npz import read_npz
 from jaxinterp.export.portable import PortableSAE, portable_from_trained, to_jaxinterp
 from jaxinterp.export.saelens import read_saelens
@@ -109,7 +110,8 @@ def loaded_from_trained(trained: TrainedSAE) -> LoadedSAE:
 def detect_format(path: str | Path | epath.Path) -> str:
     """``run``, ``crosscoder``, ``saelens``, ``sparsify`` or ``npz``, from the files at ``path``.
 
-    A jaxinterp run directory is ``run``; a directory with ``crosscoder.safetensors`` is ``crosscoder``; a ``.npz`` file or a directory with ``params.npz`` is Gemma-Scope style; a directory with
+    A jaxinterp run directory is ``run``; a directory with ``crosscoder.safetensors`` is ``crosscoder``;
+    a ``.npz`` file or a directory with ``params.npz`` is Gemma-Scope style; a directory with
     ``sae_weights.safetensors`` is SAELens; one with ``sae.safetensors``, or whose subdirectories
     hold one, is sparsify.
 

@@ -45,7 +45,8 @@ from jaxinterp.sae.spec import LATENT, ArchitectureSpec
 from jaxinterp.sae.topk import topk_family_lr
 
 __all__ = ["ACTIVATIONS", "CLT_PARAM_AXES", "CLTLossOutput", "MAX_LAYERS", "NORM_COMBINES", "PRE_ACT_COEFFICIENT",
-           "TANH_SCALE", "activate", "combined_norms", "decode", "decoder_key", "decoder_norms", "encode", "init_clt", "loss",
+           "TANH_SCALE", "activate", "combined_norms", "decode", "decoder_key", "decoder_norms", "encode", "init_clt",
+           "loss",
            "layer_count", "make", "pre_activations", "SPEC"]
 
 ACTIVATIONS = ("jumprelu", "relu", "topk", "batch_topk")

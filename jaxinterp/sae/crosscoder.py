@@ -44,7 +44,8 @@ import numpy as np
 
 from jaxinterp.config import ConfigError
 from jaxinterp.sae import clt
-from jaxinterp.sae.base import Architecture, LossContext, LossOutput, Params, b_dec_init, linear_warmup, option, total_variance
+from jaxinterp.sae.base import (Architecture, LossContext, LossOutput, Params, b_dec_init, linear_warmup, option,
+                                total_variance)
 from jaxinterp.sae.batch_topk import update_threshold
 from jaxinterp.sae.jumprelu import initial_log_threshold
 from jaxinterp.sae.spec import LATENT, ArchitectureSpec
