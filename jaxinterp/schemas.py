@@ -169,9 +169,9 @@ EXPORT = Schema(
         "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE (circuit_tracer: comma-separated members "
                           "of one sweep run; '' = all)", default=""),
         "format": Field(str, "export format: SAELens v6 dir, sparsify/delphi <out>/<hookpoint> dir, Gemma-Scope "
-                             "params.npz dir, dictionary_learning ae.pt + config.json dir, or circuit-tracer transcoder-set dir "
-                             "(config.yaml + layer_i.safetensors)",
-                        choices=("saelens", "sparsify", "npz", "dictionary_learning", "circuit_tracer"),
+                             "params.npz dir, dictionary_learning ae.pt + config.json dir, circuit-tracer transcoder-set dir "
+                             "(config.yaml + layer_i.safetensors), or crosscoder dir (crosscoder.safetensors + cfg.json)",
+                        choices=("saelens", "sparsify", "npz", "dictionary_learning", "circuit_tracer", "crosscoder"),
                         default="saelens"),
         "partial": Field(bool, "circuit_tracer: accept a set of layers 0..n-1 without checking it covers every layer "
                                "of the source model (circuit-tracer's ReplacementModel needs all)", default=False),

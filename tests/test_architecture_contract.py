@@ -1,6 +1,6 @@
 """What every one-hook architecture promises through its spec, checked for each built-in (and a custom
-one defined in tests/), so an architecture added to BUILTINS is covered without a new test. A cross-layer
-one (its spec's ``layers``: hooks are layer wildcards) has its own tests (tests/test_clt*.py)."""
+one defined in tests/), so an architecture added to BUILTINS is covered without a new test. A multi-hook
+one (its spec's ``layers``: clt, crosscoder) has its own tests (tests/test_clt*.py, tests/test_crosscoder.py)."""
 
 from functools import partial
 

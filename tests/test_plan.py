@@ -55,6 +55,8 @@ def compiled_step_bytes(cfg, data: int, model: int) -> int:
     ({"sweep": "a: k=8; wide: n_latents=4096, architecture=relu"}, 2, 4),
     ({"hook": "blocks.*.mlp.hook_in", "target_hook": "blocks.*.hook_mlp_out", "sae.architecture": "clt",
       "sae.n_latents": 3 * 1024}, 2, 4),  # a cross-layer transcoder over 3 layers
+    ({"hook": "blocks.0.mlp.hook_in,blocks.1.mlp.hook_in,blocks.2.mlp.hook_in", "sae.architecture": "crosscoder"},
+     2, 4),  # a crosscoder over 3 hooks
 ])
 def test_planned_bytes_match_the_compiled_sharded_step(overrides, data, model):
     cfg = train_cfg(**overrides)

@@ -32,6 +32,7 @@ from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
 from jaxinterp.eval.clt_run import evaluate_clt_run
 from jaxinterp.eval.contexts import heldout_context_ids, model_spec, read_contexts
+from jaxinterp.eval.crosscoder import evaluate_crosscoder_run
 from jaxinterp.eval.examples import (choose_latents, latent_activations, top_examples, write_examples_html,
                                      write_examples_json)
 from jaxinterp.eval.holdout import evaluate_reconstruction
@@ -95,6 +96,8 @@ def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, An
     store is read from its start, and an imported SAE needs one.
     """
     trained = load_trained(cfg["run"], cfg["sae"]) if is_run_directory(cfg["run"]) else None
+    if trained and trained.config["architecture"] == "crosscoder":  # per-source FVU, relative decoder norms
+        return evaluate_crosscoder_run(cfg, trained, progress)
     if trained and "hook_names" in trained.config:  # a cross-layer transcoder: its own metrics
         return evaluate_clt_run(cfg, trained, progress)
     sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])

@@ -13,6 +13,8 @@ import jax
 from etils import epath
 
 from jaxinterp.config import ConfigError
+from jaxinterp.export.crosscoder import (CROSSCODER_FORMAT, WEIGHTS_FILE, portable_crosscoder, read_crosscoder,
+                                         to_crosscoder)
 from jaxinterp.export.npz import read_npz
 from jaxinterp.export.portable import PortableSAE, portable_from_trained, to_jaxinterp
 from jaxinterp.export.saelens import read_saelens
@@ -98,14 +100,18 @@ def is_run_directory(path: str | Path | epath.Path) -> bool:
 
 def loaded_from_trained(trained: TrainedSAE) -> LoadedSAE:
     """The :class:`LoadedSAE` of a trained run's SAE (normalisation folded in, raw activations)."""
+    if trained.config["architecture"] == "crosscoder":  # its own portable form (export/crosscoder.py)
+        sae = portable_crosscoder(trained)
+        return LoadedSAE("run", sae, *to_crosscoder(sae))
     sae = portable_from_trained(trained)
     return LoadedSAE("run", sae, *to_jaxinterp(sae))
 
 
 def detect_format(path: str | Path | epath.Path) -> str:
-    """``run``, ``saelens``, ``sparsify`` or ``npz``, from the files at ``path``.
+    """``run``, ``crosscoder``, ``saelens``, ``sparsify`` or ``npz``, from the files at ``path``.
 
-    A jaxinterp run directory is ``run``; a ``.npz`` file or a directory with ``params.npz`` is Gemma-Scope style; a directory with
+    A jaxinterp run directory is ``run``; a directory with ``crosscoder.safetensors`` is ``crosscoder``;
+    a ``.npz`` file or a directory with ``params.npz`` is Gemma-Scope style; a directory with
     ``sae_weights.safetensors`` is SAELens; one with ``sae.safetensors``, or whose subdirectories
     hold one, is sparsify.
 
@@ -123,6 +129,8 @@ def detect_format(path: str | Path | epath.Path) -> str:
         raise FileNotFoundError(f"{path} is a file but not a .npz; pass an SAE directory")
     if (path / "params.npz").exists():
         return "npz"
+    if (path / WEIGHTS_FILE).exists():
+        return CROSSCODER_FORMAT
     if (path / "sae_weights.safetensors").exists():
         return "saelens"
     if (path / "sae.safetensors").exists() or hookpoint_dirs(path):
@@ -151,8 +159,12 @@ def load_sae(path: str | Path | epath.Path, fmt: str = "", name: str = "") -> Lo
         from jaxinterp.runs import load_trained  # orbax is heavy; importing export needs none of it
 
         return loaded_from_trained(load_trained(str(path), name))
+    if fmt == CROSSCODER_FORMAT:
+        with local_copy(location(path)) as local:
+            sae = read_crosscoder(local)
+        return LoadedSAE(fmt, sae, *to_crosscoder(sae))
     if fmt not in READERS:
-        raise ValueError(f"unknown SAE format {fmt!r}; choose one of run, {', '.join(READERS)}")
+        raise ValueError(f"unknown SAE format {fmt!r}; choose one of run, {CROSSCODER_FORMAT}, {', '.join(READERS)}")
     with local_copy(location(path)) as local:  # the readers read local files
         sae = READERS[fmt](local)
     architecture, params, arch_state = to_jaxinterp(sae)

@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 from jaxinterp.config import ConfigError
 from jaxinterp.export.circuit_tracer import export_circuit_tracer
 from jaxinterp.export.circuit_tracer_clt import export_circuit_tracer_clt
+from jaxinterp.export.crosscoder import CROSSCODER_FORMAT, export_crosscoder, portable_crosscoder
 from jaxinterp.export.dictionary_learning import export_dictionary_learning
 from jaxinterp.export.npz import export_npz
 from jaxinterp.export.portable import portable_from_trained, require_format
@@ -94,8 +95,11 @@ def export_run(run: str, fmt: str, out: str, overwrite: bool = False, sae: str =
                    for run_dir, name in tqdm(members, unit="sae", desc="restore", disable=not progress)]
         n_layers = _model_layers(trained[0].run_config["source"], partial)
         return export_circuit_tracer([portable_from_trained(t) for t in trained], out, overwrite, n_layers)
+    if fmt == CROSSCODER_FORMAT:  # its own portable form: sources stacked [S, d] (export/crosscoder.py)
+        return export_crosscoder(portable_crosscoder(load_trained(run, sae)), out, overwrite=overwrite)
     if fmt not in FORMATS:
-        raise ConfigError(f"config field 'format' must be one of {', '.join(map(repr, (*FORMATS, *SET_FORMATS)))}, "
+        raise ConfigError(f"config field 'format' must be one of "
+                          f"{', '.join(map(repr, (*FORMATS, *SET_FORMATS, CROSSCODER_FORMAT)))}, "
                           f"got {fmt!r}")
     # Every process restores (orbax restores collectively); process 0 alone writes (atomic_directory).
     portable = portable_from_trained(load_trained(run, sae))

@@ -45,7 +45,8 @@ from jaxinterp.sae.spec import LATENT, ArchitectureSpec
 from jaxinterp.sae.topk import topk_family_lr
 
 __all__ = ["ACTIVATIONS", "CLT_PARAM_AXES", "CLTLossOutput", "MAX_LAYERS", "NORM_COMBINES", "PRE_ACT_COEFFICIENT",
-           "TANH_SCALE", "activate", "decode", "decoder_key", "decoder_norms", "encode", "init_clt", "loss",
+           "TANH_SCALE", "activate", "combined_norms", "decode", "decoder_key", "decoder_norms", "encode", "init_clt",
+           "loss",
            "layer_count", "make", "pre_activations", "SPEC"]
 
 ACTIVATIONS = ("jumprelu", "relu", "topk", "batch_topk")
@@ -214,16 +215,17 @@ def decode(params: Params, latents: jax.Array) -> jax.Array:
 def decoder_norms(params: Params, combine: str = "concatenated") -> jax.Array:
     """``[L, n]``: each latent's penalty weight ‖W_dec,i‖ from its decoder vectors into its target layers:
     the norm of their concatenation (Ameisen et al. 2025) or the sum of their norms (:data:`NORM_COMBINES`)."""
+    return jnp.stack([combined_norms(params[decoder_key(source)], combine) for source in range(layer_count(params))])
+
+
+def combined_norms(W_dec: jax.Array, combine: str = "concatenated") -> jax.Array:
+    """``[n]``: one penalty weight per latent from its decoder vectors ``W_dec [n, targets, d_out]``, combined
+    by ``combine`` (:data:`NORM_COMBINES`); a crosscoder's ``W_dec [n, S, d]`` takes ``"sum"``."""
     if combine not in NORM_COMBINES:
         raise ValueError(f"CLT decoder norm {combine!r}; choose one of {', '.join(NORM_COMBINES)}")
-    norms = []
-    for source in range(layer_count(params)):
-        W_dec = params[decoder_key(source)]
-        if combine == "concatenated":
-            norms.append(jnp.linalg.norm(W_dec.reshape(W_dec.shape[0], -1), axis=-1))
-        else:
-            norms.append(jnp.sum(jnp.linalg.norm(W_dec, axis=-1), axis=-1))
-    return jnp.stack(norms)
+    if combine == "concatenated":
+        return jnp.linalg.norm(W_dec.reshape(W_dec.shape[0], -1), axis=-1)
+    return jnp.sum(jnp.linalg.norm(W_dec, axis=-1), axis=-1)
 
 
 class CLTLossOutput(NamedTuple):
@@ -347,9 +349,11 @@ SPEC = ArchitectureSpec(
     "clt", make, "clt",
     fields={
         "activation": Field(str, "CLT: latent activation (per layer: topk, jumprelu, relu; batch_topk across all "
-                                 "layers' latents)", choices=ACTIVATIONS, default="batch_topk"),
-        "sparsity_coefficient": Field(float, "CLT jumprelu/relu: weight of the tanh(c |W_dec| a) sparsity penalty "
-                                             "(Ameisen et al. 2025)", minimum=0.0, default=1.0),
+                                 "layers' latents); crosscoder: over its shared latents", choices=ACTIVATIONS,
+                            default="batch_topk"),
+        "sparsity_coefficient": Field(float, "CLT jumprelu/relu, crosscoder jumprelu: weight of the tanh(c |W_dec| a) "
+                                             "sparsity penalty (Ameisen et al. 2025); crosscoder relu: of the "
+                                             "decoder-norm-weighted L1 (Lindsey et al. 2024)", minimum=0.0, default=1.0),
         "tanh_scale": Field(float, "CLT: c of the tanh penalty (Anthropic, Jan 2025: 4)", minimum=0.0,
                             default=TANH_SCALE),
         "pre_act_coefficient": Field(float, "CLT jumprelu: weight of the dead-latent pre-activation loss "

@@ -101,8 +101,10 @@ class ArchitectureSpec(NamedTuple):
         (true for a per-latent threshold; false for a top-k ranking or a global threshold).
       transcoder: whether it has a transcoder form (``cfg["transcode"]``: a target hook other than its
         input hook); the trainer refuses a transcoder member of one that has not.
-      layers: it reads one hook per layer (a cross-layer transcoder): its ``hook`` and ``target_hook``
-        are layer wildcards (``blocks.*.mlp.hook_in``) and its functions see ``[tokens, L, d]`` stacks.
+      layers: it reads several hooks and its functions see ``[tokens, L, d]`` stacks. With
+        ``transcoder`` (a cross-layer transcoder) its ``hook`` and ``target_hook`` are layer wildcards
+        (``blocks.*.mlp.hook_in``); without (a crosscoder, acausal) ``hook`` lists its sources (comma-separated
+        store hooks or a wildcard) and ``target_hook`` is ``''``.
     """
 
     name: str
@@ -127,7 +129,8 @@ class ArchitectureSpec(NamedTuple):
 
 # The built-in architectures, each the module ``jaxinterp.sae.<name>`` (a static list: nothing is
 # registered at import time).
-BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu", "gated", "matching_pursuit", "top_afa", "clt")
+BUILTINS = ("topk", "batch_topk", "matryoshka", "jumprelu", "relu", "gated", "matching_pursuit", "top_afa", "clt",
+            "crosscoder")
 
 # The built-in an importer gives a file of each family (a file records the inference rule only).
 FAMILY_BUILTINS: Mapping[str, str] = {"topk": "topk", "jumprelu": "jumprelu", "relu": "relu", "gated": "gated",
@@ -193,7 +196,7 @@ def transcoder_architectures() -> tuple[str, ...]:
 
 
 def one_hook_builtins() -> tuple[str, ...]:
-    """The built-ins that read one hook (all but the cross-layer ones, whose hooks are layer wildcards)."""
+    """The built-ins that read one hook (all but the multi-hook ones: cross-layer transcoders, crosscoders)."""
     return tuple(name for name in BUILTINS if not architecture_spec(name).layers)
 
 

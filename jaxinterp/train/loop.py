@@ -33,7 +33,8 @@ from jaxinterp.runs import restore_step
 from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
 from jaxinterp.train.checkpoint import CheckpointWriter, prepare_run_dir
-from jaxinterp.train.members import Member, build_members, layer_hooks, member_configs, member_rows, run_hooks
+from jaxinterp.train.members import (Member, build_members, check_widths, member_configs, member_hooks, member_rows,
+                                     run_hooks)
 from jaxinterp.train.metrics_log import MetricsLog
 from jaxinterp.train.run_lock import RunLock
 from jaxinterp.train.state import TrainState, abstract_state, init_state, state_shardings
@@ -56,10 +57,10 @@ def run_config(cfg: Mapping[str, Any], manifest: Mapping[str, Any], d_in: Mappin
         sae = member["sae"]
         inputs, targets = member["hook"], member["target_hook"]
         layers = {}
-        if "*" in inputs:  # a cross-layer member: its hooks, layer by layer
-            layers = {"hook_names": list(layer_hooks(inputs, list(d_in)).values()),
-                      "target_hooks": list(layer_hooks(targets, list(d_in)).values())}
-            inputs, targets = layers["hook_names"][0], layers["target_hooks"][0]
+        input_hooks, target_hooks = member_hooks(name, member, list(d_in))
+        if input_hooks:  # a multi-hook member (cross-layer transcoder, crosscoder): its hooks, in stacking order
+            layers = {"hook_names": list(input_hooks), "target_hooks": list(target_hooks)}
+            inputs, targets = input_hooks[0], target_hooks[0]
         saes[name] = {**sae, "d_in": d_in[inputs], "d_sae": sae["n_latents"], "hook_name": member["hook"],
                       "target_hook": member["target_hook"], "d_out": d_in[targets], "lr": member["lr"], **layers}
     return {"saes": saes, "source": {key: manifest.get(key) for key in _SOURCE_KEYS}, "train": as_dict(cfg)}
@@ -125,10 +126,11 @@ def massive_mode(massive_tokens: str, members: Sequence[Member]) -> str:
     """The buffer's handling of massive rows for ``massive_tokens`` (``keep`` sets no threshold at all).
 
     ``shrink`` rescales each hook's vector by that hook's own factor, so a transcoder's (input,
-    target) pair would stop being an MLP's input and output: a run with a transcoder member drops
+    target) pair would stop being an MLP's input and output, and a crosscoder's sources (one token's
+    shared latents) would stop being one token's: a run with a transcoder or multi-hook member drops
     massive rows instead (at every hook, for every member, since they share the batches).
     """
-    if massive_tokens == "drop" or any(member.transcoder for member in members):
+    if massive_tokens == "drop" or any(member.transcoder or member.layer_hooks for member in members):
         return "drop"
     return "shrink"
 
@@ -174,11 +176,12 @@ def train(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
         raise ConfigError("config field 'init_from': warm start of a transcoder from an exported SAE is not "
                           "implemented yet")
     if cfg["normalize"] and any(member.layer_hooks for member in members):
-        raise ConfigError("config field 'normalize': a cross-layer transcoder with per-layer input scales is not "
-                          "implemented yet; train it on raw activations (normalize=false)")
+        raise ConfigError("config field 'normalize': a multi-hook member (clt, crosscoder) with per-hook input "
+                          "scales is not implemented yet; train it on raw activations (normalize=false)")
     # Input and target hooks: the buffer yields them row-aligned, each normalised with its own scale.
     hooks = run_hooks(members)
     d_in = {hook: int(store.array(hook).shape[1]) for hook in hooks}  # a missing hook lists the store's
+    check_widths(members, d_in)
     mesh = make_mesh(cfg["mesh"]["data"], cfg["mesh"]["model"])
 
     def make_buffer(streams: int) -> ActivationBuffer:

@@ -19,6 +19,11 @@ config gets ``transcode=True``, which the architectures read); ``''`` means the 
 A cross-layer architecture (its spec's ``layers``, e.g. ``clt``) takes layer wildcards instead,
 ``hook='blocks.*.mlp.hook_in'``, ``target_hook='blocks.*.hook_mlp_out'``: :func:`build_members` matches
 them against the store's hooks in layer order, and the member reads them stacked (:func:`member_rows`).
+A crosscoder (a multi-hook architecture without a transcoder form) reads and reconstructs its sources:
+``hook`` is a comma-separated list of store hooks (``blocks.3.hook_resid_post,m1/blocks.3.hook_resid_post``;
+any names, items may be layer wildcards, :func:`source_hooks`) and ``target_hook`` is ``''``. Its sources
+stack the same way; a sweep member cannot set a comma list (``,`` separates its overrides), so it inherits
+the base ``hook`` or names a wildcard.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from jaxinterp.sae.spec import transcoder_architectures
 from jaxinterp.sae.topk import TOPK_BASE_LR
 from jaxinterp.schemas import TRAIN
 
-__all__ = ["Member", "member_configs", "build_members", "layer_hooks", "member_rows", "run_hooks", "learning_rate", "make_optimizer"]
+__all__ = ["Member", "member_configs", "build_members", "check_widths", "layer_hooks", "member_hooks", "member_rows",
+           "run_hooks", "learning_rate", "make_optimizer", "source_hooks"]
 
 
 class Member(NamedTuple):
@@ -84,6 +90,45 @@ def layer_hooks(pattern: str, available: Sequence[str], field: str = "hook") -> 
     if not found:
         raise ConfigError(f"config field '{field}': no hook matches {pattern!r}; the store has {', '.join(available)}")
     return dict(found)
+
+
+def source_hooks(hooks: str, available: Sequence[str], field: str = "hook") -> tuple[str, ...]:
+    """The store hooks a crosscoder's ``hook`` names: comma-separated hook names (any, e.g. a two-model store's
+    ``m1/blocks.3.hook_resid_post``), each a store hook or a layer wildcard (:func:`layer_hooks`, layer order).
+
+    Raises:
+      ConfigError: naming ``field``: a hook the store lacks (listing the store's), one named twice, or fewer than two.
+    """
+    found: list[str] = []
+    for item in (item.strip() for item in hooks.split(",")):
+        if "*" in item:
+            found += layer_hooks(item, available, field).values()
+        elif item and item not in available:
+            raise ConfigError(f"config field '{field}': the store has no hook {item!r}; it has {', '.join(available)}")
+        elif item:
+            found.append(item)
+    if len(set(found)) != len(found):
+        raise ConfigError(f"config field '{field}': {hooks!r} names a hook twice ({', '.join(found)})")
+    if len(found) < 2:
+        raise ConfigError(f"config field '{field}': a crosscoder reads two or more hooks; {hooks!r} names "
+                          f"{', '.join(found) or 'none'} (comma-separate them, or use a layer wildcard)")
+    return tuple(found)
+
+
+def check_widths(members: Sequence[Member], d_in: Mapping[str, int]) -> None:
+    """Refuses a multi-hook member whose input (or target) hooks differ in width (they stack ``[tokens, L, d]``).
+
+    Raises:
+      ConfigError: naming ``hook`` (or ``target_hook``), the member and each hook's width.
+    """
+    for member in members:
+        if not member.layer_hooks:
+            continue
+        for field, hooks in (("hook", member.input_hooks), ("target_hook", member.target_hooks)):
+            if len({d_in[hook] for hook in hooks}) > 1:
+                widths = ", ".join(f"{hook} {d_in[hook]}" for hook in hooks)
+                raise ConfigError(f"config field '{field}': member {member.name!r} stacks its hooks, which need one "
+                                  f"width; got {widths}")
 
 
 def run_hooks(members: Sequence[Member]) -> list[str]:
@@ -208,11 +253,11 @@ def build_members(cfg: Mapping[str, Any], store_hooks: Sequence[str] = ()) -> li
     members = []
     for name, member in member_configs(cfg).items():
         spec = architecture_spec(member["sae"]["architecture"])
+        layers = member_hooks(name, member, store_hooks)
         if member["sae"]["transcode"] and not spec.transcoder:
             raise ConfigError(f"config field 'target_hook': member {name!r} is a transcoder "
                               f"({member['hook']} -> {member['target_hook']}), and a {spec.name!r} dictionary has "
                               f"no transcoder form; use one of {', '.join(transcoder_architectures())}")
-        layers = _layers(name, member, spec.layers, store_hooks)
         architecture = make_architecture(member["sae"])
         lr = learning_rate(member["lr"], member["sae"]["n_latents"], architecture.base_lr, cfg["batch_size"],
                            architecture.lr_batch_reference)
@@ -222,21 +267,32 @@ def build_members(cfg: Mapping[str, Any], store_hooks: Sequence[str] = ()) -> li
     return members
 
 
-def _layers(name: str, member: Mapping[str, Any], cross_layer: bool,
-            store_hooks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """A cross-layer member's (input hooks, target hooks), layer by layer; ``((), ())`` for the others.
+def member_hooks(name: str, member: Mapping[str, Any],
+                 store_hooks: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A multi-hook member's (input hooks, target hooks): a cross-layer transcoder's layer by layer, a
+    crosscoder's sources (its targets: the same hooks); ``((), ())`` for a one-hook member. ``member`` is
+    a :func:`member_configs` entry.
 
     Raises:
-      ConfigError: a wildcard on a one-hook architecture, a cross-layer one without wildcards, inputs and
-        targets on different layers, or latents that do not split evenly over the layers.
+      ConfigError: a wildcard or hook list on a one-hook architecture, a cross-layer one without wildcards,
+        inputs and targets on different layers, latents that do not split evenly over the layers, a
+        crosscoder with a target hook, or its hooks not in the store (:func:`source_hooks`).
     """
+    spec = architecture_spec(member["sae"]["architecture"])
     hook, target = member["hook"], member["target_hook"]
     wildcard = "*" in hook or "*" in target
-    if not cross_layer:
-        if wildcard:
-            raise ConfigError(f"config field 'hook': member {name!r}: a layer wildcard ({hook} -> {target}) names "
-                              f"a cross-layer transcoder's layers; set sae.architecture=clt, or name one hook")
+    if not spec.layers:
+        if wildcard or "," in hook or "," in target:
+            raise ConfigError(f"config field 'hook': member {name!r}: a layer wildcard or hook list ({hook} -> "
+                              f"{target}) names a multi-hook dictionary's hooks; set sae.architecture=clt "
+                              "(wildcards) or crosscoder, or name one hook")
         return (), ()
+    if not spec.transcoder:  # a crosscoder: acausal, it reconstructs the hooks it reads
+        if member["sae"]["transcode"]:
+            raise ConfigError(f"config field 'target_hook': member {name!r}: a crosscoder reconstructs its own hooks "
+                              f"(acausal); leave target_hook '' (got {target!r})")
+        sources = source_hooks(hook, store_hooks, "hook")
+        return sources, sources
     if "*" not in hook or "*" not in target or hook == target:
         raise ConfigError(f"config field 'hook': member {name!r}: a cross-layer transcoder reads every layer; set "
                           "hook='blocks.*.mlp.hook_in' and target_hook='blocks.*.hook_mlp_out' (layer wildcards)")

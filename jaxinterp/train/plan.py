@@ -194,7 +194,8 @@ def plan_run(cfg: Mapping[str, Any]) -> Plan:
             raise ConfigError(f"config field 'mesh.{axis}': plan needs the planned mesh's size (>= 1), not "
                               f"{cfg['mesh'][axis]}; e.g. --config.mesh.data=4 --config.mesh.model=64")
     if cfg["d_in"] > 0:
-        named = {hook for m in member_configs(cfg).values() for hook in (m["hook"], m["target_hook"])}
+        named = {hook for m in member_configs(cfg).values() for hooks in (m["hook"], m["target_hook"])
+                 for hook in hooks.split(",")}  # a crosscoder's hook lists its sources
         if any("*" in hook for hook in named) and cfg["n_layers"] < 1:
             raise ConfigError("config field 'n_layers': a layer wildcard in hook needs the model's layer count "
                               "when d_in is given (no store)")
