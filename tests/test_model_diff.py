@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
 from jaxinterp import schemas
 from jaxinterp.cli import main
