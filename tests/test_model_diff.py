@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 from jaxinterp import schemas
 from jaxinterp.cli import main
@@ -48,6 +50,10 @@ def sharing(run: Path, out: Path) -> dict:
     (pair,) = got["relative_norms"]
     assert (pair["a"], pair["b"]) == (HOOK, f"m1/{HOOK}")
     assert pair["exclusive_a"] + pair["exclusive_b"] + pair["shared"] + pair["no_norm"] == LATENTS
+    relative = np.load(out / "relative_norms_0_1.npy")
+    assert relative.shape == (LATENTS,)
+    assert pair["latents_only_a"] == np.flatnonzero(relative < 0.1).tolist()
+    assert pair["latents_only_b"] == np.flatnonzero(relative > 0.9).tolist()
     return {**pair, "fvu_per_source": got["fvu_per_source"]}
 
 

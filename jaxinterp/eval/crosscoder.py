@@ -107,7 +107,9 @@ def source_pairs(n_sources: int) -> list[tuple[int, int]]:
 def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, object]:
     """``jaxinterp eval`` of a crosscoder run (``trained``, a :class:`~jaxinterp.runs.TrainedSAE`): on its own
     store's held-out rows (or ``cfg.store`` from its start), :func:`crosscoder_holdout` plus, for each source
-    pair (:func:`source_pairs`), :func:`norm_sharing` counts and a ``relative_norms_<a>_<b>.png`` histogram,
+    pair (:func:`source_pairs`), :func:`norm_sharing` counts with the exclusive latents' ids, the per-latent
+    relative norms (``relative_norms_<a>_<b>.npy``, NaN for a latent with no decoder norm) and their histogram
+    (``relative_norms_<a>_<b>.png``),
     and the feature-density plot. No spliced CE loss (a crosscoder's hooks have no one splice point yet).
 
     Raises:
@@ -128,7 +130,8 @@ def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, o
     run = location(cfg["run"])
     out = location(cfg["out"] or str(run / "eval"), "out")
     pairs = source_pairs(len(hooks))
-    files = ("eval.json", "feature_density.png", *(f"relative_norms_{a}_{b}.png" for a, b in pairs))
+    files = ("eval.json", "feature_density.png", *(f"relative_norms_{a}_{b}.{ext}" for a, b in pairs
+                                                    for ext in ("png", "npy")))
     check_replaceable(out, "eval", files)
     store = open_store(cfg["store"] or train_cfg["store"])
     own = not cfg["store"]
@@ -148,7 +151,11 @@ def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, o
     relative = {(a, b): relative_decoder_norms(W_dec, a, b) for a, b in pairs}
     result.update(step=trained.step, sae=trained.name, architecture="crosscoder", store=store.url, hook_names=hooks,
                   fvu_by_hook=dict(zip(hooks, result["fvu_per_source"])),
-                  relative_norms=[{"a": hooks[a], "b": hooks[b], **norm_sharing(r)} for (a, b), r in relative.items()])
+                  relative_norms=[{"a": hooks[a], "b": hooks[b], **norm_sharing(r),
+                                   # the latent ids of each side (per-latent values: relative_norms_<a>_<b>.npy)
+                                   "latents_only_a": np.flatnonzero(r < EXCLUSIVE_BELOW).tolist(),
+                                   "latents_only_b": np.flatnonzero(r > EXCLUSIVE_ABOVE).tolist()}
+                                  for (a, b), r in relative.items()])
     title = f"{trained.name} (crosscoder), step {trained.step}"
 
     def write(directory: Path) -> None:
@@ -158,6 +165,7 @@ def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, o
         plot_feature_density(fire_count, len(x), directory / "feature_density.png", title)
         for (a, b), r in relative.items():
             plot_relative_norms(r, directory / f"relative_norms_{a}_{b}.png", title, (hooks[a], hooks[b]))
+            np.save(directory / f"relative_norms_{a}_{b}.npy", r.astype(np.float32))
 
     written = atomic_directory(str(out), True, write, "eval", files)
     return {**result, "written_to": str(written)}
