@@ -52,6 +52,32 @@ def floor_step(activation: str, k: int):
     return encoder
 
 
+def time_on_mesh(fields: dict, hooks: list[str], rows: dict[str, np.ndarray], d: int, floor, floor_input: np.ndarray,
+                 mesh_spec: str, steps: int) -> dict[str, float]:
+    """Seconds per trainer step of the one-member train config ``fields`` on batch ``rows`` (hook → [rows, d])
+    and of ``floor(params, floor_input)`` on the mesh ``mesh_spec`` ('DxM'), with the step's own shardings."""
+    data, model = (int(n) for n in mesh_spec.split("x"))
+    cfg = load_config("configs/train.py", {**fields, "mesh.data": data, "mesh.model": model}, schemas.TRAIN)
+    members = build_members(cfg, hooks)
+    mesh = make_mesh(data, model)
+    shardings = state_shardings(abstract_state(members, dict.fromkeys(hooks, d)), members, mesh)
+    state = jax.device_put(init_state(jax.random.key(0), {h: jnp.asarray(v[:256]) for h, v in rows.items()},
+                                      members), shardings)
+    placed = {hook: jax.device_put(values, batch_sharding(mesh)) for hook, values in rows.items()}
+    step = jax.jit(partial(train_step, members=members, dead_tokens=10**7),
+                   in_shardings=(shardings, {hook: batch_sharding(mesh) for hook in hooks}),
+                   out_shardings=(shardings, None))
+    floor = jax.jit(floor, in_shardings=(shardings.saes["sae"].params, batch_sharding(mesh)))
+    x_placed = jax.device_put(floor_input, batch_sharding(mesh))
+    with jax.set_mesh(mesh):
+        ours = seconds_per_call(lambda s, b: step(s, b)[1], state, placed, steps=steps, warmup=1)
+        base = seconds_per_call(floor, state.saes["sae"].params, x_placed, steps=steps, warmup=1)
+    batch = len(floor_input)
+    print(f"mesh {mesh_spec}: jaxinterp {ours:.3f} s/step ({batch / ours:,.0f} tok/s), floor {base:.3f} s, "
+          f"jaxinterp / floor {ours / base:.2f}", flush=True)
+    return {"jaxinterp_s": ours, "floor_s": base, "tokens_per_s": batch / ours}
+
+
 def run(args) -> dict:
     hooks = [f"blocks.{layer}.{name}" for layer in range(args.layers) for name in ("mlp.hook_in", "hook_mlp_out")]
     x, y = batch(args.layers, args.d, args.batch)
@@ -59,30 +85,12 @@ def run(args) -> dict:
             **{f"blocks.{l}.hook_mlp_out": y[:, l] for l in range(args.layers)}}
     results = {"layers": args.layers, "d": args.d, "latents_per_layer": args.latents_per_layer, "k": args.k,
                "batch": args.batch, "activation": args.activation, "meshes": {}}
+    fields = {"hook": "blocks.*.mlp.hook_in", "target_hook": "blocks.*.hook_mlp_out", "sae.architecture": "clt",
+              "sae.activation": args.activation, "sae.k": args.k, "sae.n_latents": args.layers * args.latents_per_layer,
+              "batch_size": args.batch}
     for mesh_spec in args.mesh.split(","):
-        data, model = (int(n) for n in mesh_spec.split("x"))
-        cfg = load_config("configs/train.py", {
-            "hook": "blocks.*.mlp.hook_in", "target_hook": "blocks.*.hook_mlp_out", "sae.architecture": "clt",
-            "sae.activation": args.activation, "sae.k": args.k, "sae.n_latents": args.layers * args.latents_per_layer,
-            "batch_size": args.batch, "mesh.data": data, "mesh.model": model}, schemas.TRAIN)
-        members = build_members(cfg, hooks)
-        mesh = make_mesh(data, model)
-        shardings = state_shardings(abstract_state(members, dict.fromkeys(hooks, args.d)), members, mesh)
-        state = jax.device_put(init_state(jax.random.key(0), {h: jnp.asarray(v[:256]) for h, v in rows.items()},
-                                          members), shardings)
-        placed = {hook: jax.device_put(values, batch_sharding(mesh)) for hook, values in rows.items()}
-        step = jax.jit(partial(train_step, members=members, dead_tokens=10**7),
-                       in_shardings=(shardings, {hook: batch_sharding(mesh) for hook in hooks}),
-                       out_shardings=(shardings, None))
-        floor = jax.jit(floor_step(args.activation, args.k),
-                        in_shardings=(shardings.saes["sae"].params, batch_sharding(mesh)))
-        x_placed = jax.device_put(x, batch_sharding(mesh))
-        with jax.set_mesh(mesh):
-            ours = seconds_per_call(lambda s, b: step(s, b)[1], state, placed, steps=args.steps, warmup=1)
-            base = seconds_per_call(floor, state.saes["sae"].params, x_placed, steps=args.steps, warmup=1)
-        results["meshes"][mesh_spec] = {"jaxinterp_s": ours, "floor_s": base, "tokens_per_s": args.batch / ours}
-        print(f"mesh {mesh_spec}: jaxinterp {ours:.3f} s/step ({args.batch / ours:,.0f} tok/s), floor {base:.3f} s, "
-              f"jaxinterp / floor {ours / base:.2f}", flush=True)
+        results["meshes"][mesh_spec] = time_on_mesh(fields, hooks, rows, args.d, floor_step(args.activation, args.k),
+                                                    x, mesh_spec, args.steps)
     return results
 
 

@@ -20,22 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sae_step import seconds_per_call  # noqa: E402
+from clt_step import time_on_mesh  # noqa: E402
 
-from jaxinterp import schemas  # noqa: E402
-from jaxinterp.config import load_config  # noqa: E402
-from jaxinterp.mesh import batch_sharding, make_mesh  # noqa: E402
 from jaxinterp.sae import crosscoder  # noqa: E402
-from jaxinterp.train import abstract_state, build_members, init_state, train_step  # noqa: E402
-from jaxinterp.train.state import state_shardings  # noqa: E402
 
 
 def sources_batch(sources: int, d: int, rows: int, seed: int = 0) -> np.ndarray:
@@ -58,30 +51,11 @@ def run(args) -> dict:
     rows = {hook: x[:, s] for s, hook in enumerate(hooks)}
     results = {"sources": args.sources, "d": args.d, "latents": args.latents, "k": args.k, "batch": args.batch,
                "activation": args.activation, "meshes": {}}
+    fields = {"hook": ",".join(hooks), "sae.architecture": "crosscoder", "sae.activation": args.activation,
+              "sae.k": args.k, "sae.n_latents": args.latents, "batch_size": args.batch}
     for mesh_spec in args.mesh.split(","):
-        data, model = (int(n) for n in mesh_spec.split("x"))
-        cfg = load_config("configs/train.py", {
-            "hook": ",".join(hooks), "sae.architecture": "crosscoder", "sae.activation": args.activation,
-            "sae.k": args.k, "sae.n_latents": args.latents, "batch_size": args.batch, "mesh.data": data,
-            "mesh.model": model}, schemas.TRAIN)
-        members = build_members(cfg, hooks)
-        mesh = make_mesh(data, model)
-        shardings = state_shardings(abstract_state(members, dict.fromkeys(hooks, args.d)), members, mesh)
-        state = jax.device_put(init_state(jax.random.key(0), {h: jnp.asarray(v[:256]) for h, v in rows.items()},
-                                          members), shardings)
-        placed = {hook: jax.device_put(values, batch_sharding(mesh)) for hook, values in rows.items()}
-        step = jax.jit(partial(train_step, members=members, dead_tokens=10**7),
-                       in_shardings=(shardings, {hook: batch_sharding(mesh) for hook in hooks}),
-                       out_shardings=(shardings, None))
-        floor = jax.jit(floor_step(args.activation, args.k),
-                        in_shardings=(shardings.saes["sae"].params, batch_sharding(mesh)))
-        x_placed = jax.device_put(x, batch_sharding(mesh))
-        with jax.set_mesh(mesh):
-            ours = seconds_per_call(lambda s, b: step(s, b)[1], state, placed, steps=args.steps, warmup=1)
-            base = seconds_per_call(floor, state.saes["sae"].params, x_placed, steps=args.steps, warmup=1)
-        results["meshes"][mesh_spec] = {"jaxinterp_s": ours, "floor_s": base, "tokens_per_s": args.batch / ours}
-        print(f"mesh {mesh_spec}: jaxinterp {ours:.3f} s/step ({args.batch / ours:,.0f} tok/s), floor {base:.3f} s, "
-              f"jaxinterp / floor {ours / base:.2f}", flush=True)
+        results["meshes"][mesh_spec] = time_on_mesh(fields, hooks, rows, args.d, floor_step(args.activation, args.k),
+                                                    x, mesh_spec, args.steps)
     return results
 
 
