@@ -3,9 +3,11 @@
 One store of the tiny Llama's ``blocks.{0,1,2}.mlp.hook_in`` and ``blocks.{0,1,2}.hook_mlp_out`` (extracted by
 jaxinterp's JAX backend) trains a transcoder set (one sweep run, three BatchTopK per-layer transcoders, inputs and
 targets normalised so the export folds both scales) and a BatchTopK CLT over the three layers; both are exported
-as circuit-tracer directories. ``bench/circuit_tracer_graph.py`` then runs, in a subprocess with circuit-tracer,
+as circuit-tracer directories (bench/attribution_e2e.py's helpers, which run the same on SmolLM2-135M).
+``bench/circuit_tracer_graph.py`` then runs, in a subprocess with circuit-tracer,
 nnsight 0.7.0 and transformers 4.57.3 on ``PYTHONPATH``: it builds
-``ReplacementModel.from_pretrained_and_transcoders(<model dir>, <loaded export>, backend="nnsight")`` and checks
+``ReplacementModel.from_pretrained_and_transcoders(<model dir>, <loaded export>, backend="nnsight")`` (on
+transformers 4.57.3's view of the transformers-5 model directory: ``transformers4_view``) and checks
 
 * the model and hook semantics agree: its un-replaced forward's logits equal transformers' forward, its
   feature hooks (``post_attention_layernorm`` output, ``mlp`` output) equal jaxinterp's stored rows for the same
@@ -18,39 +20,16 @@ nnsight 0.7.0 and transformers 4.57.3 on ``PYTHONPATH``: it builds
   coverage: the split of its ``circuit_tracer.graph.normalize_matrix`` row into feature, error and token nodes.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from jaxinterp import schemas
-from jaxinterp.config import load_config
-from jaxinterp.export import export_run, loaded_from_trained
-from jaxinterp.extract import extract
-from jaxinterp.runs import load_trained
-from jaxinterp.sae import clt
-from jaxinterp.store import open_store
-from jaxinterp.train import train
+from bench.attribution_e2e import extract_store, run_graph, train_clt, train_set, write_reference
+from jaxinterp.export import export_run
 from tests.test_circuit_tracer_export import circuit_tracer_env
 from tests.tiny_models import save_tiny_model
 
-ROOT = Path(__file__).resolve().parents[1]
-GRAPH_SCRIPT = ROOT / "bench" / "circuit_tracer_graph.py"
 LAYERS, CONTEXT, PROMPT_TOKENS, N_PER_LAYER = 3, 64, 12, 128
-INPUTS = [f"blocks.{layer}.mlp.hook_in" for layer in range(LAYERS)]
-TARGETS = [f"blocks.{layer}.hook_mlp_out" for layer in range(LAYERS)]
-
-
-def train_config(store: str, out: Path, **fields) -> dict:
-    return load_config("configs/train.py", {
-        "store": store, "out": str(out), "steps": 300, "batch_size": 256, "lr": 3e-3, "warmup_steps": 5,
-        "eval_tokens": 1024, "holdout_fraction": 0.1, "checkpoint_every": 300, "mixing_chunks": 4, "mesh.data": 1,
-        **fields}, schemas.TRAIN, "train")
 
 
 def tiny_llama_with_mlp_signal(directory: Path) -> str:
@@ -70,56 +49,25 @@ def exports(tmp_path_factory) -> dict:
     """The model, the store, both runs and both exports (``set``, ``clt``) under one directory."""
     root = tmp_path_factory.mktemp("attribution")
     store, model = str(root / "store"), tiny_llama_with_mlp_signal(root / "model")
-    extract(load_config("configs/extract.py", {
-        "model": model, "hooks": ",".join(INPUTS + TARGETS), "data": "pydoc", "out": store,
-        "context_size": CONTEXT, "max_tokens": 8192, "batch_size": 8, "chunk_mib": 0.05, "shard_mib": 0.5},
-        schemas.EXTRACT, "extract"), progress=False)
-    sweep = "; ".join(f"t{layer}: hook={INPUTS[layer]}, target_hook={TARGETS[layer]}" for layer in range(LAYERS))
-    train(train_config(store, root / "set_run", hook=INPUTS[0], target_hook=TARGETS[0], sweep=sweep, normalize=True,
-                       norm_tokens=2048, **{"sae.architecture": "batch_topk", "sae.n_latents": N_PER_LAYER,
-                                            "sae.k": 8}), progress=False)
-    train(train_config(store, root / "clt_run", hook="blocks.*.mlp.hook_in", target_hook="blocks.*.hook_mlp_out",
-                       dead_tokens=5000, **{"sae.architecture": "clt", "sae.activation": "batch_topk",
-                                            "sae.n_latents": LAYERS * N_PER_LAYER, "sae.k": 16}), progress=False)
+    extract_store(model, store, LAYERS, tokens=8192, context=CONTEXT)
+    train_set(store, root / "set_run", LAYERS, steps=300, latents=N_PER_LAYER, k=8)
+    train_clt(store, root / "clt_run", LAYERS, steps=300, latents_per_layer=N_PER_LAYER, k=16)
     export_run(str(root / "set_run"), "circuit_tracer", str(root / "set"), sae="t0,t1,t2")
     export_run(str(root / "clt_run"), "circuit_tracer", str(root / "clt"))
     return {"root": root, "store": store, "model": model}
 
 
-def reference(exports: dict, kind: str) -> Path:
-    """jaxinterp's side of the store's first context: tokens, stored hooks and the trained dictionary's prediction."""
-    store = open_store(exports["store"])
-    tokens = store.read("tokens", 0, CONTEXT)
-    mlp_in = np.stack([store.read(hook, 0, CONTEXT) for hook in INPUTS]).astype(np.float32)
-    mlp_out = np.stack([store.read(hook, 0, CONTEXT) for hook in TARGETS]).astype(np.float32)
-    if kind == "set":
-        pred = np.stack([np.asarray(loaded_from_trained(load_trained(str(exports["root"] / "set_run"), f"t{layer}"))
-                                    .predict(mlp_in[layer])) for layer in range(LAYERS)])
-    else:
-        trained = load_trained(str(exports["root"] / "clt_run"))
-        rows = jnp.asarray(np.swapaxes(mlp_in, 0, 1))  # [T, L, d], jaxinterp's CLT layout
-        latents, _ = clt.encode(trained.state.params, rows, "batch_topk", trained.config["k"],
-                                threshold=trained.state.arch_state["threshold"])
-        pred = np.swapaxes(np.asarray(clt.decode(trained.state.params, latents)), 0, 1)
-    path = exports["root"] / f"reference_{kind}.npz"
-    np.savez(path, tokens=tokens, mlp_in=mlp_in, mlp_out=mlp_out, pred=pred.astype(np.float32))
-    return path
-
-
-def run_graph(exports: dict, kind: str) -> dict:
-    result = exports["root"] / f"result_{kind}.json"
-    env = {**os.environ, "PYTHONPATH": str(circuit_tracer_env()), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, str(GRAPH_SCRIPT), exports["model"], str(exports["root"] / kind),
-                           str(reference(exports, kind)), str(result), "--prompt-tokens", str(PROMPT_TOKENS),
-                           "--batch-size", "64", "--max-n-logits", "5"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr[-6000:]
-    return json.loads(result.read_text())
+def graph_result(exports: dict, kind: str) -> dict:
+    root = exports["root"]
+    reference = write_reference(exports["store"], root / f"{kind}_run", kind, LAYERS, CONTEXT,
+                                root / f"reference_{kind}.npz")
+    return run_graph(exports["model"], root / kind, reference, root / f"result_{kind}.json", circuit_tracer_env(),
+                     PROMPT_TOKENS, max_feature_nodes=0, batch_size=64, max_n_logits=5, timeout=600)
 
 
 @pytest.mark.parametrize("kind", ["set", "clt"])
 def test_circuit_tracer_builds_an_attribution_graph_from_the_export(exports, kind):
-    result = run_graph(exports, kind)
+    result = graph_result(exports, kind)
     assert result["config"]["model_kind"] == ("transcoder_set" if kind == "set" else "cross_layer_transcoder")
     assert result["kind"] == ("TranscoderSet" if kind == "set" else "CrossLayerTranscoder")
     assert result["n_layers"] == LAYERS and result["d_transcoder"] == N_PER_LAYER
