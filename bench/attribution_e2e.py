@@ -64,7 +64,7 @@ def train_fields(store: str, out: Path, steps: int, batch_size: int = 256, lr: f
 
 
 def train_set(store: str, out: Path, n_layers: int, steps: int, latents: int, k: int, **fields) -> dict:
-    """One sweep run of ``n_layers`` BatchTopK transcoders ``t<ℓ>``: ``mlp.hook_in`` → ``hook_mlp_out`` of layer ℓ."""
+    """One sweep run of BatchTopK transcoders ``t<ℓ>``, ``mlp.hook_in`` → ``hook_mlp_out`` of each layer ℓ."""
     inputs, targets = mlp_hooks(n_layers)
     sweep = "; ".join(f"t{layer}: hook={inputs[layer]}, target_hook={targets[layer]}" for layer in range(n_layers))
     return train(load_config("configs/train.py", {

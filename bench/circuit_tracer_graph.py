@@ -71,6 +71,10 @@ def transformers4_view(model: str, work: Path) -> str:
     return str(view)
 
 
+def scale(array: np.ndarray) -> float:
+    return float(np.abs(array).max())
+
+
 def max_diff(a: torch.Tensor, b: np.ndarray) -> float:
     return float((a.detach().float() - torch.from_numpy(np.asarray(b, dtype=np.float32))).abs().max())
 
@@ -161,10 +165,9 @@ def main() -> None:
         hf_logits = hf_model(tokens[None]).logits[0]
         recon = transcoders.compute_attribution_components(mlp_in, zero_positions=slice(0, 0))["reconstruction"]
         replaced = replaced_logits(hf_model, transcoders, tokens)
-    scale = lambda array: float(np.abs(array).max())  # noqa: E731  (for relative tolerances in the caller)
     consistency = {"logits_vs_transformers": float((logits - hf_logits).abs().max()),
                    "mlp_in_vs_jaxinterp": max_diff(mlp_in, reference["mlp_in"]),
-                   "mlp_out_vs_jaxinterp": max_diff(mlp_out, reference["mlp_out"]),
+                   "mlp_out_vs_jaxinterp": max_diff(mlp_out, reference["mlp_out"]),  # scales: for relative tolerances
                    "reconstruction_vs_jaxinterp": max_diff(recon, reference["pred"]),
                    "logits_scale": float(hf_logits.abs().max()), "mlp_in_scale": scale(reference["mlp_in"]),
                    "mlp_out_scale": scale(reference["mlp_out"]), "pred_scale": scale(reference["pred"])}
