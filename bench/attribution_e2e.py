@@ -74,7 +74,7 @@ def train_set(store: str, out: Path, n_layers: int, steps: int, latents: int, k:
 
 
 def train_clt(store: str, out: Path, n_layers: int, steps: int, latents_per_layer: int, k: int, **fields) -> dict:
-    """A BatchTopK CLT over every layer (``k``: active latents per token, summed over layers)."""
+    """A BatchTopK CLT over every layer (``k``: active latents per token and layer, on average over the batch)."""
     return train(load_config("configs/train.py", {
         **train_fields(store, out, steps), "hook": "blocks.*.mlp.hook_in", "target_hook": "blocks.*.hook_mlp_out",
         "dead_tokens": 5000, "sae.architecture": "clt", "sae.activation": "batch_topk",
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--latents", type=int, default=1024, help="latents of each per-layer transcoder")
     parser.add_argument("--k", type=int, default=32, help="per-layer transcoders' BatchTopK k")
     parser.add_argument("--clt-latents-per-layer", type=int, default=256)
-    parser.add_argument("--clt-k", type=int, default=64, help="CLT's BatchTopK k (per token, over all layers)")
+    parser.add_argument("--clt-k", type=int, default=16, help="CLT's BatchTopK k (per token and layer)")
     parser.add_argument("--prompt-tokens", type=int, default=12, help="attributed prompt: the context's first tokens")
     parser.add_argument("--max-feature-nodes", type=int, default=512, help="0 = every active feature")
     parser.add_argument("--batch-size", type=int, default=64, help="attribution rows per backward pass")
