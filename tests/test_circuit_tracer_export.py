@@ -10,7 +10,8 @@ attribution path (``compute_attribution_components``) are compared with jaxinter
 
 circuit-tracer pins transformers <= 4.57.3, so it lives in its own ``--target`` directory
 (``.venv-circuit-tracer``, built by launch/setup.sh, or here if missing), put on ``PYTHONPATH`` of a
-subprocess of this interpreter; its loader imports neither nnsight nor transformer-lens, so nothing is stubbed.
+subprocess of this interpreter; its loader imports neither nnsight nor transformer-lens, so nothing is stubbed
+(nnsight is in the directory too, for tests/test_attribution_graph.py).
 """
 
 import json
@@ -34,7 +35,11 @@ from tests.test_transcoder import linear_target
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = ROOT / ".venv-circuit-tracer"
-PINS = ("circuit-tracer==0.5.0", "transformers==4.57.3", "huggingface_hub==0.36.0", "tokenizers==0.22.1")
+PINS = ("circuit-tracer==0.5.0", "transformers==4.57.3", "huggingface_hub==0.36.0", "tokenizers==0.22.1",
+        # circuit-tracer's nnsight backend (tests/test_attribution_graph.py): 0.7.0, the last nnsight with the
+        # nnsight.intervention.tracing.tracer.Barrier it imports; then what nnsight's import reaches and .venv lacks
+        "nnsight==0.7.0", "python-engineio==4.15.1", "python-socketio==5.18.1", "bidict==0.24.1", "ipython==9.18.1",
+        "traitlets==5.16.1", "astor==0.8.1", "zstandard==0.25.0")
 LAYERS = (0, 1)
 D, N_LATENTS = 32, 64
 
@@ -48,11 +53,18 @@ SETS = {"j": "architecture=jumprelu, l0_coefficient=0.05", "r": "architecture=re
         "b": "architecture=batch_topk", "t": "architecture=topk"}
 
 
+def dist_info(pin: str) -> str:
+    """``python-engineio==4.15.1`` → ``python_engineio-4.15.1.dist-info``, what pip writes for it."""
+    name, version = pin.split("==")
+    return f"{name.replace('-', '_')}-{version}.dist-info"
+
+
 def circuit_tracer_env() -> Path:
-    """The circuit-tracer directory, installed with pip (the configured index) if missing; pip failing fails."""
-    if not (ENV / "circuit_tracer").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(ENV), *PINS],
-                       check=True)
+    """The circuit-tracer directory, the pins it lacks installed with pip (the configured index); pip failing fails."""
+    missing = [pin for pin in PINS if not (ENV / dist_info(pin)).is_dir()]
+    if missing:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(ENV),
+                        *missing], check=True)
     return ENV
 
 
