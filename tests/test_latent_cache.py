@@ -128,3 +128,11 @@ def test_delphis_own_loader_reads_the_cache(tiny_llama, tiny_llama_run, tmp_path
     np.testing.assert_array_equal(theirs["locations"][order], ours.locations)  # delphi's absolute latent ids
     np.testing.assert_array_equal(theirs["activations"][order], ours.activations)
     assert sorted(theirs["latents"]) == sorted(set(ours.locations[:, 2].tolist()))  # one record per firing latent
+
+
+def test_an_activation_beyond_float16_is_refused_and_nothing_is_written(tiny_llama_run, tmp_path):
+    store = open_store(str(tiny_llama_run / "store"))
+    d_in = store.manifest["d_in"]
+    with pytest.raises(ValueError, match=r"latent \d+ has activation .* at context 0, position \d+: beyond float16"):
+        latent_cache(lambda x: jnp.abs(x) * 1e7, d_in, store, HOOK, str(tmp_path / "cache"), "m", n_tokens=64 * 2)
+    assert not (tmp_path / "cache" / "m").exists()

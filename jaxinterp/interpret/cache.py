@@ -126,6 +126,11 @@ def latent_cache(encode: Any, d_sae: int, store: Store, hook: str, out: str, mod
             x = store.read(hook, first * context_size, last * context_size)
             latents = np.asarray(jitted(jnp.asarray(x, jnp.float32)))
             locations, activations = _batch_entries(latents, first, context_size)
+            too_large = np.abs(activations) > np.finfo(np.float16).max
+            if too_large.any():  # delphi's float16 would store inf
+                where = locations[np.argmax(too_large)]
+                raise ValueError(f"latent {where[2]} has activation {activations[too_large][0]:.6g} at context "
+                                 f"{where[0]}, position {where[1]}: beyond float16, which delphi's cache stores")
             fired += np.bincount(locations[:, 2], minlength=d_sae)
             part = np.searchsorted(starts, locations[:, 2], side="right") - 1
             for index in np.unique(part):  # one spill pair per (part, batch): read back in batch order
@@ -137,7 +142,8 @@ def latent_cache(encode: Any, d_sae: int, store: Store, hook: str, out: str, mod
         bar.close()
         batches = list(range(0, contexts, batch_contexts))
         for index, (start, end) in enumerate(ranges):
-            small = contexts < 2**16 and end - start < 2**16  # delphi's uint16 test (max index < 2¹⁶)
+            # delphi's uint16 test (context index and latent offset < 2¹⁶), and positions that fit too
+            small = contexts < 2**16 and end - start < 2**16 and context_size <= 2**16
             loc_dtype = np.dtype(np.uint16 if small else np.uint32)
 
             def located(index=index, start=start):
