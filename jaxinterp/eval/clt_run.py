@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 
 from jaxinterp.atomic import atomic_directory, check_replaceable
-from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
 from jaxinterp.eval.clt import clt_layer_metrics, clt_spliced_metrics
-from jaxinterp.eval.contexts import heldout_context_ids, model_spec, read_contexts
+from jaxinterp.eval.contexts import evaluation_rows, heldout_context_ids, read_contexts, source_model_files
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.eval.plots import plot_feature_density
-from jaxinterp.models import load_source_model, resolve_model
+from jaxinterp.models import load_source_model
 from jaxinterp.runs import TrainedSAE
 from jaxinterp.store import open_store
 from jaxinterp.store.paths import location
@@ -89,11 +88,8 @@ def evaluate_clt_run(cfg: Mapping[str, Any], trained: TrainedSAE, progress: bool
                           "--config.allow_other_model=true to use it anyway")
     architecture, params, arch_state = trained.architecture, trained.state.params, trained.state.arch_state
     layers = len(input_hooks)
-    buffer = ActivationBuffer(store, list(dict.fromkeys([*input_hooks, *target_hooks])), cfg["batch_size"],
-                              train_cfg.get("seed", 0), train_cfg["holdout_fraction"] if own else 0.0,
-                              train_cfg.get("mixing_chunks", 16), train_cfg["exclude_bos"],
-                              on_nonfinite=train_cfg.get("on_nonfinite", "error"))
-    held = buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"])
+    buffer, held = evaluation_rows(store, list(dict.fromkeys([*input_hooks, *target_hooks])), cfg, train_cfg, own,
+                                   train_cfg["exclude_bos"])
     x = np.stack([held[hook] for hook in input_hooks], axis=1)  # [tokens, L, d_in], as the trainer stacks them
     y = np.stack([held[hook] for hook in target_hooks], axis=1)
     result, fire_count = evaluate_reconstruction(architecture, params, arch_state, x, cfg["batch_size"],
@@ -117,11 +113,7 @@ def evaluate_clt_run(cfg: Mapping[str, Any], trained: TrainedSAE, progress: bool
         if not len(context_ids):
             raise ConfigError("config field 'contexts': no whole context lies in the held-out chunks; raise the "
                               "run's holdout_fraction or evaluate on another store (--config.store)")
-        spec = model_spec(cfg, store)
-        files = resolve_model(spec)
-        if files.fingerprint() != store.manifest["model_hash"]:
-            raise ConfigError(f"config field 'model': {files.name} is not the model that made store {store.url} "
-                              f"(fingerprint {files.fingerprint()} != {store.manifest['model_hash']})")
+        spec, _ = source_model_files(cfg, store)
         model = load_source_model(spec, backend=cfg["backend"], dtype=store.manifest["model_dtype"])
         tokens = read_contexts(store, context_ids, []).tokens
         result.update(clt_spliced_metrics(model, tokens, architecture, params, arch_state, input_hooks,

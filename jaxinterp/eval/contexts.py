@@ -1,5 +1,6 @@
-"""Whole held-out contexts read back from a store: token ids and hook activations, row-aligned.
+"""What an eval reads from a store: held-out rows, whole held-out contexts, and the model that made them.
 
+The reconstruction metrics read held-out rows through the run's own buffer split (:func:`evaluation_rows`).
 The model-based metrics and the top-activating examples need whole contexts (the model must see a
 context from its start). A context qualifies when every one of its rows lies in a held-out chunk,
 so the trained SAE never saw any of its tokens.
@@ -12,10 +13,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
+from jaxinterp.models import ModelFiles, resolve_model
 from jaxinterp.store import Store
 
-__all__ = ["Contexts", "heldout_context_ids", "model_spec", "read_contexts"]
+__all__ = ["Contexts", "evaluation_rows", "heldout_context_ids", "model_spec", "read_contexts", "source_model_files"]
 
 
 class Contexts(NamedTuple):
@@ -70,3 +73,28 @@ def model_spec(cfg: Mapping[str, Any], store: Store) -> str:
         raise ConfigError(f"config field 'model': store {store.url} does not record which model made it; "
                           "pass --config.model (e.g. smollm2 or an HF directory)")
     return spec
+
+
+def source_model_files(cfg: Mapping[str, Any], store: Store) -> tuple[str, ModelFiles]:
+    """``(spec, files)`` of the model that made ``store`` (:func:`model_spec`), checked against its fingerprint.
+
+    Raises:
+      ConfigError: naming 'model' when none is named, or the named one is not the store's.
+    """
+    spec = model_spec(cfg, store)
+    files = resolve_model(spec)
+    if files.fingerprint() != store.manifest["model_hash"]:
+        raise ConfigError(f"config field 'model': {files.name} is not the model that made store {store.url} "
+                          f"(fingerprint {files.fingerprint()} != {store.manifest['model_hash']})")
+    return spec, files
+
+
+def evaluation_rows(store: Store, hooks: list[str], cfg: Mapping[str, Any], train_cfg: Mapping[str, Any],
+                    own: bool, exclude_bos: bool) -> tuple[ActivationBuffer, dict[str, np.ndarray]]:
+    """The buffer over ``hooks`` and up to ``cfg.eval_tokens`` of its rows: the held-out chunks of the run's own
+    split when the store is the run's (``own``; ``train_cfg``'s seed, holdout fraction, mixing), else the store's
+    rows from its start. ``train_cfg`` is ``{}`` for an imported SAE (the buffer's defaults)."""
+    buffer = ActivationBuffer(store, hooks, cfg["batch_size"], train_cfg.get("seed", 0),
+                              train_cfg["holdout_fraction"] if own else 0.0, train_cfg.get("mixing_chunks", 16),
+                              exclude_bos, on_nonfinite=train_cfg.get("on_nonfinite", "error"))
+    return buffer, buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"])

@@ -116,8 +116,8 @@ def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, o
       ConfigError: naming ``ce_contexts`` when it asks for spliced losses, or ``store`` when it lacks a source.
     """
     from jaxinterp.atomic import atomic_directory, check_replaceable
-    from jaxinterp.buffer import ActivationBuffer
     from jaxinterp.config import ConfigError
+    from jaxinterp.eval.contexts import evaluation_rows
     from jaxinterp.eval.plots import plot_feature_density
     from jaxinterp.store import open_store
     from jaxinterp.store.paths import location
@@ -139,10 +139,7 @@ def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, o
     if missing:
         raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, not the "
                           f"crosscoder's {', '.join(missing)}")
-    buffer = ActivationBuffer(store, hooks, cfg["batch_size"], train_cfg["seed"],
-                              train_cfg["holdout_fraction"] if own else 0.0, train_cfg["mixing_chunks"],
-                              train_cfg["exclude_bos"], on_nonfinite=train_cfg["on_nonfinite"])
-    held = buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"])
+    _, held = evaluation_rows(store, hooks, cfg, train_cfg, own, train_cfg["exclude_bos"])
     x = member_rows(held, hooks)
     sae, W_dec = trained.state, np.asarray(trained.state.params["W_dec"])
     result, fire_count = crosscoder_holdout(trained.architecture, sae.params, sae.arch_state, x,

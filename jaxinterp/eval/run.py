@@ -28,10 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxinterp.atomic import atomic_directory, check_replaceable
-from jaxinterp.buffer import ActivationBuffer
 from jaxinterp.config import ConfigError
 from jaxinterp.eval.clt_run import evaluate_clt_run
-from jaxinterp.eval.contexts import heldout_context_ids, model_spec, read_contexts
+from jaxinterp.eval.contexts import evaluation_rows, heldout_context_ids, read_contexts, source_model_files
 from jaxinterp.eval.crosscoder import evaluate_crosscoder_run
 from jaxinterp.eval.examples import (choose_latents, latent_activations, top_examples, write_examples_html,
                                      write_examples_json)
@@ -41,7 +40,7 @@ from jaxinterp.eval.plots import plot_feature_density, plot_zf
 from jaxinterp.eval.splice import sae_edit, spliced_losses, spliced_summary, transcoder_edit, zero_ablation
 from jaxinterp.eval.transcoder_set import load_transcoder_set, transcoder_set_metrics
 from jaxinterp.export import is_run_directory, load_sae, loaded_from_trained, require_same_model
-from jaxinterp.models import load_source_model, load_tokenizer, resolve_model
+from jaxinterp.models import load_source_model, load_tokenizer
 from jaxinterp.runs import load_trained
 from jaxinterp.sae import dense_latents
 from jaxinterp.store import open_store
@@ -130,10 +129,7 @@ def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, An
     architecture, params, arch_state = sae.architecture, sae.params, sae.arch_state
     # An imported SAE says whether it was trained without BOS; SAELens' default is to exclude it.
     exclude_bos = train_cfg["exclude_bos"] if trained else bool(sae.sae.metadata.get("exclude_special_tokens", True))
-    buffer = ActivationBuffer(store, list(dict.fromkeys([hook, target])), cfg["batch_size"], train_cfg.get("seed", 0),
-                              train_cfg["holdout_fraction"] if own else 0.0, train_cfg.get("mixing_chunks", 16),
-                              exclude_bos, on_nonfinite=train_cfg.get("on_nonfinite", "error"))
-    held = buffer.holdout(cfg["eval_tokens"]) if own else buffer.first_rows(cfg["eval_tokens"])
+    buffer, held = evaluation_rows(store, list(dict.fromkeys([hook, target])), cfg, train_cfg, own, exclude_bos)
     rows = held[hook]
     # a transcoder's metrics are of its target's rows (row-aligned with the input's)
     result, fire_count = evaluate_reconstruction(architecture, params, arch_state, rows, cfg["batch_size"],
@@ -164,11 +160,7 @@ def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, An
         raise ConfigError("config field 'contexts': no whole context lies in the held-out chunks; raise the run's "
                           "holdout_fraction or evaluate on another store (--config.store)")
     contexts = read_contexts(store, context_ids, [hook])
-    spec = model_spec(cfg, store)
-    files = resolve_model(spec)
-    if files.fingerprint() != store.manifest["model_hash"]:
-        raise ConfigError(f"config field 'model': {files.name} is not the model that made store {store.url} "
-                          f"(fingerprint {files.fingerprint()} != {store.manifest['model_hash']})")
+    spec, files = source_model_files(cfg, store)
     if cfg["ce_contexts"]:
         model = load_source_model(spec, backend=cfg["backend"], dtype=store.manifest["model_dtype"])
         result.update(model_metrics(model, contexts.tokens[: cfg["ce_contexts"]], hook, architecture, params,
