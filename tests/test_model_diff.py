@@ -57,7 +57,7 @@ def sharing(run: Path, out: Path) -> dict:
     return {**pair, "fvu_per_source": got["fvu_per_source"]}
 
 
-def test_a_crosscoder_over_a_model_and_its_fine_tune(tiny_llama, tmp_path):
+def test_a_crosscoder_over_a_model_and_its_fine_tune(tiny_llama, tmp_path, capsys):
     tuned = tmp_path / "tuned"
     finetune_pair.main(["--model", tiny_llama, "--out", str(tuned), "--steps", "4", "--batch", "4", "--context", "32",
                         "--lr", "1e-4", "--warmup", "1", "--eval-batches", "1"])
@@ -66,6 +66,16 @@ def test_a_crosscoder_over_a_model_and_its_fine_tune(tiny_llama, tmp_path):
     print(f"fine-tuned pair: {paired}")
     assert paired["shared"] > paired["exclusive_a"] + paired["exclusive_b"], paired
     assert max(paired["fvu_per_source"]) < 0.5
+
+    # A store whose primary model is the fine-tune is another model's: refused in one line unless allowed.
+    extract(extract_config(str(tuned), tmp_path / "other", hooks=HOOK, max_tokens=2048), progress=False)
+    args = ["eval", f"--config.run={pair_run}", f"--config.store={tmp_path / 'other'}", "--config.ce_contexts=0",
+            f"--config.out={tmp_path / 'other_eval'}"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "config field 'store': the crosscoder was trained on" in err[0], err
+    assert not (tmp_path / "other_eval").exists()
 
     written = export_run(str(pair_run), "crosscoder", str(tmp_path / "export"))
     cfg = json.loads((written / "cfg.json").read_text())

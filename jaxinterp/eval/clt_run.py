@@ -29,6 +29,7 @@ from jaxinterp.eval.contexts import evaluation_rows, heldout_context_ids, read_c
 from jaxinterp.eval.holdout import evaluate_reconstruction
 from jaxinterp.eval.metrics import dead_fraction, dense_fraction
 from jaxinterp.eval.plots import plot_feature_density
+from jaxinterp.export.load import require_trained_on
 from jaxinterp.models import load_source_model
 from jaxinterp.runs import TrainedSAE
 from jaxinterp.store import open_store
@@ -81,11 +82,9 @@ def evaluate_clt_run(cfg: Mapping[str, Any], trained: TrainedSAE, progress: bool
     if missing:
         raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, not the CLT's "
                           f"hooks {', '.join(missing)}")
-    trained_on = (trained.run_config.get("source") or {}).get("model_hash")
-    if trained_on and trained_on != store.manifest["model_hash"] and not cfg["allow_other_model"]:
-        raise ConfigError(f"config field 'store': the CLT was trained on fingerprint {trained_on}, {store.url} is of "
-                          f"{store.manifest['model_name']!r} ({store.manifest['model_hash']}); pass "
-                          "--config.allow_other_model=true to use it anyway")
+    source = trained.run_config.get("source") or {}
+    require_trained_on(source.get("model_hash"), source.get("model_name"), store.manifest["model_hash"],
+                       store.manifest["model_name"], "store", cfg["allow_other_model"], "CLT")
     architecture, params, arch_state = trained.architecture, trained.state.params, trained.state.arch_state
     layers = len(input_hooks)
     buffer, held = evaluation_rows(store, list(dict.fromkeys([*input_hooks, *target_hooks])), cfg, train_cfg, own,

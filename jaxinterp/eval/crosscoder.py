@@ -113,12 +113,14 @@ def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, o
     and the feature-density plot. No spliced CE loss (a crosscoder's hooks have no one splice point yet).
 
     Raises:
-      ConfigError: naming ``ce_contexts`` when it asks for spliced losses, or ``store`` when it lacks a source.
+      ConfigError: naming ``ce_contexts`` when it asks for spliced losses, or ``store`` when it lacks a source
+        or is of another model (unless ``allow_other_model``).
     """
     from jaxinterp.atomic import atomic_directory, check_replaceable
     from jaxinterp.config import ConfigError
     from jaxinterp.eval.contexts import evaluation_rows
     from jaxinterp.eval.plots import plot_feature_density
+    from jaxinterp.export.load import require_trained_on
     from jaxinterp.store import open_store
     from jaxinterp.store.paths import location
     from jaxinterp.train.members import member_rows
@@ -135,6 +137,9 @@ def evaluate_crosscoder_run(cfg, trained, progress: bool = False) -> dict[str, o
     check_replaceable(out, "eval", files)
     store = open_store(cfg["store"] or train_cfg["store"])
     own = not cfg["store"]
+    source = trained.run_config.get("source") or {}
+    require_trained_on(source.get("model_hash"), source.get("model_name"), store.manifest["model_hash"],
+                       store.manifest["model_name"], "store", cfg["allow_other_model"], "crosscoder")
     missing = [hook for hook in hooks if hook not in store.hook_names]
     if missing:
         raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, not the "

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from jaxinterp.runs import TrainedSAE
 
 __all__ = ["LoadedSAE", "READERS", "detect_format", "is_run_directory", "load_sae", "loaded_from_trained",
-           "require_same_model"]
+           "require_same_model", "require_trained_on"]
 
 READERS = {"saelens": read_saelens, "sparsify": read_sparsify, "npz": read_npz}
 
@@ -83,11 +83,18 @@ def require_same_model(sae: LoadedSAE, model_hash: str, model_name: str, field: 
     Raises:
       ConfigError: the fingerprints differ and ``allow`` is false (names ``field`` and both models).
     """
-    trained_on = sae.sae.metadata.get("jaxinterp_model_hash")
-    if allow or not trained_on or trained_on == model_hash:
+    require_trained_on(sae.sae.metadata.get("jaxinterp_model_hash"), sae.sae.metadata.get("model_name"), model_hash,
+                       model_name, field, allow)
+
+
+def require_trained_on(trained_hash: str | None, trained_name: str | None, model_hash: str, model_name: str,
+                       field: str, allow: bool, what: str = "SAE") -> None:
+    """:func:`require_same_model` from the fingerprint and name a dictionary records (``None``: unknown,
+    accepted), for dictionaries that are no :class:`LoadedSAE` (a CLT, a crosscoder: their run's ``source``)."""
+    if allow or not trained_hash or trained_hash == model_hash:
         return
-    raise ConfigError(f"config field '{field}': the SAE was trained on {sae.sae.metadata.get('model_name')!r} "
-                      f"(fingerprint {trained_on}), not on {model_name!r} (fingerprint {model_hash}); "
+    raise ConfigError(f"config field '{field}': the {what} was trained on {trained_name!r} "
+                      f"(fingerprint {trained_hash}), not on {model_name!r} (fingerprint {model_hash}); "
                       "pass --config.allow_other_model=true to use it anyway")
 
 
