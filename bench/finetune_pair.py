@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from jaxinterp.extract.corpus import load_documents  # noqa: E402
-from jaxinterp.extract.packing import pack_documents  # noqa: E402
+from jaxinterp.extract import tokenize_corpus  # noqa: E402
 from jaxinterp.models.files import load_tokenizer, resolve_model  # noqa: E402
 
 
@@ -43,9 +43,8 @@ def rot13(documents: list[str]) -> list[str]:
 
 def contexts(tokenizer, documents: list[str], context_size: int) -> np.ndarray:
     """``[n, context_size]`` token ids of ``documents`` packed as jaxinterp's extraction packs them."""
-    ids = tokenizer(documents, add_special_tokens=False)["input_ids"]
-    return pack_documents(ids, context_size, bos_id=tokenizer.bos_token_id, separator_id=tokenizer.eos_token_id,
-                          prepend_bos=True, max_tokens=0, corpus="rot13").tokens
+    cfg = {"context_size": context_size, "prepend_bos": True, "max_tokens": 0, "data": "rot13"}
+    return tokenize_corpus(tokenizer, documents, cfg).tokens
 
 
 def mean_loss(model, batches) -> float:
