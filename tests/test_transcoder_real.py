@@ -3,7 +3,7 @@ FVU, L0, dead fraction, CE-loss recovered and KL with the prediction replacing t
 backends, checked against an independent transformers forward whose torch hook on ``layers[6].mlp``
 replaces its output by the transcoder (numpy, from the run's params and scales) applied to its input;
 and the exports, each loaded by the peer's own loader: sparsify (TopK, skip on and off, hookpoint
-``layers.6.mlp``), SAELens (ReLU, ReLU skip, JumpReLU transcoders); TopK to SAELens and any to npz refused.
+``layers.6.mlp``), SAELens (ReLU, ReLU skip, JumpReLU, JumpReLU skip transcoders); TopK to SAELens and any to npz refused.
 
 Cost: one store of 8,192 tokens (the forward stops after layer 6), one sweep of 60 steps × 256 tokens,
 1024 latents, CE on 4 held-out contexts of 128 tokens per backend.
@@ -32,7 +32,8 @@ K = 16
 # sweep member -> overrides
 MEMBERS = {"tc": "", "skip": "skip=true", "relu": "architecture=relu, l1_coefficient=2",
            "relu_skip": "architecture=relu, l1_coefficient=2, skip=true",
-           "jumprelu": "architecture=jumprelu, l0_coefficient=0.01"}
+           "jumprelu": "architecture=jumprelu, l0_coefficient=0.01",
+           "jumprelu_skip": "architecture=jumprelu, l0_coefficient=0.01, skip=true"}
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,8 @@ def test_sparsify_loads_the_transcoder_and_predicts_as_ours(tc_run, tmp_path, na
 
 
 @pytest.mark.parametrize("name, cls", [("relu", "Transcoder"), ("relu_skip", "SkipTranscoder"),
-                                       ("jumprelu", "JumpReLUTranscoder")])
+                                       ("jumprelu", "JumpReLUTranscoder"),
+                                       ("jumprelu_skip", "JumpReLUSkipTranscoder")])
 def test_saelens_loads_the_transcoder_and_codes_as_ours(tc_run, tmp_path, name, cls):
     torch = pytest.importorskip("torch")
     sae_lens = pytest.importorskip("sae_lens")
