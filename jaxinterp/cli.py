@@ -74,6 +74,12 @@ def _eval(cfg):
     return evaluate_run(cfg, progress=True)
 
 
+def _interpret(cfg):
+    from jaxinterp.interpret import interpret
+
+    return interpret(cfg, progress=True)
+
+
 def _probe(cfg):
     from jaxinterp.probe import run_probe
 
@@ -97,6 +103,8 @@ VERBS = {
     "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
     "export": Verb("export a trained run for other tools (SAELens, sparsify/delphi, Gemma-Scope npz, circuit-tracer)",
                    "configs/export.py", schemas.EXPORT, _export),
+    "interpret": Verb("auto-interpretation of a trained SAE: a delphi-layout latent cache of a store",
+                      "configs/interpret.py", schemas.INTERPRET, _interpret),
     "probe": Verb("train probe sweeps (hooks x C x k) on pooled activations or SAE latents",
                   "configs/probe.py", schemas.PROBE, _probe),
 }

@@ -14,7 +14,7 @@ from jaxinterp.config import HOOK_LIST, Field, Schema
 from jaxinterp.sae.spec import DICTIONARY_FIELDS, architecture_fields, builtin_fields
 from jaxinterp.store.paths import PATH_OR_URL
 
-__all__ = ["EXTRACT", "TRAIN", "PLAN", "EXPORT", "EVAL", "PROBE", "DEMO", "DISTRIBUTED", "WANDB", "nested", "sae_config",
+__all__ = ["EXTRACT", "TRAIN", "PLAN", "EXPORT", "EVAL", "INTERPRET", "PROBE", "DEMO", "DISTRIBUTED", "WANDB", "nested", "sae_config",
            "distributed_config", "wandb_config"]
 
 # Every verb's ``distributed`` section (jaxinterp.distributed.initialize reads it).
@@ -216,6 +216,29 @@ EVAL = Schema(
                                 default=""),
         "transcoder_set_saes": Field(str, "transcoder_set: comma-separated members of its one sweep run; '' = all",
                                      default=""),
+        **DISTRIBUTED,
+    }
+)
+
+INTERPRET = Schema(
+    fields={
+        "run": Field(str, "run directory written by `jaxinterp train`, or an SAE to import (SAELens or sparsify "
+                          "directory, Gemma-Scope params.npz; then set store)", check=PATH_OR_URL, default="runs/topk"),
+        "sae": Field(str, "which SAE of a sweep run; '' = the run's only SAE", default=""),
+        "store": Field(str, "store whose contexts are cached; '' = the run's own store", check=PATH_OR_URL, default=""),
+        "allow_other_model": Field(bool, "read a store of another model than the SAE was trained on (refused by "
+                                         "default)", default=False),
+        "out": Field(str, "output directory (cache/<hook>/ in delphi's layout, then the later stages' files); "
+                          "'' = <run>/interpret or <export>_interpret", check=PATH_OR_URL, default=""),
+        "overwrite": Field(bool, "recompute a stage whose output exists (else an existing output of the same "
+                                 "inputs is reused and one of other inputs refused)", default=False),
+        "stages": Field(str, "comma-separated stages to run, in order: cache", default="cache"),
+        "n_tokens": Field(int, "tokens to cache, whole contexts from the store's start; 0 = the whole store",
+                          minimum=0, default=0),
+        "n_splits": Field(int, "latent ranges of the cache, one safetensors file each (delphi's n_splits)",
+                          minimum=1, default=5),
+        "batch_contexts": Field(int, "contexts encoded per batch (what bounds the cache's memory)", minimum=1,
+                                default=32),
         **DISTRIBUTED,
     }
 )

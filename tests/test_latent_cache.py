@@ -136,3 +136,21 @@ def test_an_activation_beyond_float16_is_refused_and_nothing_is_written(tiny_lla
     with pytest.raises(ValueError, match=r"latent \d+ has activation .* at context 0, position \d+: beyond float16"):
         latent_cache(lambda x: jnp.abs(x) * 1e7, d_in, store, HOOK, str(tmp_path / "cache"), "m", n_tokens=64 * 2)
     assert not (tmp_path / "cache" / "m").exists()
+
+
+def _module_bytes(module: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(module.iterdir()) if p.suffix in (".safetensors", ".npy", ".json")}
+
+
+def test_one_and_eight_devices_write_the_same_bytes(tiny_llama_run, tmp_path):
+    import jax
+
+    sae = load_sae(str(tiny_llama_run / "run"))
+    store = open_store(str(tiny_llama_run / "store"))
+    written = {}
+    for n in (1, 8):
+        out = latent_cache(sae.encode, sae.sae.d_sae, store, HOOK, str(tmp_path / f"d{n}"), "m", n_tokens=64 * 21,
+                           batch_contexts=5, devices=jax.local_devices()[:n])  # 5 × 64 rows: padded to split 8 ways
+        written[n] = _module_bytes(out / "m")
+    assert len(jax.local_devices()) == 8 and written[1] == written[8]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d1", "d8"]  # no spill directory left beside the caches

@@ -211,3 +211,16 @@ def test_slurm_environment_is_detected():
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     for i, output in enumerate(outputs):
         assert f"joined {i} 2 4" in output, output[-2000:]
+
+
+def test_latent_cache_on_two_processes_writes_the_bytes_of_one(pipelines, tmp_path):
+    # Process p encodes batches p, p + 2, ... over its 4 devices; process 0 streams every spill into the files.
+    written = {}
+    for n in (1, 2):
+        run(on_processes(n, cli("interpret", "--config", "configs/interpret.py", f"--config.run={pipelines[1]['run']}",
+                                "--config.n_tokens=4096", "--config.batch_contexts=5", "--config.n_splits=3",
+                                f"--config.out={tmp_path / f'i{n}'}")))
+        module = tmp_path / f"i{n}" / "cache" / HOOK
+        written[n] = {p.name: p.read_bytes() for p in sorted(module.iterdir()) if p.suffix in (".safetensors", ".npy")}
+    assert len(written[1]) == 4 and written[1] == written[2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i1", "i2"]  # no spill directory left
