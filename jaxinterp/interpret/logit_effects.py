@@ -5,8 +5,9 @@ The effect of latent ``i`` is row ``i`` of ``W_dec @ W_U`` (``W_dec`` [d_sae, d_
 it: the model's final norm is *not* folded in (its scale per direction is input-dependent for LayerNorm and
 RMSNorm alike; a constant ``norm.weight`` would only rescale columns of ``W_dec`` before the product).
 
-The product is formed in blocks of latents, so memory stays ``block_latents × d_vocab`` floats (SmolLM2's
-49,152-token vocabulary: 256 latents × 49,152 × 4 B ≈ 50 MB per block), never ``d_sae × d_vocab``.
+The product is formed in blocks of latents, so memory stays about ``block_latents × d_vocab × 12`` bytes (the
+float32 block and one int64 partition of it; SmolLM2's 49,152-token vocabulary, 256 latents: ≈ 150 MB) whatever
+``d_sae``, never ``d_sae × d_vocab``.
 """
 
 from __future__ import annotations
@@ -73,12 +74,17 @@ def read_unembedding(files: ModelFiles) -> np.ndarray:
     raise KeyError(f"config field 'model': {files.directory} stores none of {', '.join(UNEMBEDDING_NAMES)}")
 
 
-def _top_k(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, values)`` ``[rows, k]`` of each row's ``k`` largest entries, descending."""
-    ids = np.argpartition(-block, k - 1, axis=1)[:, :k]
-    values = np.take_along_axis(block, ids, axis=1)
-    order = np.argsort(-values, axis=1, kind="stable")
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(values, order, axis=1)
+def _extremes(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(top_ids, top_values, bottom_ids, bottom_values)`` ``[rows, k]`` of each row's ``k`` largest entries
+    (descending) and ``k`` smallest (ascending); no negated copy of ``block`` is made."""
+    def ordered(ids: np.ndarray, sign: float) -> tuple[np.ndarray, np.ndarray]:
+        values = np.take_along_axis(block, ids, axis=1)
+        order = np.argsort(sign * values, axis=1, kind="stable")
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+    top = ordered(np.argpartition(block, block.shape[1] - k, axis=1)[:, -k:], -1.0)
+    bottom = ordered(np.argpartition(block, k - 1, axis=1)[:, :k], 1.0)
+    return (*top, *bottom)
 
 
 def logit_effects(W_dec: Any, W_U: np.ndarray, latents: Sequence[int] | None = None, k: int = 10,
@@ -107,12 +113,11 @@ def logit_effects(W_dec: Any, W_U: np.ndarray, latents: Sequence[int] | None = N
     top_ids, top_values, bottom_ids, bottom_values = [], [], [], []
     for start in range(0, len(ids), block_latents):
         block = W_dec[ids[start: start + block_latents]] @ W_U  # [block, d_vocab]
-        ids_up, values_up = _top_k(block, k)
-        ids_down, values_down = _top_k(-block, k)
+        ids_up, values_up, ids_down, values_down = _extremes(block, k)
         top_ids.append(ids_up)
         top_values.append(values_up)
         bottom_ids.append(ids_down)
-        bottom_values.append(-values_down)
+        bottom_values.append(values_down)
     if not top_ids:
         empty = np.zeros((0, k))
         return LogitEffects(ids, empty.astype(np.int64), empty.astype(np.float32), empty.astype(np.int64),
