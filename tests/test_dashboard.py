@@ -143,7 +143,8 @@ def test_pages_link_escape_and_shade(tmp_path):
     assert max(alphas) == 1.0 and alphas == pytest.approx([shade(v, 3.0) for v in [1.0, 0, 0, 1.5, 3.0, 0]], abs=1e-3)
     assert [float(t) for _, _, t in spans] == [1.0, 0, 0, 1.5, 3.0, 0]
     for token in effects.top_ids[effects.row(1)]:
-        assert f"<td class='tok'>{VOCAB[token].replace('&', '&amp;').replace('<', '&lt;').replace('>', '&gt;').replace(chr(10), '↵')}</td>" in page
+        escaped = VOCAB[token].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", "↵")
+        assert f"<td class='tok'>{escaped}</td>" in page
     assert "latent 0" in (out / "latents" / "0.html").read_text() and "never fired" in (
         out / "latents" / "0.html").read_text()
 
@@ -183,7 +184,8 @@ def test_neuronpedia_json_has_its_fields_and_the_caches_values(tmp_path):
     assert one["pos_str"] == [VOCAB[t] for t in effects.top_ids[row]]
     assert one["neg_str"] == [VOCAB[t] for t in effects.bottom_ids[row]]
     np.testing.assert_allclose(one["pos_values"], (W_dec[1] @ W_U)[effects.top_ids[row]], rtol=1e-5)
-    assert one["pos_values"] == sorted(one["pos_values"], reverse=True) and one["neg_values"] == sorted(one["neg_values"])
+    assert one["pos_values"] == sorted(one["pos_values"], reverse=True)
+    assert one["neg_values"] == sorted(one["neg_values"])
 
     top = one["activations"][0]
     assert set(top) == ACTIVATION_FIELDS

@@ -70,9 +70,9 @@ def _example_html(example: Example, max_activation: float, token_text: Callable[
         value = float(example.values[index])
         alpha = shade(value, max_activation)
         marked = " max" if index == example.position else ""
+        text = _shown(token_text(int(example.tokens[index])))
         spans.append(f"<span class='t{marked}' style='background: rgba({SHADE_RGB[0]}, {SHADE_RGB[1]}, "
-                     f"{SHADE_RGB[2]}, {alpha:.3f})' title='{value:.4g}'>{_shown(token_text(int(example.tokens[index])))}"
-                     "</span>")
+                     f"{SHADE_RGB[2]}, {alpha:.3f})' title='{value:.4g}'>{text}</span>")
     return (f"<div class='act'>{example.activation:.4g} (context {example.context}, token {example.position})</div>"
             f"<div class='example'>{''.join(spans)}</div>")
 

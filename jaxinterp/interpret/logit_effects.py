@@ -104,8 +104,9 @@ def logit_effects(W_dec: Any, W_U: np.ndarray, latents: Sequence[int] | None = N
     d_sae, d_out = W_dec.shape
     d_model, d_vocab = W_U.shape
     if d_out != d_model:
-        raise ConfigError(f"config field 'sae': its decoder writes {d_out}-wide vectors{f' ({hook_name})' if hook_name else ''}"
-                          f", not the model's d_model {d_model}; logit effects need a residual-width dictionary")
+        hook = f" ({hook_name})" if hook_name else ""
+        raise ConfigError(f"config field 'sae': its decoder writes {d_out}-wide vectors{hook}, not the model's "
+                          f"d_model {d_model}; logit effects need a residual-width dictionary")
     ids = np.arange(d_sae) if latents is None else np.asarray(latents, np.int64)
     if ids.size and not (0 <= ids.min() and ids.max() < d_sae):
         raise ConfigError(f"config field 'latents': ids must be in 0..{d_sae - 1}")
