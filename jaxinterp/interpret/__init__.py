@@ -1,5 +1,8 @@
-"""Auto-interpretation: latent caches in delphi's layout (more to come: examples, explainers, scorers)."""
+"""Auto-interpretation after delphi: latent caches in its layout, per-latent examples, prompts and scorers."""
 
 from jaxinterp.interpret.cache import ACTIVE_ABOVE, LatentCacheEntries, latent_cache, read_latent_cache, split_ranges
+from jaxinterp.interpret.examples import (ExampleConfig, ExampleSet, LatentExamples, examples_of, latent_examples,
+                                          normalized_activations)
 
-__all__ = ["ACTIVE_ABOVE", "LatentCacheEntries", "latent_cache", "read_latent_cache", "split_ranges"]
+__all__ = ["ACTIVE_ABOVE", "LatentCacheEntries", "latent_cache", "read_latent_cache", "split_ranges",
+           "ExampleConfig", "ExampleSet", "LatentExamples", "examples_of", "latent_examples", "normalized_activations"]
