@@ -232,13 +232,53 @@ INTERPRET = Schema(
                           "'' = <run>/interpret or <export>_interpret", check=PATH_OR_URL, default=""),
         "overwrite": Field(bool, "recompute a stage whose output exists (else an existing output of the same "
                                  "inputs is reused and one of other inputs refused)", default=False),
-        "stages": Field(str, "comma-separated stages to run, in order: cache", default="cache"),
+        "stages": Field(str, "comma-separated stages to run: cache (delphi's latent cache), explain "
+                             "(explanations.jsonl), score (scores.jsonl, summary.json/.md), dashboard (dashboard/, "
+                             "neuronpedia/features.json)", default="cache,explain,score,dashboard"),
+        "model": Field(str, "source model for token text and logit effects; '' = the one the store records",
+                       default=""),
         "n_tokens": Field(int, "tokens to cache, whole contexts from the store's start; 0 = the whole store",
                           minimum=0, default=0),
         "n_splits": Field(int, "latent ranges of the cache, one safetensors file each (delphi's n_splits)",
                           minimum=1, default=5),
         "batch_contexts": Field(int, "contexts encoded per batch (what bounds the cache's memory)", minimum=1,
                                 default=32),
+        "latents": Field(str, "comma-separated latent ids to explain, score and show; '' = n_latents random ones "
+                              "of those with min_examples activating windows", default=""),
+        "n_latents": Field(int, "latents drawn when 'latents' is empty", minimum=1, default=200),
+        "seed": Field(int, "seed of the latent draw, sampled generation and the shuffled control", default=0),
+        "example_ctx_len": Field(int, "tokens per example window (delphi's example_ctx_len); divides the store's "
+                                      "context size", minimum=1, default=32),
+        "min_examples": Field(int, "activating windows a latent needs to be explained (delphi's min_examples)",
+                              minimum=1, default=200),
+        "n_examples_train": Field(int, "examples shown to the explainer (delphi's n_examples_train)", minimum=1,
+                                  default=40),
+        "n_examples_test": Field(int, "activating examples per scorer (delphi's n_examples_test)", minimum=1,
+                                 default=50),
+        "n_non_activating": Field(int, "non-activating examples per scorer (delphi's n_non_activating)", minimum=1,
+                                  default=50),
+        "n_quantiles": Field(int, "activation quantiles the train and test examples are drawn from (delphi's "
+                                  "n_quantiles)", minimum=1, default=10),
+        "train_type": Field(str, "how the explainer's examples are drawn (delphi's train_type)",
+                            choices=("quantiles", "top", "random", "mix"), default="quantiles"),
+        "explainer_model": Field(str, "explainer LLM: smollm2, a .gguf or an HF directory of an instruct model; with "
+                                      "explainer_endpoint, the tokenizer its prompts are made with", default="smollm2"),
+        "explainer_endpoint": Field(str, "OpenAI-compatible server URL (vLLM, llama.cpp: http://host:port/v1) that "
+                                         "explains instead of a local model; '' = local", default=""),
+        "scorer_model": Field(str, "scorer LLM (as explainer_model); '' = the explainer's", default=""),
+        "scorer_endpoint": Field(str, "OpenAI-compatible server URL that scores (its completions route with "
+                                      "logprobs); '' = local, or the explainer's endpoint when scorer_model is ''",
+                                 default=""),
+        "endpoint_api_key_env": Field(str, "environment variable holding the endpoints' API key; '' = none",
+                                      default=""),
+        "llm_backend": Field(str, "backend of a local explainer/scorer", choices=("auto", "torch", "jax"),
+                             default="jax"),
+        "max_new_tokens": Field(int, "tokens an explanation may take", minimum=1, default=64),
+        "temperature": Field(float, "explainer sampling temperature; 0 = greedy", minimum=0.0, default=0.0),
+        "generation_batch": Field(int, "conversations generated together", minimum=1, default=16),
+        "score_batch": Field(int, "scorer prompts per forward pass", minimum=1, default=16),
+        "scorers": Field(str, "comma-separated scorers: detection, fuzz (delphi's)", default="detection,fuzz"),
+        "dashboard_examples": Field(int, "top contexts a dashboard page shows per latent", minimum=1, default=10),
         **DISTRIBUTED,
     }
 )

@@ -40,8 +40,9 @@ class OpenAIEndpoint:
     """
 
     def __init__(self, url: str, model: str = "", api_key_env: str = "", timeout_s: float = 300.0,
-                 concurrency: int = 8):
+                 concurrency: int = 8, field: str = "endpoint"):
         self.url = url.rstrip("/")
+        self.field = field  # the config field errors name
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self._headers = {"Content-Type": "application/json"}
@@ -61,15 +62,16 @@ class OpenAIEndpoint:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             detail = error.read()[:300].decode(errors="replace")
-            raise ConfigError(f"config field 'endpoint': {self.url}{path} answered HTTP {error.code}: {detail}") from None
+            raise ConfigError(f"config field '{self.field}': {self.url}{path} answered HTTP {error.code}: "
+                              f"{detail}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             reason = getattr(error, "reason", error)
-            raise ConfigError(f"config field 'endpoint': cannot reach {self.url}{path} ({reason})") from None
+            raise ConfigError(f"config field '{self.field}': cannot reach {self.url}{path} ({reason})") from None
 
     def _first_model(self) -> str:
         models = self._request("/models").get("data") or []
         if not models:
-            raise ConfigError(f"config field 'endpoint': {self.url}/models lists no model; set endpoint_model")
+            raise ConfigError(f"config field '{self.field}': {self.url}/models lists no model")
         return models[0]["id"]
 
     def _map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -97,7 +99,7 @@ class OpenAIEndpoint:
             logprobs = answer["choices"][0].get("logprobs") or {}
             tops = logprobs.get("top_logprobs") or [None]
             if not tops[0]:
-                raise ConfigError(f"config field 'endpoint': {self.url}/completions returned no top_logprobs "
+                raise ConfigError(f"config field '{self.field}': {self.url}/completions returned no top_logprobs "
                                   "(the server must support the completions API's logprobs)")
             return {token: float(value) for token, value in tops[0].items()}
 

@@ -2,17 +2,23 @@
 
 Every stage writes its own output under ``out`` atomically; ``out`` itself is only their container::
 
-    <out>/cache/<hook>/        delphi's latent cache (jaxinterp.interpret.cache), one module: the SAE's hook
+    <out>/cache/<hook>/              delphi's latent cache (jaxinterp.interpret.cache), one module: the SAE's hook
+    <out>/explanations.jsonl         explain: one explanation per latent (jaxinterp.interpret.stages)
+    <out>/scores.jsonl, summary.*    score: detection and fuzzing of each explanation and of a shuffled control
+    <out>/dashboard/, neuronpedia/   dashboard: HTML pages and Neuronpedia feature JSON of the same latents
+    <out>/stages.json                what each stage after the cache was made from
 
 A stage whose output exists is reused when it was made from the same inputs (its recorded config matches),
 refused naming the first field that differs otherwise, and recomputed with ``overwrite``. So a run can add
-stages later, and a killed run restarts at the stage it was in.
+stages later, and a killed run restarts at the stage it was in. The latents are those with ``min_examples``
+activating windows (delphi's rule), ``n_latents`` of them drawn with ``seed`` unless ``latents`` names them.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,13 +27,14 @@ from jaxinterp.config import ConfigError
 from jaxinterp.export import load_sae, loaded_from_trained
 from jaxinterp.export.load import LoadedSAE, is_run_directory, require_same_model
 from jaxinterp.interpret.cache import latent_cache
+from jaxinterp.interpret.pipeline import run_later_stages
 from jaxinterp.runs import load_trained
 from jaxinterp.store import Store, open_store
 from jaxinterp.store.paths import location
 
 __all__ = ["STAGES", "interpret"]
 
-STAGES = ("cache",)
+STAGES = ("cache", "explain", "score", "dashboard")
 # The cache's config.json entries that say what it was made from (delphi's own fields plus ours).
 _CACHE_IDENTITY = ("jaxinterp_store", "jaxinterp_hook", "jaxinterp_dictionary", "n_tokens", "n_splits")
 
@@ -59,6 +66,12 @@ def interpret(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
     summary: dict[str, Any] = {"dictionary": dictionary, "hook": hook, "store": store.url, "out": str(out)}
     if "cache" in stages:
         summary["cache"] = _cache_stage(cfg, sae, dictionary, store, hook, out, progress)
+    later = [stage for stage in stages if stage != "cache"]
+    if later:
+        if not (out / "cache" / hook / "config.json").exists():
+            raise ConfigError(f"config field 'stages': {', '.join(later)} read the latent cache, which "
+                              f"{out / 'cache' / hook} does not hold yet; run the cache stage first")
+        summary.update(run_later_stages(cfg, later, sae, store, hook, Path(str(out)), progress))
     return summary
 
 

@@ -169,17 +169,25 @@ def scorer_samples(examples: LatentExamples, latent: int, kind: str, tokenizer: 
 
 def score_explanations(examples: LatentExamples, explanations: dict[int, str], kind: str, tokenizer: Any,
                        next_token_logits: NextTokenLogits, answers: tuple[str, str] = ("1", "0"),
-                       few_shot: bool = True, fuzz_type: str = "default") -> dict[int, LatentScore]:
-    """Each latent's ``LatentScore`` for its explanation, every prompt in one ``next_token_logits`` call."""
+                       few_shot: bool = True, fuzz_type: str = "default", chunk: int = 256,
+                       text_tokenizer: Any = None) -> dict[int, LatentScore]:
+    """Each latent's ``LatentScore`` for its explanation: its prompts sorted by length, ``chunk`` per
+    ``next_token_logits`` call. ``tokenizer`` is the scorer's (prompts, answers); ``text_tokenizer`` the source
+    model's, whose ids the examples hold (default: the same)."""
     yes_id, no_id = answer_token_ids(tokenizer, answers)
     build = detection_messages if kind == "detection" else fuzzing_messages
     rows, spans, all_labels = [], {}, {}
     for latent, explanation in explanations.items():
-        texts, labels = scorer_samples(examples, latent, kind, tokenizer, fuzz_type=fuzz_type)
+        texts, labels = scorer_samples(examples, latent, kind, text_tokenizer or tokenizer, fuzz_type=fuzz_type)
         spans[latent] = (len(rows), len(rows) + len(texts))
         all_labels[latent] = labels
         rows += [render_prompt(build(explanation, text, few_shot), tokenizer) for text in texts]
-    probabilities = answer_probabilities(next_token_logits(rows), yes_id, no_id) if rows else np.zeros(0)
+    probabilities = np.zeros(len(rows))
+    # by length, so each call's prompts pad little, in chunks, so only [chunk, vocab] logits are ever held
+    order = np.argsort([len(row) for row in rows], kind="stable")
+    for start in range(0, len(order), chunk):
+        picked = order[start:start + chunk]
+        probabilities[picked] = answer_probabilities(next_token_logits([rows[i] for i in picked]), yes_id, no_id)
     scores = {}
     for latent, (start, end) in spans.items():
         p = probabilities[start:end]
