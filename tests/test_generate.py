@@ -15,8 +15,7 @@ from flax import nnx
 from transformers import Gemma2Config, Gemma3TextConfig, MistralConfig, Qwen3Config
 
 from jaxinterp.mesh import make_mesh
-from jaxinterp.models import resolve_model
-from jaxinterp.models.generate import generate, generate_uncached
+from jaxinterp.models import generate, generate_uncached, load_tokenizer, resolve_model
 from jaxinterp.models.jax_backend import JaxSourceModel
 from jaxinterp.models.kv_cache import cached_forward, empty_cache
 from jaxinterp.models.support import UnsupportedModelError
@@ -157,8 +156,6 @@ def test_bad_arguments_are_refused(llama):
 
 @pytest.mark.real_model
 def test_smollm2_cached_greedy_equals_full_forward():
-    from jaxinterp.models import load_tokenizer
-
     files = resolve_model("smollm2")
     tokenizer = load_tokenizer(files)
     texts = ["The capital of France is", "def fibonacci(n):", "Sparse autoencoders decompose a model's activations"]
