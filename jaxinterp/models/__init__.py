@@ -1,4 +1,4 @@
-"""Source transformers: hook names, model resolution, JAX-native (flax.nnx) and torch backends."""
+"""Source transformers: hook names, model resolution, JAX-native (flax.nnx) and torch backends, generation."""
 
 from jaxinterp.models.hooks import (LAYER_KINDS, SUBBLOCK_KINDS, HookEdit, HookError, HookPoint, hook_width, parse_hooks,
                                     valid_hook_names)
@@ -16,6 +16,8 @@ __all__ = [
     "ModelFiles",
     "UnsupportedModelError",
     "choose_backend",
+    "generate",
+    "generate_uncached",
     "hook_width",
     "load_hf_config",
     "load_source_model",
@@ -25,3 +27,12 @@ __all__ = [
     "valid_hook_names",
 ]
 
+
+
+def __getattr__(name: str):
+    # generation imports jax and every family: loaded on first use, as loading.py loads the backends
+    if name in ("generate", "generate_uncached"):
+        from jaxinterp.models import generation
+
+        return getattr(generation, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

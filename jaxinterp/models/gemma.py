@@ -98,10 +98,10 @@ class GemmaBlock(nnx.Module):
         self.layer_type, self.window = cfg.layer_types[layer], cfg.windows[layer]
         self.attn_scale, self.attn_softcap, self.activation = cfg.attn_scale, cfg.attn_softcap, cfg.activation
 
-    def attention(self, x: jax.Array, rope: dict, hook: Hook = no_hook) -> jax.Array:
+    def attention(self, x: jax.Array, rope: dict, hook: Hook = no_hook, cache: Any = None) -> jax.Array:
         cos, sin = rope[self.layer_type]
         out = grouped_attention(self, self.input_layernorm(x), cos, sin, self.window, self.attn_scale,
-                                self.attn_softcap)
+                                self.attn_softcap, cache=cache)
         return self.post_attention_layernorm(self.o_proj(hook("attn.hook_z", out)))
 
     def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
@@ -130,8 +130,8 @@ class Gemma(nnx.Module):
     def add_positions(self, x: jax.Array) -> jax.Array:
         return x  # positions enter through the rotary embedding
 
-    def rope(self, seq: int, dtype: jnp.dtype) -> dict:
-        return {kind: rope_tables(np.asarray(freq, np.float32), seq, dtype) for kind, freq in self.inv_freq}
+    def rope(self, seq: int, dtype: jnp.dtype, positions: jax.Array | None = None) -> dict:
+        return {kind: rope_tables(np.asarray(freq, np.float32), seq, dtype, positions) for kind, freq in self.inv_freq}
 
     def unembed(self, x: jax.Array) -> jax.Array:
         return softcap(self.lm_head(self.norm(x)), self.final_softcap)

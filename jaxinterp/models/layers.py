@@ -151,18 +151,21 @@ def causal_mask(seq: int, window: int | None = None) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, window: int | None = None, scale: float | None = None,
-           logit_cap: float | None = None) -> jax.Array:
+           logit_cap: float | None = None, mask: jax.Array | None = None) -> jax.Array:
     """Causal softmax attention over [batch, seq, heads, head_dim]; kv heads repeated for GQA.
 
     Scores are scaled by 1/sqrt(head_dim) (or multiplied by ``scale``: Gemma's
     ``query_pre_attn_scalar ** -0.5``), soft-capped by ``logit_cap`` before the mask (Gemma-2) and
     softmaxed in float32; ``window`` restricts each query to the last ``window`` keys (:func:`causal_mask`).
+    ``mask`` (bool, broadcast to [batch, heads, q, k]) replaces that causal mask: a KV cache's keys are not the
+    queries' own sequence (:func:`jaxinterp.models.kv_cache.cache_mask`, which applies ``window`` itself).
     """
     groups = q.shape[2] // k.shape[2]
     k, v = jnp.repeat(k, groups, axis=2), jnp.repeat(v, groups, axis=2)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
     scores = softcap(scores / math.sqrt(q.shape[-1]) if scale is None else scores * scale, logit_cap)
-    scores = jnp.where(causal_mask(q.shape[1], window), scores, jnp.finfo(jnp.float32).min)
+    mask = causal_mask(q.shape[1], window) if mask is None else mask
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
@@ -194,8 +197,17 @@ def rope_inv_freq(rope: dict, head_dim: int) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
-def rope_tables(inv_freq: np.ndarray, seq: int, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
-    """``(cos, sin)`` [1, seq, 1, head_dim] for positions 0..seq-1, the angles computed in float32."""
+def rope_tables(inv_freq: np.ndarray, seq: int, dtype: jnp.dtype,
+                positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """``(cos, sin)`` [1, seq, 1, head_dim] for positions 0..seq-1, the angles computed in float32.
+
+    With ``positions`` [batch, seq] (int: each row's own, as a KV cache's left-padded rows have) the
+    tables are [batch, seq, 1, head_dim], each angle the same float32 product as for that position.
+    """
+    if positions is not None:
+        freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+        angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+        return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
     freqs = jnp.arange(seq, dtype=jnp.float32)[:, None] * jnp.asarray(inv_freq)[None, :]
     angles = jnp.concatenate([freqs, freqs], axis=-1)[None, :, None, :]
     return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
@@ -216,7 +228,7 @@ def rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def grouped_attention(block: Any, h: jax.Array, cos: jax.Array, sin: jax.Array, window: int | None = None,
-                      scale: float | None = None, logit_cap: float | None = None) -> jax.Array:
+                      scale: float | None = None, logit_cap: float | None = None, cache: Any = None) -> jax.Array:
     """Rotary GQA self-attention of the normed input ``h`` [b, s, d] → per-head outputs [b, s, heads * head_dim].
 
     The Llama-style steps before the output projection: q/k/v projections (``block.q_proj``,
@@ -224,7 +236,8 @@ def grouped_attention(block: Any, h: jax.Array, cos: jax.Array, sin: jax.Array, 
     heads, the per-head q/k norms when ``block.q_norm`` is not None (``block.k_norm`` with it),
     rotary embedding of q and k by ``cos`` / ``sin``, and :func:`attend` (``window``, ``scale``,
     ``logit_cap``). What a block adds after (the ``attn.hook_z`` hook, ``o_proj``, a post-norm) is
-    its own.
+    its own. With ``cache`` (a :class:`jaxinterp.models.kv_cache.LayerCache`) the rotated keys and values are
+    appended to it and the queries attend everything it holds instead.
     """
     b, s, _ = h.shape
     q = block.q_proj(h).reshape(b, s, block.n_heads, -1)
@@ -232,5 +245,7 @@ def grouped_attention(block: Any, h: jax.Array, cos: jax.Array, sin: jax.Array, 
     v = block.v_proj(h).reshape(b, s, block.n_kv_heads, -1)
     if block.q_norm is not None:
         q, k = block.q_norm(q), block.k_norm(k)
+    if cache is not None:
+        return cache.attend(rotate(q, cos, sin), rotate(k, cos, sin), v, window, scale, logit_cap).reshape(b, s, -1)
     out = attend(rotate(q, cos, sin), rotate(k, cos, sin), v, window, scale, logit_cap)
     return out.reshape(b, s, -1)

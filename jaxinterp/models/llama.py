@@ -108,9 +108,10 @@ class LlamaBlock(nnx.Module):
         self.post_attention_layernorm = RMSNorm(w[f"{prefix}post_attention_layernorm.weight"], cfg.rms_norm_eps, dtype)
         self.n_heads, self.n_kv_heads, self.window = cfg.n_heads, cfg.n_kv_heads, cfg.windows[layer]
 
-    def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], hook: Hook = no_hook) -> jax.Array:
+    def attention(self, x: jax.Array, rope: tuple[jax.Array, jax.Array], hook: Hook = no_hook,
+                  cache: Any = None) -> jax.Array:
         cos, sin = rope
-        out = grouped_attention(self, self.input_layernorm(x), cos, sin, self.window)
+        out = grouped_attention(self, self.input_layernorm(x), cos, sin, self.window, cache=cache)
         return self.o_proj(hook("attn.hook_z", out))
 
     def mlp(self, x: jax.Array, rope=None, hook: Hook = no_hook) -> jax.Array:
@@ -136,8 +137,8 @@ class Llama(nnx.Module):
     def add_positions(self, x: jax.Array) -> jax.Array:
         return x  # positions enter through the rotary embedding
 
-    def rope(self, seq: int, dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
-        return rope_tables(self.inv_freq, seq, dtype)
+    def rope(self, seq: int, dtype: jnp.dtype, positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        return rope_tables(self.inv_freq, seq, dtype, positions)
 
     def unembed(self, x: jax.Array) -> jax.Array:
         return self.lm_head(self.norm(x))

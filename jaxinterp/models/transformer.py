@@ -22,7 +22,7 @@ hook points: ``attn.hook_z``, ``ln2.hook_normalized``, ``mlp.hook_in``, ``mlp.ho
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -58,11 +58,16 @@ def build_model(cfg: Any, weights: Mapping[str, Weight], dtype: str = "float32")
 
 
 def hooked_forward(model: nnx.Module, tokens: jax.Array, capture: frozenset[str] = frozenset(),
-                   edit: Edit | None = None, logits: bool = False) -> tuple[jax.Array | None, dict[str, jax.Array]]:
+                   edit: Edit | None = None, logits: bool = False, positions: jax.Array | None = None,
+                   kv: Sequence[Any] | None = None) -> tuple[jax.Array | None, dict[str, jax.Array]]:
     """Runs ``model`` on ``tokens`` [batch, seq]; returns ``(logits or None, {hook: activation})``.
 
     ``capture`` names the hooks to return; ``edit`` may replace any hook's activation (it sees every
     hook point, in forward order). Without ``logits`` the pass stops after the last captured hook.
+    ``positions`` [batch, seq] (each row's rotary positions) and ``kv`` (one
+    :class:`~jaxinterp.models.kv_cache.LayerCache` per layer, which each attention appends to and
+    attends) are how :func:`jaxinterp.models.kv_cache.cached_forward` runs a cached step; without them
+    the pass is the plain causal forward over positions 0..seq-1.
     """
     captured: dict[str, jax.Array] = {}
 
@@ -77,7 +82,8 @@ def hooked_forward(model: nnx.Module, tokens: jax.Array, capture: frozenset[str]
         return not logits and len(captured) == len(capture)
 
     x = model.add_positions(hook("hook_embed", model.embed(tokens)))
-    rope = model.rope(tokens.shape[1], x.dtype)
+    rope = model.rope(tokens.shape[1], x.dtype) if positions is None else model.rope(tokens.shape[1], x.dtype,
+                                                                                       positions)
     for layer, block in enumerate(model.layers):
         if done():
             return None, captured
@@ -86,7 +92,8 @@ def hooked_forward(model: nnx.Module, tokens: jax.Array, capture: frozenset[str]
         x = hook(prefix + "hook_resid_pre", x)
         if done():
             return None, captured
-        attn = hook(prefix + "hook_attn_out", block.attention(x, rope, sub))
+        attended = block.attention(x, rope, sub) if kv is None else block.attention(x, rope, sub, cache=kv[layer])
+        attn = hook(prefix + "hook_attn_out", attended)
         if getattr(block, "parallel_residual", False):  # GPT-NeoX: the MLP reads the layer input too (no resid_mid)
             x = hook(prefix + "hook_mlp_out", block.mlp(x, rope, sub)) + attn + x  # transformers' order of sums
         else:
