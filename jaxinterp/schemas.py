@@ -357,7 +357,8 @@ PROBE = Schema(
 _DEMO_SET = {"extract": ("out", "overwrite", "process_index", "process_count"),
              "train": ("store", "out", "hook", "target_hook", "init_from", "allow_other_model"),
              "eval": ("run", "sae", "store", "model", "out", "allow_other_model", "transcoder_set",
-                      "transcoder_set_saes")}
+                      "transcoder_set_saes"),
+             "interpret": ("run", "sae", "store", "model", "out", "allow_other_model", "stages")}
 
 
 def nested(schema: Schema, prefix: str, exclude: tuple[str, ...] = ()) -> dict[str, Field]:
@@ -373,6 +374,10 @@ DEMO = Schema(
         **nested(EXTRACT, "extract", _DEMO_SET["extract"]),
         **nested(TRAIN, "train", _DEMO_SET["train"]),
         **nested(EVAL, "eval", _DEMO_SET["eval"]),
+        # Off by default: with SmolLM2 explaining and scoring 200 latents on 2 CPU cores it outlasts the demo.
+        "interpret.stages": Field(str, "auto-interpretation stages after the export (cache, explain, score, "
+                                       "dashboard: see `jaxinterp interpret --help`); '' = none", default=""),
+        **nested(INTERPRET, "interpret", _DEMO_SET["interpret"]),
         **DISTRIBUTED,
     },
     constraints=(

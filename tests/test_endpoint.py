@@ -12,20 +12,15 @@ from tests.openai_server import chat_tokens, log_softmax, serving
 pytestmark = pytest.mark.real_model
 
 
-def greedy_full_forwards(model):
-    """Greedy decoding by a full forward per new token (the reference the KV-cache generation is tested against)."""
+def greedy(model):
+    """The server's generation: jaxinterp's KV-cache greedy decoding (tests/test_generate.py checks it against full
+    forwards)."""
+    from jaxinterp.models import generate
 
-    def generate(prompts, max_new_tokens, temperature, seed):
-        assert temperature == 0.0
-        out = []
-        for prompt in prompts:
-            tokens = list(prompt)
-            for _ in range(max_new_tokens):
-                tokens.append(int(np.argmax(np.asarray(model.logits(np.asarray([tokens], np.int32)))[0, -1])))
-            out.append(tokens[len(prompt):])
-        return out
+    def run(prompts, max_new_tokens, temperature, seed):
+        return generate(model, prompts, max_new_tokens, temperature=temperature, seed=seed)
 
-    return generate
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +31,7 @@ def smollm2():
 
 def test_chat_and_logprobs_through_the_endpoint_equal_the_local_model(smollm2):
     model, tokenizer = smollm2
-    generate = greedy_full_forwards(model)
+    generate = greedy(model)
     messages = [[{"role": "user", "content": "Name one colour."}], [{"role": "user", "content": "Say hello."}]]
     with serving("smollm2-local", model, tokenizer, generate) as url:
         endpoint = OpenAIEndpoint(url, concurrency=2)

@@ -164,3 +164,11 @@ def test_smollm2_cached_greedy_equals_full_forward():
     expected = generate_uncached(model, rows, 16)
     assert generate(model, rows, 16) == expected
     assert generate(TorchSourceModel(files), rows, 16) == expected
+
+
+def test_last_logits_are_the_full_logits_at_each_rows_last_position(llama):
+    jax_llama = llama[0]
+    tokens = np.array([row + [0] * (11 - len(row)) for row in prompts()], np.int32)  # right-padded
+    last = np.array([len(row) - 1 for row in prompts()])
+    full = np.asarray(jax_llama.logits(tokens))[np.arange(len(tokens)), last]
+    np.testing.assert_allclose(jax_llama.last_logits(tokens, last), full, rtol=1e-5, atol=1e-5 * np.abs(full).max())

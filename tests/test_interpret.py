@@ -65,7 +65,7 @@ def scripted_model(name="scripted"):
     tokenizer = load_tokenizer(resolve_model("smollm2"))
     one, zero = tokenizer.encode("1", add_special_tokens=False)[0], tokenizer.encode("0", add_special_tokens=False)[0]
 
-    def chat(conversations):
+    def chat(conversations, reply_prefix=""):
         return [f"Thinking.\n[EXPLANATION]: pattern {len(c[-1]['content']) % 97}" for c in conversations]
 
     def next_token_logits(rows):

@@ -93,3 +93,13 @@ def test_demo_quick_end_to_end(tmp_path):
     # rerunning the demo reuses the store and the finished run
     again = run("demo", "--config", "configs/demo.py:quick", f"--config.out={out}")
     assert again.returncode == 0 and "already done" in again.stdout
+
+    # the optional interpret stage (off by default), here without an LLM: the latent cache and the dashboards
+    interpreted = run("demo", "--config", "configs/demo.py:quick", f"--config.out={out}",
+                      "--config.interpret.stages=cache,dashboard", "--config.interpret.min_examples=20",
+                      "--config.interpret.n_latents=12")
+    assert interpreted.returncode == 0, interpreted.stderr[-3000:]
+    assert "interpret" in interpreted.stdout
+    assert (out / "interpret" / "cache" / "blocks.3.hook_resid_post" / "firing_counts.npy").exists()
+    assert len(list((out / "interpret" / "dashboard" / "latents").iterdir())) == 12
+    assert json.loads((out / "summary.json").read_text())["interpret"]["latents"] == 12

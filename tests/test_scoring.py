@@ -146,4 +146,26 @@ def test_the_model_helper_reads_each_rows_last_real_position():
     rows = [[1, 2, 3], [4] * 70, [5], [6, 7], [1] * 130]
     logits = model_next_token_logits(model, pad_id=0, batch_size=2, length_bucket=64)(rows)
     np.testing.assert_array_equal(logits[:, 0], [sum(r) for r in rows])
-    assert model.shapes == [(2, 64), (2, 128), (2, 192)]  # sorted by length, bucketed, fixed batch
+    assert model.shapes == [(2, 192), (2, 128), (2, 64)]  # sorted lexicographically, bucketed, fixed batch
+
+
+def test_a_shared_prefix_run_once_gives_the_full_prompts_logits(tiny_llama):
+    from jaxinterp.mesh import make_mesh
+    from jaxinterp.models import resolve_model
+    from jaxinterp.models.jax_backend import JaxSourceModel
+
+    model = JaxSourceModel(resolve_model(tiny_llama), mesh=make_mesh(data=1, model=1))
+    rng = np.random.default_rng(0)
+    system = rng.integers(3, 500, size=70).tolist()  # the scorer's instructions and few-shot turns
+    explanation = rng.integers(3, 500, size=40).tolist()
+    rows = [system + explanation + rng.integers(3, 500, size=n).tolist() for n in (1, 9, 30, 4, 17)]
+    rows += [system + rng.integers(3, 500, size=n).tolist() for n in (12, 80, 3)]  # other explanations
+    whole = model_next_token_logits(model, batch_size=4, min_prefix=10**9)(rows)  # every row run whole
+    calls = []
+    prefixed = model.prefixed_last_logits
+    model.prefixed_last_logits = lambda *args: calls.append(len(args[0])) or prefixed(*args)
+    shared = model_next_token_logits(model, batch_size=4, min_prefix=64)(rows)
+    assert len(calls) == 2 and set(calls) <= {64 * 2}  # a prefix of 70 or 110 tokens ran once per batch, left-padded
+    np.testing.assert_allclose(shared, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+    full = np.asarray(model.logits(np.asarray([rows[2]], np.int32)))[0, -1]
+    np.testing.assert_allclose(shared[2], full, rtol=1e-5, atol=1e-5 * np.abs(full).max())

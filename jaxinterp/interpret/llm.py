@@ -39,7 +39,8 @@ class Timer:
 
 class LanguageModel(NamedTuple):
     """One model as explainer and scorer: ``name``, its ``tokenizer`` (the scorer's prompts are its tokens),
-    ``chat(conversations) -> replies`` and ``next_token_logits(token_rows) -> [rows, vocab]``; ``generated``
+    ``chat(conversations, reply_prefix="") -> replies`` (a local model's reply is started with ``reply_prefix``)
+    and ``next_token_logits(token_rows) -> [rows, vocab]``; ``generated``
     counts new tokens and ``scored`` prompt tokens with their seconds."""
 
     name: str
@@ -74,7 +75,8 @@ def load_language_model(spec: str, backend: str, endpoint: str, field: str, max_
         server = OpenAIEndpoint(endpoint, api_key_env=api_key_env, field=field)
         remote_logits = endpoint_next_token_logits(server, tokenizer, len(tokenizer))
 
-        def chat(conversations: Sequence[Messages]) -> list[str]:
+        def chat(conversations: Sequence[Messages], reply_prefix: str = "") -> list[str]:
+            del reply_prefix  # the chat route has no portable way to start the assistant's turn
             start = time.perf_counter()
             replies = server.chat(conversations, max_new_tokens, temperature, seed)
             generated.add(time.perf_counter() - start, sum(len(tokenizer.encode(r)) for r in replies))
@@ -92,13 +94,15 @@ def load_language_model(spec: str, backend: str, endpoint: str, field: str, max_
     local_logits = model_next_token_logits(model, pad_id=pad_id, batch_size=score_batch)
     stops = _stop_ids(tokenizer)
 
-    def chat(conversations: Sequence[Messages]) -> list[str]:
-        prompts = [render_prompt(list(messages), tokenizer) for messages in conversations]
+    def chat(conversations: Sequence[Messages], reply_prefix: str = "") -> list[str]:
+        # A reply_prefix starts the assistant's turn (e.g. the explanation marker): the model continues from it.
+        prefix = tokenizer.encode(reply_prefix, add_special_tokens=False) if reply_prefix else []
+        prompts = [render_prompt(list(messages), tokenizer) + prefix for messages in conversations]
         start = time.perf_counter()
         new = generate(model, prompts, max_new_tokens, temperature=temperature, seed=seed, stop_token_ids=stops,
                        batch_size=generation_batch)
         generated.add(time.perf_counter() - start, sum(map(len, new)))
-        return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in new]
+        return [reply_prefix + tokenizer.decode(tokens, skip_special_tokens=True) for tokens in new]
 
     def next_token_logits(rows: list[list[int]]) -> np.ndarray:
         start = time.perf_counter()

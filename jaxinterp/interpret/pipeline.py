@@ -121,7 +121,8 @@ def run_later_stages(cfg: Mapping[str, Any], stages: Sequence[str], sae: LoadedS
         if not reused:
             explainer = models.get("explainer")
             start = time.perf_counter()
-            write_lines(path, explain_latents(examples, latents, explainer, text_tokenizer, cfg["generation_batch"]))
+            write_lines(path, explain_latents(examples, latents, explainer, text_tokenizer, cfg["generation_batch"],
+                                              progress))
             record("explain", explain_identity)
             result["explain_seconds"] = time.perf_counter() - start
             result["generated_tokens"] = explainer.generated.tokens
@@ -138,7 +139,7 @@ def run_later_stages(cfg: Mapping[str, Any], stages: Sequence[str], sae: LoadedS
             scorer = models.get("scorer")
             explanations = {r["latent"]: r["explanation"] for r in read_lines(out / "explanations.jsonl")}
             start = time.perf_counter()
-            records = score_latents(examples, explanations, scorer, text_tokenizer, kinds, cfg["seed"])
+            records = score_latents(examples, explanations, scorer, text_tokenizer, kinds, cfg["seed"], progress)
             summary = {**summarize_scores(records, kinds), "scorer": scorer.name,
                        "scored_prompt_tokens": scorer.scored.tokens, "score_tokens_per_s": scorer.scored.rate(),
                        "score_seconds": time.perf_counter() - start}

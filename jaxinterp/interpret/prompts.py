@@ -138,8 +138,13 @@ def render_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
-def parse_explanation(text: str) -> str:
+def parse_explanation(text: str, first_line: bool = False) -> str:
     """The explanation after the last line's marker (delphi's ``\\[EXPLANATION\\]:\\s*(.*)``, DOTALL), or
-    delphi's fallback text."""
+    delphi's fallback text; with ``first_line``, only the first non-empty line after the marker (a reply that
+    was started at the marker, whose model may ramble on after its answer)."""
     match = re.search(re.escape(EXPLANATION_MARKER) + r"\s*(.*)", text, re.DOTALL)
-    return match.group(1).strip() if match else UNPARSED
+    if not match:
+        return UNPARSED
+    if first_line:
+        return next((line.strip() for line in match.group(1).splitlines() if line.strip()), UNPARSED)
+    return match.group(1).strip()

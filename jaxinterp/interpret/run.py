@@ -17,6 +17,7 @@ activating windows (delphi's rule), ``n_latents`` of them drawn with ``seed`` un
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -112,11 +113,14 @@ def _cache_stage(cfg: Mapping[str, Any], sae: LoadedSAE, dictionary: str, store:
                               f"{found.get(differs[0])!r}, not {wanted[differs[0]]!r}; pass "
                               "--config.overwrite=true to recompute it, or choose another --config.out")
     else:
+        began = time.perf_counter()
         latent_cache(sae.encode, sae.sae.d_sae, store, hook, str(out / "cache"), hook, n_tokens=cfg["n_tokens"],
                      n_splits=cfg["n_splits"], batch_contexts=cfg["batch_contexts"],
                      model_name=sae.sae.metadata.get("model_name", store.manifest["model_name"]),
                      overwrite=cfg["overwrite"], progress=progress, identity={"jaxinterp_dictionary": dictionary})
     with (module / "firing_counts.npy").open("rb") as handle:
         fired = np.load(handle)
+    timing = {} if reused else {"seconds": time.perf_counter() - began,
+                                "tokens_per_s": wanted["n_tokens"] / (time.perf_counter() - began)}
     return {"directory": str(module), "reused": reused, "n_tokens": wanted["n_tokens"], "d_sae": sae.sae.d_sae,
-            "live_latents": int((fired > 0).sum())}
+            "live_latents": int((fired > 0).sum()), **timing}

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxinterp.config import ConfigError
 from jaxinterp.interpret.examples import LatentExamples, examples_of
@@ -66,29 +67,59 @@ def answer_probabilities(logits: np.ndarray, yes_id: int, no_id: int) -> np.ndar
     return 1.0 / (1.0 + np.exp(-difference))
 
 
-def model_next_token_logits(model: Any, pad_id: int = 0, batch_size: int = 8, length_bucket: int = 64) -> NextTokenLogits:
+def _common_prefix(rows: list[list[int]]) -> int:
+    """The length of the longest prefix every row shares."""
+    first, length = rows[0], min(len(row) for row in rows)
+    for row in rows[1:]:
+        length = next((i for i in range(length) if row[i] != first[i]), length)
+    return length
+
+
+def _right_padded(rows: list[list[int]], batch_size: int, bucket: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """([batch_size, width] tokens, [batch_size] last real positions): ``rows`` right-padded to a multiple of
+    ``bucket`` and the batch filled up with copies of its first row, so a jitted model sees few shapes."""
+    rows = rows + [rows[0]] * (batch_size - len(rows))
+    width = int(math.ceil(max(map(len, rows)) / bucket) * bucket)
+    tokens = np.full((batch_size, width), pad_id, np.int32)
+    for slot, row in enumerate(rows):
+        tokens[slot, :len(row)] = row
+    return tokens, np.array([len(row) - 1 for row in rows])
+
+
+def model_next_token_logits(model: Any, pad_id: int = 0, batch_size: int = 8, length_bucket: int = 64,
+                            min_prefix: int = 64) -> NextTokenLogits:
     """``next_token_logits`` from a model with ``.logits(tokens [b, s]) -> [b, s, vocab]``.
 
-    Rows are sorted by length and cut into batches of ``batch_size``, each right-padded to a multiple of
-    ``length_bucket`` (and the last batch padded with copies of a row), so a jitted model compiles once per
-    bucket; causal attention leaves each row's last real position exactly as it would be unpadded."""
+    Rows are sorted lexicographically, so a batch of ``batch_size`` neighbours shares the longest prefix (a
+    scorer's system prompt, few-shot turns and one explanation), and cut into batches, each right-padded to a
+    multiple of ``length_bucket`` so a jitted model compiles once per bucket; causal attention leaves each
+    row's last real position exactly as it would be unpadded. A model with ``prefixed_last_logits`` (the JAX
+    backend's KV cache) runs a shared prefix of ``min_prefix`` tokens or more once per batch (left-padded to the
+    bucket) and only the rows' suffixes after it; one with ``last_logits`` unembeds the read positions only."""
 
     def next_token_logits(token_rows: list[list[int]]) -> np.ndarray:
         lengths = np.array([len(row) for row in token_rows])
         if (lengths == 0).any():
             raise ValueError(f"row {int(np.argmin(lengths))} is empty: there is no last position to read")
-        order = np.argsort(lengths, kind="stable")
+        order = sorted(range(len(token_rows)), key=lambda i: token_rows[i])
         out: np.ndarray | None = None
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            width = int(math.ceil(lengths[rows].max() / length_bucket) * length_bucket)
-            tokens = np.full((batch_size, width), pad_id, np.int32)
-            padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[0])])
-            for slot, row in enumerate(padded):
-                tokens[slot, :lengths[row]] = token_rows[row]
-            logits = model.logits(tokens)
-            last = lengths[padded] - 1
-            picked = np.asarray(logits[np.arange(batch_size), last], np.float32)[:len(rows)]
+            batch = [list(token_rows[i]) for i in rows]
+            shared = min(_common_prefix(batch), int(lengths[rows].min()) - 1)  # each row keeps a suffix token
+            if hasattr(model, "prefixed_last_logits") and shared >= min_prefix:
+                width = int(math.ceil(shared / length_bucket) * length_bucket)
+                prefix = np.full(width, pad_id, np.int32)
+                prefix[width - shared:] = batch[0][:shared]
+                suffixes, last = _right_padded([row[shared:] for row in batch], batch_size, length_bucket, pad_id)
+                picked = model.prefixed_last_logits(prefix, width - shared, suffixes, last)
+            else:
+                tokens, last = _right_padded(batch, batch_size, length_bucket, pad_id)
+                if hasattr(model, "last_logits"):
+                    picked = model.last_logits(tokens, last)
+                else:
+                    picked = model.logits(tokens)[np.arange(batch_size), last]
+            picked = np.asarray(picked, np.float32)[:len(rows)]
             if out is None:
                 out = np.zeros((len(token_rows), picked.shape[1]), np.float32)
             out[rows] = picked
@@ -170,9 +201,8 @@ def scorer_samples(examples: LatentExamples, latent: int, kind: str, tokenizer: 
 def score_explanations(examples: LatentExamples, explanations: dict[int, str], kind: str, tokenizer: Any,
                        next_token_logits: NextTokenLogits, answers: tuple[str, str] = ("1", "0"),
                        few_shot: bool = True, fuzz_type: str = "default", chunk: int = 256,
-                       text_tokenizer: Any = None) -> dict[int, LatentScore]:
-    """Each latent's ``LatentScore`` for its explanation: its prompts sorted by length, ``chunk`` per
-    ``next_token_logits`` call. ``tokenizer`` is the scorer's (prompts, answers); ``text_tokenizer`` the source
+                       text_tokenizer: Any = None, progress: bool = False) -> dict[int, LatentScore]:
+    """Each latent's ``LatentScore`` for its explanation, ``chunk`` prompts per ``next_token_logits`` call. ``tokenizer`` is the scorer's (prompts, answers); ``text_tokenizer`` the source
     model's, whose ids the examples hold (default: the same)."""
     yes_id, no_id = answer_token_ids(tokenizer, answers)
     build = detection_messages if kind == "detection" else fuzzing_messages
@@ -183,11 +213,13 @@ def score_explanations(examples: LatentExamples, explanations: dict[int, str], k
         all_labels[latent] = labels
         rows += [render_prompt(build(explanation, text, few_shot), tokenizer) for text in texts]
     probabilities = np.zeros(len(rows))
-    # by length, so each call's prompts pad little, in chunks, so only [chunk, vocab] logits are ever held
-    order = np.argsort([len(row) for row in rows], kind="stable")
-    for start in range(0, len(order), chunk):
-        picked = order[start:start + chunk]
-        probabilities[picked] = answer_probabilities(next_token_logits([rows[i] for i in picked]), yes_id, no_id)
+    # in chunks, so only [chunk, vocab] logits are ever held; latent by latent, so a chunk's prompts share prefixes
+    bar = tqdm(total=len(rows), unit="prompt", desc=f"score {kind}", disable=not progress)
+    for start in range(0, len(rows), chunk):
+        picked = rows[start:start + chunk]
+        probabilities[start:start + len(picked)] = answer_probabilities(next_token_logits(picked), yes_id, no_id)
+        bar.update(len(picked))
+    bar.close()
     scores = {}
     for latent, (start, end) in spans.items():
         p = probabilities[start:end]

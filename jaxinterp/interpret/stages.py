@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxinterp.interpret.examples import LatentExamples, examples_of
 from jaxinterp.interpret.llm import LanguageModel
-from jaxinterp.interpret.prompts import explainer_messages, parse_explanation, token_strings
+from jaxinterp.interpret.prompts import EXPLANATION_MARKER, explainer_messages, parse_explanation, token_strings
 from jaxinterp.interpret.scoring import KINDS, score_explanations
 
 __all__ = ["METRICS", "control_explanations", "explain_latents", "score_latents", "summarize_scores", "write_lines",
@@ -45,7 +46,7 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 def explain_latents(examples: LatentExamples, latents: Sequence[int], explainer: LanguageModel, text_tokenizer: Any,
-                    batch: int = 64) -> list[dict[str, Any]]:
+                    batch: int = 64, progress: bool = False) -> list[dict[str, Any]]:
     """One record per latent: its train examples (token text from ``text_tokenizer``, the source model's) in
     delphi's default explainer prompt, the explainer's reply and the explanation parsed from it; ``batch``
     conversations per generation call."""
@@ -57,9 +58,13 @@ def explain_latents(examples: LatentExamples, latents: Sequence[int], explainer:
                  for tokens, activations in zip(train.tokens, train.activations)]
         conversations.append(explainer_messages(shown, float(examples.max_activation[position[latent]])))
     replies = []
+    bar = tqdm(total=len(conversations), unit="latent", desc="explain", disable=not progress)
     for start in range(0, len(conversations), batch):
-        replies += explainer.chat(conversations[start:start + batch])
-    return [{"latent": int(latent), "explanation": parse_explanation(reply), "reply": reply}
+        # The reply starts at delphi's marker, so even a small model answers with the explanation's one line.
+        replies += explainer.chat(conversations[start:start + batch], reply_prefix=EXPLANATION_MARKER)
+        bar.update(len(conversations[start:start + batch]))
+    bar.close()
+    return [{"latent": int(latent), "explanation": parse_explanation(reply, first_line=True), "reply": reply}
             for latent, reply in zip(latents, replies)]
 
 
@@ -72,7 +77,7 @@ def control_explanations(explanations: Mapping[int, str], seed: int) -> dict[int
 
 
 def score_latents(examples: LatentExamples, explanations: Mapping[int, str], scorer: LanguageModel, text_tokenizer: Any,
-                  kinds: Sequence[str] = KINDS, control_seed: int = 0) -> list[dict[str, Any]]:
+                  kinds: Sequence[str] = KINDS, control_seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
     """Per latent: each scorer's metrics for its explanation and for the control (:func:`control_explanations`)."""
     control = control_explanations(explanations, control_seed) if len(explanations) > 1 else {}
     records = {latent: {"latent": int(latent), "explanation": explanations[latent],
@@ -82,7 +87,7 @@ def score_latents(examples: LatentExamples, explanations: Mapping[int, str], sco
             if not chosen:
                 continue
             scores = score_explanations(examples, dict(chosen), kind, scorer.tokenizer, scorer.next_token_logits,
-                                        text_tokenizer=text_tokenizer)
+                                        text_tokenizer=text_tokenizer, progress=progress)
             for latent, score in scores.items():
                 records[latent].setdefault(kind, {})[which] = {  # NaN (one class only) as JSON null
                     **{metric: (value if value == value else None) for metric, value in (

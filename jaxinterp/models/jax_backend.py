@@ -27,6 +27,7 @@ from jaxinterp.models.checkpoint import lazy_safetensors, place
 from jaxinterp.models.files import ModelFiles, load_hf_config
 from jaxinterp.models.hooks import (HookEdit, HookPoint, as_edits, as_hook_points, edit_sources, layer_count,
                                     parse_hooks)
+from jaxinterp.models.kv_cache import check_cached, prefixed_last_logits
 from jaxinterp.models.support import check_jax_support
 from jaxinterp.models.transformer import Edit, build_model, hooked_forward
 from jaxinterp.models.weights import load_hf_weights
@@ -76,6 +77,19 @@ def _edited_logits(graphdef, specs, state, tokens, operands):
     return hooked_forward(nnx.merge(graphdef, state), tokens, edit=edit, logits=True)[0]
 
 
+def _last_logits(graphdef, state, tokens, last):
+    """Logits [batch, vocab] at position ``last[b]`` of each row: the unembedding runs on those rows only."""
+    model = nnx.merge(graphdef, state)
+    final = f"blocks.{len(model.layers) - 1}.hook_resid_post"  # what hooked_forward unembeds
+    _, captured = hooked_forward(model, tokens, capture=frozenset({final}))
+    rows = captured[final][jnp.arange(tokens.shape[0]), last]
+    return model.unembed(rows[:, None])[:, 0].astype(jnp.float32)
+
+
+def _prefixed_last_logits(graphdef, state, prefix, start, suffixes, last):
+    return prefixed_last_logits(nnx.merge(graphdef, state), prefix, start, suffixes, last)
+
+
 class JaxSourceModel:
     """A Llama-family (Llama, Mistral, Qwen2, Qwen3), Gemma-2/3, GPT-2 or GPT-NeoX model in JAX with the torch
     backend's ``run`` interface.
@@ -111,6 +125,8 @@ class JaxSourceModel:
         self.d_model = int(self.config.hidden_size)
         self._jitted = jax.jit(partial(_forward, graphdef), static_argnames=("capture", "edit", "logits"))
         self._jitted_edit = jax.jit(partial(_edited_logits, graphdef), static_argnums=(0,))
+        self._jitted_last = jax.jit(partial(_last_logits, graphdef))
+        self._jitted_prefixed = jax.jit(partial(_prefixed_last_logits, graphdef))
 
     def parse_hooks(self, names: str | Sequence[str]) -> list[HookPoint]:
         """Parses hook names against this model's depth."""
@@ -143,6 +159,22 @@ class JaxSourceModel:
         operands = jax.device_put(tuple(one.operand for one in edits), NamedSharding(self.mesh, P()))
         specs = tuple((one.hook, one.replace, edit_sources(one)) for one in edits)
         return self._jitted_edit(specs, self.state, self._place(tokens), operands).astype(np.float32)
+
+    def last_logits(self, tokens: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """Next-token logits [batch, vocab] float32 at position ``last[b]`` of each row (right-padded prompts:
+        each one's last real token), without the [batch, seq, vocab] logits of every position."""
+        return np.asarray(self._jitted_last(self.state, self._place(tokens), jnp.asarray(last, jnp.int32)))
+
+    def prefixed_last_logits(self, prefix: np.ndarray, start: int, suffixes: np.ndarray,
+                             last: np.ndarray) -> np.ndarray:
+        """:meth:`last_logits` of ``prefix[start:] + suffixes[b]`` (``prefix`` [P] left-padded, ``suffixes``
+        [batch, S] right-padded, ``last`` their last real positions), the shared prefix computed once
+        (:func:`~jaxinterp.models.kv_cache.prefixed_last_logits`). Needs a KV-cache family."""
+        check_cached(self.config.model_type)
+        replicated = NamedSharding(self.mesh, P())
+        prefix = jax.device_put(np.asarray(prefix, np.int32)[None], replicated)
+        return np.asarray(self._jitted_prefixed(self.state, prefix, jnp.asarray(start, jnp.int32),
+                                                self._place(suffixes), jnp.asarray(last, jnp.int32)))
 
     def run(self, tokens: np.ndarray, hooks: Sequence[str] | Sequence[HookPoint]) -> dict[str, np.ndarray]:
         """``{hook name: [batch, seq, d] float32 numpy}``; the pass stops after the last hook needed."""

@@ -26,7 +26,7 @@ from jaxinterp.models.support import UnsupportedModelError
 from jaxinterp.models.transformer import Edit, hooked_forward
 
 __all__ = ["CACHED_MODEL_TYPES", "KVCache", "LayerCache", "cache_mask", "cached_forward", "check_cached",
-           "empty_cache"]
+           "empty_cache", "prefixed_last_logits"]
 
 # the model types whose attention goes through grouped_attention, and so through the cache
 CACHED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
@@ -105,3 +105,22 @@ def cached_forward(model: nnx.Module, tokens: jax.Array, cache: KVCache,
     return logits, KVCache(tuple(layer.keys for layer in layers), tuple(layer.values for layer in layers),
                            cache.start, cache.length + seq)
 
+
+
+def prefixed_last_logits(model: nnx.Module, prefix: jax.Array, start: jax.Array, suffixes: jax.Array,
+                         last: jax.Array) -> jax.Array:
+    """Next-token logits [batch, vocab] float32 of ``prefix + suffixes[b]`` at suffix position ``last[b]``, the
+    shared ``prefix`` [1, P] (left-padded: its real tokens from slot ``start``) run once and its keys and values
+    shared by every row: many prompts that differ only at their end (a scorer's, one explanation and many
+    examples) cost one prefix plus their suffixes. ``suffixes`` [batch, S] are right-padded; causal attention
+    leaves position ``last[b]`` as it is unpadded."""
+    batch, seq = suffixes.shape
+    _, cache = cached_forward(model, prefix, empty_cache(model, 1, prefix.shape[1] + seq, start[None]))
+    shared = [LayerCache(jnp.broadcast_to(k, (batch, *k.shape[1:])), jnp.broadcast_to(v, (batch, *v.shape[1:])),
+                         jnp.broadcast_to(cache.start, (batch,)), cache.length)
+              for k, v in zip(cache.keys, cache.values)]
+    positions = cache.length + jnp.arange(seq)[None, :] - start
+    final = f"blocks.{len(model.layers) - 1}.hook_resid_post"
+    _, captured = hooked_forward(model, suffixes, frozenset({final}), positions=positions, kv=shared)
+    rows = captured[final][jnp.arange(batch), last]
+    return model.unembed(rows[:, None])[:, 0].astype(jnp.float32)
