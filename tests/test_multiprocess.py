@@ -218,7 +218,8 @@ def test_latent_cache_on_two_processes_writes_the_bytes_of_one(pipelines, tmp_pa
     written = {}
     for n in (1, 2):
         run(on_processes(n, cli("interpret", "--config", "configs/interpret.py", f"--config.run={pipelines[1]['run']}",
-                                "--config.n_tokens=4096", "--config.batch_contexts=5", "--config.n_splits=3",
+                                "--config.stages=cache", "--config.n_tokens=4096", "--config.batch_contexts=5",
+                                "--config.n_splits=3",
                                 f"--config.out={tmp_path / f'i{n}'}")))
         module = tmp_path / f"i{n}" / "cache" / HOOK
         written[n] = {p.name: p.read_bytes() for p in sorted(module.iterdir()) if p.suffix in (".safetensors", ".npy")}

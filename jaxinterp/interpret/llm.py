@@ -61,6 +61,19 @@ def _stop_ids(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def _timed(next_token_logits: Callable[[list[list[int]]], np.ndarray],
+           timer: Timer) -> Callable[[list[list[int]]], np.ndarray]:
+    """``next_token_logits`` adding its seconds and prompt tokens to ``timer``."""
+
+    def timed(rows: list[list[int]]) -> np.ndarray:
+        start = time.perf_counter()
+        logits = next_token_logits(rows)
+        timer.add(time.perf_counter() - start, sum(map(len, rows)))
+        return logits
+
+    return timed
+
+
 def load_language_model(spec: str, backend: str, endpoint: str, field: str, max_new_tokens: int,
                         temperature: float, seed: int, generation_batch: int, score_batch: int,
                         api_key_env: str = "") -> LanguageModel:
@@ -82,13 +95,8 @@ def load_language_model(spec: str, backend: str, endpoint: str, field: str, max_
             generated.add(time.perf_counter() - start, sum(len(tokenizer.encode(r)) for r in replies))
             return replies
 
-        def next_token_logits(rows: list[list[int]]) -> np.ndarray:
-            start = time.perf_counter()
-            logits = remote_logits(rows)
-            scored.add(time.perf_counter() - start, sum(map(len, rows)))
-            return logits
-
-        return LanguageModel(f"{server.model} at {endpoint}", tokenizer, chat, next_token_logits, generated, scored)
+        return LanguageModel(f"{server.model} at {endpoint}", tokenizer, chat, _timed(remote_logits, scored),
+                             generated, scored)
 
     model = load_source_model(spec, backend=backend)
     local_logits = model_next_token_logits(model, pad_id=pad_id, batch_size=score_batch)
@@ -104,10 +112,5 @@ def load_language_model(spec: str, backend: str, endpoint: str, field: str, max_
         generated.add(time.perf_counter() - start, sum(map(len, new)))
         return [reply_prefix + tokenizer.decode(tokens, skip_special_tokens=True) for tokens in new]
 
-    def next_token_logits(rows: list[list[int]]) -> np.ndarray:
-        start = time.perf_counter()
-        logits = local_logits(rows)
-        scored.add(time.perf_counter() - start, sum(map(len, rows)))
-        return logits
-
-    return LanguageModel(f"{spec} ({model.backend})", tokenizer, chat, next_token_logits, generated, scored)
+    return LanguageModel(f"{spec} ({model.backend})", tokenizer, chat, _timed(local_logits, scored), generated,
+                         scored)

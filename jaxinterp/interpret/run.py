@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from jaxinterp.config import ConfigError
+from jaxinterp.distributed import barrier, is_primary
 from jaxinterp.export import load_sae, loaded_from_trained
 from jaxinterp.export.load import LoadedSAE, is_run_directory, require_same_model
 from jaxinterp.interpret.cache import latent_cache
@@ -72,7 +73,9 @@ def interpret(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
         if not (out / "cache" / hook / "config.json").exists():
             raise ConfigError(f"config field 'stages': {', '.join(later)} read the latent cache, which "
                               f"{out / 'cache' / hook} does not hold yet; run the cache stage first")
-        summary.update(run_later_stages(cfg, later, sae, store, hook, Path(str(out)), progress))
+        if is_primary():  # explanations and scores run on one process for now; the others wait for its files
+            summary.update(run_later_stages(cfg, later, sae, store, hook, Path(str(out)), progress))
+        barrier(f"interpreted:{out}")
     return summary
 
 
