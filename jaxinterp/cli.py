@@ -103,7 +103,8 @@ VERBS = {
     "eval": Verb("evaluate a trained run on held-out activations", "configs/eval.py", schemas.EVAL, _eval),
     "export": Verb("export a trained run for other tools (SAELens, sparsify/delphi, Gemma-Scope npz, circuit-tracer)",
                    "configs/export.py", schemas.EXPORT, _export),
-    "interpret": Verb("auto-interpretation of a trained SAE: a delphi-layout latent cache of a store",
+    "interpret": Verb("auto-interpretation of a trained SAE: delphi-layout latent cache, explanations, detection/fuzzing "
+                      "scores, dashboards",
                       "configs/interpret.py", schemas.INTERPRET, _interpret),
     "probe": Verb("train probe sweeps (hooks x C x k) on pooled activations or SAE latents",
                   "configs/probe.py", schemas.PROBE, _probe),

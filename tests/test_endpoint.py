@@ -57,3 +57,27 @@ def test_an_unreachable_endpoint_is_one_line_naming_the_field():
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="config field 'endpoint_api_key_env': \\$JAXINTERP_NO_SUCH_KEY is not set"):
         OpenAIEndpoint("http://127.0.0.1:9/v1", model="m", api_key_env="JAXINTERP_NO_SUCH_KEY")
+
+
+def test_interpret_explains_and_scores_through_endpoints(tiny_llama_run, tmp_path):
+    import json
+
+    from jaxinterp import schemas
+    from jaxinterp.config import load_config
+    from jaxinterp.interpret import interpret
+
+    model = load_source_model("smollm2", backend="torch")  # no compile per prompt shape: one request per prompt
+    tokenizer = load_tokenizer(resolve_model("smollm2"))
+    with serving("smollm2-torch", model, tokenizer, greedy(model)) as url:
+        summary = interpret(load_config("configs/interpret.py", {
+            "run": str(tiny_llama_run / "run"), "out": str(tmp_path / "i"), "n_tokens": 64 * 64, "min_examples": 20,
+            "n_latents": 2, "n_examples_train": 3, "n_examples_test": 2, "n_non_activating": 2, "n_quantiles": 1,
+            "max_new_tokens": 8, "explainer_endpoint": url, "stages": "cache,explain,score"},
+            schemas.INTERPRET, "interpret"))
+    assert summary["score"]["scorer"] == f"smollm2-torch at {url}"
+    replies = [json.loads(line)["reply"] for line in (tmp_path / "i" / "explanations.jsonl").read_text().splitlines()]
+    assert len(replies) == 2 and all(reply.strip() for reply in replies)
+    scores = [json.loads(line) for line in (tmp_path / "i" / "scores.jsonl").read_text().splitlines()]
+    for record in scores:  # the scorer's p("1") from the server's top-20 log-probabilities
+        probabilities = record["detection"]["true"]["probabilities"]
+        assert len(probabilities) == 4 and all(0 <= p <= 1 for p in probabilities)

@@ -169,3 +169,10 @@ def test_a_shared_prefix_run_once_gives_the_full_prompts_logits(tiny_llama):
     np.testing.assert_allclose(shared, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
     full = np.asarray(model.logits(np.asarray([rows[2]], np.int32)))[0, -1]
     np.testing.assert_allclose(shared[2], full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
+
+
+def test_answer_probabilities_with_an_endpoints_missing_answers():
+    from jaxinterp.interpret import answer_probabilities
+
+    logits = np.array([[0.0, 1.0, 2.0], [-np.inf, -np.inf, 0.0], [-np.inf, 0.0, 0.0], [0.0, -np.inf, 0.0]])
+    np.testing.assert_allclose(answer_probabilities(logits, 0, 1), [1 / (1 + np.e), 0.5, 0.0, 1.0])

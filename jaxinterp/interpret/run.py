@@ -85,9 +85,9 @@ def _dictionary_and_store(cfg: Mapping[str, Any]) -> tuple[LoadedSAE, str, Store
     if trained and (trained.config["architecture"] == "crosscoder" or "hook_names" in trained.config):
         raise ConfigError(f"config field 'run': {cfg['run']} holds a {trained.config['architecture']} over several "
                           "hooks; interpret reads one-hook dictionaries (SAEs and transcoders)")
+    sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])  # a missing path is named first
     if not (cfg["store"] or trained):
         raise ConfigError(f"config field 'store': {cfg['run']} is an imported SAE; name the store to cache")
-    sae = loaded_from_trained(trained) if trained else load_sae(cfg["run"])
     dictionary = (f"{location(cfg['run'])}#{trained.name}@{trained.step}" if trained
                   else f"{location(cfg['run'])} ({sae.format})")
     store = open_store(cfg["store"] or trained.run_config["train"]["store"])

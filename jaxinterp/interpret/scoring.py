@@ -62,9 +62,11 @@ def answer_token_ids(tokenizer: Any, answers: tuple[str, str] = ("1", "0")) -> t
 
 def answer_probabilities(logits: np.ndarray, yes_id: int, no_id: int) -> np.ndarray:
     """``p(yes) / (p(yes) + p(no))`` per row of next-token ``logits [n, vocab]``: the softmax's normaliser
-    cancels, leaving the logistic of the two logits' difference."""
-    difference = np.asarray(logits[:, yes_id], np.float64) - np.asarray(logits[:, no_id], np.float64)
-    return 1.0 / (1.0 + np.exp(-difference))
+    cancels, leaving the logistic of the two logits' difference (0.5 when both are -inf)."""
+    with np.errstate(invalid="ignore", over="ignore"):  # an endpoint's -inf for an answer outside its top-k
+        difference = np.asarray(logits[:, yes_id], np.float64) - np.asarray(logits[:, no_id], np.float64)
+        p = 1.0 / (1.0 + np.exp(-difference))
+    return np.where(np.isnan(p), 0.5, p)  # neither answer among an endpoint's top-k: no information
 
 
 def _common_prefix(rows: list[list[int]]) -> int:
