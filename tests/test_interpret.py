@@ -119,3 +119,6 @@ def test_every_stage_writes_its_files_and_is_reused(tiny_llama_run, tmp_path, mo
         interpret(interpret_config(**fields, scorers="detection,simulation"))
     with pytest.raises(ConfigError, match="config field 'latents': \\[9999\\] have fewer than min_examples"):
         interpret(interpret_config(**fields, latents="9999"))
+    (out / "stages.json").unlink()  # outputs whose record is lost are never replaced silently
+    with pytest.raises(FileExistsError, match="explanations.jsonl exists, and .*stages.json does not say what made it"):
+        interpret(interpret_config(**fields))

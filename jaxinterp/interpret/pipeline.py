@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ import numpy as np
 from jaxinterp.config import ConfigError
 from jaxinterp.eval.contexts import source_model_files
 from jaxinterp.export.load import LoadedSAE
-from jaxinterp.interpret.cache import read_latent_cache
+from jaxinterp.interpret.cache import LatentCacheEntries, read_latent_cache
 from jaxinterp.interpret.dashboard import write_dashboard
 from jaxinterp.interpret.examples import ExampleConfig, LatentExamples, latent_examples
 from jaxinterp.interpret.latent_summary import summarize_latents
@@ -25,7 +25,7 @@ from jaxinterp.interpret.neuronpedia import write_neuronpedia
 from jaxinterp.interpret.scoring import KINDS
 from jaxinterp.interpret.stages import (METRICS, explain_latents, read_lines, score_latents, summarize_scores, summary_table,
                                         write_lines)
-from jaxinterp.models import load_tokenizer
+from jaxinterp.models import ModelFiles, load_tokenizer
 from jaxinterp.store import Store
 
 __all__ = ["choose_latents", "run_later_stages"]
@@ -55,8 +55,11 @@ def choose_latents(cfg: Mapping[str, Any], examples: LatentExamples) -> list[int
 def _reusable(recorded: Mapping[str, Any], stage: str, identity: Mapping[str, Any], output: Path,
               overwrite: bool) -> bool:
     """Whether ``stage``'s ``output`` can be reused; refuses (naming the field) one made from other inputs."""
-    if overwrite or not output.exists() or stage not in recorded:
+    if overwrite or not output.exists():
         return False
+    if stage not in recorded:  # not ours, or its record was lost: never replaced silently
+        raise FileExistsError(f"{output} exists, and {output.parent / 'stages.json'} does not say what made it; "
+                              "pass --config.overwrite=true to replace it")
     found = recorded[stage]
     for field, value in identity.items():
         if found.get(field) != value:
@@ -155,7 +158,9 @@ def run_later_stages(cfg: Mapping[str, Any], stages: Sequence[str], sae: LoadedS
     return result
 
 
-def _dashboard(cfg, recorded, base, entries, module, latents, sae, files, text_tokenizer, out, record) -> dict:
+def _dashboard(cfg: Mapping[str, Any], recorded: Mapping[str, Any], base: Mapping[str, Any],
+               entries: LatentCacheEntries, module: Path, latents: list[int], sae: LoadedSAE, files: ModelFiles,
+               text_tokenizer: Any, out: Path, record: Callable[[str, Mapping[str, Any]], None]) -> dict[str, Any]:
     """The HTML pages and Neuronpedia JSON of the chosen latents, with the explanations and scores on disk."""
     identity = {**base, "dashboard_examples": cfg["dashboard_examples"], "explain": recorded.get("explain"),
                 "score": recorded.get("score")}
