@@ -119,6 +119,16 @@ def test_every_stage_writes_its_files_and_is_reused(tiny_llama_run, tmp_path, mo
         interpret(interpret_config(**fields, scorers="detection,simulation"))
     with pytest.raises(ConfigError, match="config field 'latents': \\[9999\\] have fewer than min_examples"):
         interpret(interpret_config(**fields, latents="9999"))
+    with pytest.raises(ConfigError, match="config field 'n_examples_test': 1 quantile draws over n_quantiles=2 "
+                                          "is none per quantile"):
+        interpret(interpret_config(**{**fields, "n_examples_test": 1}))
+    with pytest.raises(ConfigError, match="config field 'n_non_activating': .*scores.jsonl was made with "
+                                          "n_non_activating=4, not 3"):
+        interpret(interpret_config(**{**fields, "n_non_activating": 3}))
+    # rescoring alone: the explanations (made from the train examples only) stay as they are
+    rescored = interpret(interpret_config(**{**fields, "n_non_activating": 3, "stages": "score", "overwrite": True}))
+    assert not rescored["score"]["reused"] and "explain" not in rescored and loads == ["smollm2"] * 2
+    interpret(interpret_config(**{**fields, "n_non_activating": 3, "stages": "explain"}))  # reused, not refused
     (out / "stages.json").unlink()  # outputs whose record is lost are never replaced silently
     with pytest.raises(FileExistsError, match="explanations.jsonl exists, and .*stages.json does not say what made it"):
         interpret(interpret_config(**fields))

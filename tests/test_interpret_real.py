@@ -17,18 +17,18 @@ pytestmark = pytest.mark.real_model
 def test_smollm2_explains_and_scores_the_tiny_runs_latents(tiny_llama_run, tmp_path):
     out = tmp_path / "interpret"
     summary = interpret(load_config("configs/interpret.py", {
-        "run": str(tiny_llama_run / "run"), "out": str(out), "n_tokens": 64 * 64, "min_examples": 20, "n_latents": 3,
-        "n_examples_train": 6, "n_examples_test": 4, "n_non_activating": 4, "n_quantiles": 2, "max_new_tokens": 32,
-        "generation_batch": 3, "score_batch": 8}, schemas.INTERPRET, "interpret"))
+        "run": str(tiny_llama_run / "run"), "out": str(out), "n_tokens": 64 * 64, "min_examples": 20, "n_latents": 2,
+        "n_examples_train": 4, "n_examples_test": 4, "n_non_activating": 4, "n_quantiles": 2, "max_new_tokens": 16,
+        "generation_batch": 2, "score_batch": 8}, schemas.INTERPRET, "interpret"))
     print(json.dumps({k: v for k, v in summary.items() if k != "score"}, indent=1, default=str))
     print((out / "summary.md").read_text())
     records = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
-    assert len(records) == 3 and all(r["reply"].strip() for r in records)
+    assert len(records) == 2 and all(r["reply"].strip() for r in records)
     print([r["explanation"] for r in records])
     parsed = [r["explanation"] != UNPARSED for r in records]
     assert summary["generated_tokens"] > 0 and summary["generation_tokens_per_s"] > 0
     score = summary["score"]
-    assert score["scored_prompt_tokens"] > 0 and score["latents"] == 3
+    assert score["scored_prompt_tokens"] > 0 and score["latents"] == 2
     for kind in ("detection", "fuzz"):
         for which in ("true", "control"):
             value = score[f"{kind}_{which}_balanced_accuracy"]

@@ -73,6 +73,17 @@ class ExampleConfig:
             raise ConfigError(f"config field 'test_type': only 'quantiles' (delphi's only one), got {self.test_type!r}")
         if self.n_quantiles < 1:
             raise ConfigError(f"config field 'n_quantiles': must be at least 1, got {self.n_quantiles}")
+        # delphi draws n // n_quantiles examples from each quantile: fewer than n_quantiles draws none at all
+        quantile_fields = [("n_examples_test", self.n_examples_test)]
+        if self.train_type in ("quantiles", "mix"):
+            share = self.n_examples_train if self.train_type == "quantiles" else int(
+                self.n_examples_train * (1 - self.ratio_top))
+            quantile_fields.append(("n_examples_train", share))
+        for field, count in quantile_fields:
+            if 0 < count < self.n_quantiles:
+                raise ConfigError(f"config field '{field}': {count} quantile draws over n_quantiles="
+                                  f"{self.n_quantiles} is none per quantile (delphi draws {field} // n_quantiles "
+                                  "from each); raise it or lower n_quantiles")
 
 
 class ExampleSet(NamedTuple):

@@ -116,8 +116,10 @@ def run_later_stages(cfg: Mapping[str, Any], stages: Sequence[str], sae: LoadedS
         recorded[stage] = dict(identity)
         recorded_path.write_text(json.dumps(recorded, indent=2))
 
-    explain_identity = {**base, **{f: cfg[f] for f in ("explainer_model", "explainer_endpoint", "max_new_tokens",
-                                                       "temperature", "seed")}}
+    # the explanations depend on the train examples only, not on the scorers' test and non-activating ones
+    explain_identity = {**{f: v for f, v in base.items() if f not in ("n_examples_test", "n_non_activating")},
+                        **{f: cfg[f] for f in ("explainer_model", "explainer_endpoint", "max_new_tokens",
+                                               "temperature", "seed")}}
     if "explain" in stages:
         path = out / "explanations.jsonl"
         reused = _reusable(recorded, "explain", explain_identity, path, cfg["overwrite"])
@@ -132,7 +134,7 @@ def run_later_stages(cfg: Mapping[str, Any], stages: Sequence[str], sae: LoadedS
             result["generation_tokens_per_s"] = explainer.generated.rate()
         result["explain"] = {"file": str(path), "reused": reused}
     score_identity = {"explain": recorded.get("explain"), **{f: cfg[f] for f in (
-        "scorer_model", "scorer_endpoint", "scorers", "seed")}}
+        "n_examples_test", "n_non_activating", "scorer_model", "scorer_endpoint", "scorers", "seed")}}
     if "score" in stages:
         path = out / "scores.jsonl"
         if not (out / "explanations.jsonl").exists():
