@@ -18,7 +18,7 @@ from jaxinterp.config import ConfigError
 from jaxinterp.models import ModelFiles, resolve_model
 from jaxinterp.store import Store
 
-__all__ = ["Contexts", "evaluation_rows", "heldout_context_ids", "model_spec", "read_contexts", "source_model_files"]
+__all__ = ["Contexts", "dictionary_hooks", "evaluation_rows", "heldout_context_ids", "model_spec", "read_contexts", "source_model_files"]
 
 
 class Contexts(NamedTuple):
@@ -60,6 +60,26 @@ def read_contexts(store: Store, context_ids: np.ndarray, hooks: list[str]) -> Co
     joined = {name: np.concatenate(chunks) if chunks else np.zeros((0,), np.float32) for name, chunks in parts.items()}
     activations = {hook: joined[hook].astype(np.float32).reshape(len(ids), context, -1) for hook in hooks}
     return Contexts(joined["tokens"].reshape(len(ids), context), ids * context, activations)
+
+
+def dictionary_hooks(sae: Any, store: Store, with_target: bool = True) -> tuple[str, str]:
+    """``(hook, target)`` a loaded dictionary reads and predicts in ``store`` (an SAE's target is its hook; a hook
+    left unnamed is the store's only one), each checked to be there (the target only ``with_target``), and the
+    store's width checked against the dictionary's ``d_in``.
+
+    Raises:
+      ConfigError: naming 'store': a hook it lacks, or another width.
+    """
+    hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
+    target = sae.sae.target_hook if sae.sae.transcode else hook
+    for needed in dict.fromkeys([hook, target] if with_target else [hook]):
+        if needed not in store.hook_names:
+            raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, "
+                              f"not the SAE's hook {needed or '(unknown)'}")
+    if sae.sae.d_in != store.manifest["d_in"]:
+        raise ConfigError(f"config field 'store': its activations are {store.manifest['d_in']}-wide, the SAE's "
+                          f"d_in is {sae.sae.d_in}")
+    return hook, target
 
 
 def model_spec(cfg: Mapping[str, Any], store: Store) -> str:

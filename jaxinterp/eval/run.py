@@ -30,7 +30,8 @@ import numpy as np
 from jaxinterp.atomic import atomic_directory, check_replaceable
 from jaxinterp.config import ConfigError
 from jaxinterp.eval.clt_run import evaluate_clt_run
-from jaxinterp.eval.contexts import evaluation_rows, heldout_context_ids, read_contexts, source_model_files
+from jaxinterp.eval.contexts import (dictionary_hooks, evaluation_rows, heldout_context_ids, read_contexts,
+                                     source_model_files)
 from jaxinterp.eval.crosscoder import evaluate_crosscoder_run
 from jaxinterp.eval.examples import (choose_latents, latent_activations, top_examples, write_examples_html,
                                      write_examples_json)
@@ -117,15 +118,7 @@ def evaluate_run(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, An
         transcoder_set = load_transcoder_set(cfg["transcoder_set"], cfg.get("transcoder_set_saes", ""),
                                              store.manifest["model_hash"], store.manifest["model_name"],
                                              cfg["allow_other_model"])
-    hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
-    target = sae.sae.target_hook if sae.sae.transcode else hook
-    for needed in dict.fromkeys([hook, target]):
-        if needed not in store.hook_names:
-            raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, "
-                              f"not the SAE's hook {needed or '(unknown)'}")
-    if sae.sae.d_in != store.manifest["d_in"]:
-        raise ConfigError(f"config field 'store': its activations are {store.manifest['d_in']}-wide, the SAE's "
-                          f"d_in is {sae.sae.d_in}")
+    hook, target = dictionary_hooks(sae, store)
     architecture, params, arch_state = sae.architecture, sae.params, sae.arch_state
     # An imported SAE says whether it was trained without BOS; SAELens' default is to exclude it.
     exclude_bos = train_cfg["exclude_bos"] if trained else bool(sae.sae.metadata.get("exclude_special_tokens", True))

@@ -18,7 +18,7 @@ from jaxinterp.export.load import LoadedSAE
 from jaxinterp.interpret.cache import LatentCacheEntries, read_latent_cache
 from jaxinterp.interpret.dashboard import write_dashboard
 from jaxinterp.interpret.examples import ExampleConfig, LatentExamples, latent_examples
-from jaxinterp.interpret.latent_summary import summarize_latents
+from jaxinterp.interpret.latent_summary import firing_counts, summarize_latents
 from jaxinterp.interpret.llm import LanguageModel, load_language_model
 from jaxinterp.interpret.logit_effects import logit_effects, read_unembedding, token_texts
 from jaxinterp.interpret.neuronpedia import write_neuronpedia
@@ -169,8 +169,7 @@ def _dashboard(cfg: Mapping[str, Any], recorded: Mapping[str, Any], base: Mappin
     directory = out / "dashboard"
     if _reusable(recorded, "dashboard", identity, directory, cfg["overwrite"]):
         return {"directory": str(directory), "reused": True}
-    fired = np.load(module / "firing_counts.npy")
-    summaries = summarize_latents(entries, fired, latents, n_examples=cfg["dashboard_examples"])
+    summaries = summarize_latents(entries, firing_counts(str(module), entries), latents, n_examples=cfg["dashboard_examples"])
     target = sae.sae.target_hook if sae.sae.transcode else sae.sae.hook_name
     effects = logit_effects(np.asarray(sae.params["W_dec"]), read_unembedding(files), latents, hook_name=target)
     explanations = ({r["latent"]: r["explanation"] for r in read_lines(out / "explanations.jsonl")}

@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxinterp.config import ConfigError
 from jaxinterp.distributed import barrier, is_primary
+from jaxinterp.eval.contexts import dictionary_hooks
 from jaxinterp.export import load_sae, loaded_from_trained
 from jaxinterp.export.load import LoadedSAE, is_run_directory, require_same_model
 from jaxinterp.interpret.cache import latent_cache
@@ -55,13 +56,7 @@ def interpret(cfg: Mapping[str, Any], progress: bool = False) -> dict[str, Any]:
         raise ConfigError(f"config field 'stages': unknown stage {unknown[0] if unknown else '(none)'!r}; "
                           f"choose from {', '.join(STAGES)}")
     sae, dictionary, store = _dictionary_and_store(cfg)
-    hook = sae.sae.hook_name or (store.hook_names[0] if len(store.hook_names) == 1 else "")
-    if hook not in store.hook_names:
-        raise ConfigError(f"config field 'store': {store.url} holds {', '.join(store.hook_names)}, not the SAE's "
-                          f"hook {hook or '(unknown)'}")
-    if sae.sae.d_in != store.manifest["d_in"]:
-        raise ConfigError(f"config field 'store': its activations are {store.manifest['d_in']}-wide, the SAE's d_in "
-                          f"is {sae.sae.d_in}")
+    hook, _ = dictionary_hooks(sae, store, with_target=False)  # the cache encodes the input hook only
     run = location(cfg["run"])
     out = location(cfg["out"] or str(run / "interpret" if is_run_directory(cfg["run"])
                                       else run.with_name(f"{run.stem}_interpret")), "out")
